@@ -1,0 +1,13 @@
+"""atpstar: AtP* — find the model components that cause a behaviour, checked against exact patching."""
+
+from .methods import METHODS, acp
+from .metrics import Metric
+from .model import Model, load_model
+from .nodes import NodeSet
+from .pairs import PromptPairs
+from .scores import Scores
+from .types import ALL_KINDS, ATTENTION_KINDS, Node, NodeKind
+
+__version__ = "0.1.0"
+__all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Metric", "Model", "Node", "NodeKind", "NodeSet",
+           "PromptPairs", "Scores", "acp", "load_model"]

@@ -1,0 +1,202 @@
+"""One context manager that captures, patches and skips, for any supported model.
+
+Sites (see :mod:`atpstar.types`): the node kinds ``q k v head neuron``, the attention
+probabilities ``probs`` and the residual stream ``resid`` entering each block (``resid`` at
+``layer == n_layers`` is the output of the last block). Native tensor layouts:
+
+- ``q``, ``head``: (batch, heads, pos, d_head); ``k``, ``v``: (batch, kv_heads, pos, d_head)
+- ``neuron``: (batch, pos, d_mlp); ``probs``: (batch, heads, pos, pos); ``resid``: (batch, pos, d_model)
+
+Every hook is removed on exit, also when the body raises. A patch whose site is never reached
+raises, so a patch can never silently do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from . import attention
+from .arch import get_module
+from .model import Model
+from .types import PROBS, RESID, NodeKind
+
+
+@dataclass
+class Patch:
+    """Overwrite one site: batch row ``rows[i]`` gets ``values[i]`` at ``(units[i], pos[i])``."""
+
+    rows: Tensor
+    units: Tensor
+    pos: Tensor
+    values: Tensor
+
+
+def node_index(kind, rows: Tensor, units: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Index tuple selecting nodes ``(unit, pos)`` of batch rows ``rows`` in a site's native layout."""
+    if NodeKind(kind) is NodeKind.NEURON:
+        return rows, pos, units
+    return rows, units, pos
+
+
+@dataclass
+class Intervention:
+    """Capture and/or patch sites during the forward passes run inside ``with``.
+
+    Args:
+        model: a :class:`~atpstar.model.Model`.
+        capture: site names to keep in :attr:`cache` as ``{(layer, site): tensor}``.
+        patches: ``{(layer, site): Patch}`` applied to every forward pass in the block.
+        grad: make block 0's input a leaf requiring grad, so captured tensors are differentiable
+            although the weights are frozen.
+        skip_below / start: run only blocks ``>= skip_below``; the blocks below are replaced by
+            ``start`` (the residual stream entering block ``skip_below``, batch-aligned).
+    """
+
+    model: Model
+    capture: frozenset = frozenset()
+    patches: dict = field(default_factory=dict)
+    grad: bool = False
+    skip_below: int = 0
+    start: Tensor | None = None
+    cache: dict = field(default_factory=dict, init=False)
+    meta: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.capture = frozenset(s.value if isinstance(s, NodeKind) else s for s in self.capture)
+        self.patches = {(layer, _site_name(site)): p for (layer, site), p in self.patches.items()}
+        for layer, site in self.patches:
+            if not 0 <= layer < self.model.n_layers:
+                raise IndexError(f"patch at layer {layer}: the model has layers 0..{self.model.n_layers - 1}")
+        self._handles: list = []
+        self._stubbed: list = []
+        self._hit: set = set()
+
+    # --- called from the attention function and the module hooks -------------------------------
+    def __call__(self, layer: int, site: str, x: Tensor) -> Tensor:
+        site = _site_name(site)
+        patch = self.patches.get((layer, site))
+        if patch is not None:
+            x = x.clone()
+            x[node_index(site, patch.rows, patch.units, patch.pos)] = patch.values.to(x.dtype)
+            self._hit.add((layer, site))
+        if site in self.capture:
+            self.cache[(layer, site)] = x
+        return x
+
+    def attention_meta(self, layer: int, mask, scaling: float, softcap) -> None:
+        """Keep what the QK fix needs to recompute scores exactly as the model does."""
+        if PROBS in self.capture:
+            self.meta[layer] = (mask, scaling, softcap)
+
+    # --- context management ---------------------------------------------------------------------
+    def __enter__(self) -> "Intervention":
+        if self.model.hf.config._attn_implementation != attention.IMPL:
+            raise RuntimeError("this model was not prepared by atpstar: wrap it with atpstar.load_model(model, tokenizer)")
+        try:
+            self._install()
+        except BaseException:
+            self._remove()
+            raise
+        attention._ACTIVE.append(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if attention._ACTIVE and attention._ACTIVE[-1] is self:
+            attention._ACTIVE.pop()
+        self._remove()
+        if exc_type is None:
+            missed = sorted(set(self.patches) - self._hit)
+            if missed:
+                raise RuntimeError(
+                    f"patches never applied (no such site reached in the forward pass): {missed}; "
+                    "were all blocks skipped, or is the model not wrapped by atpstar.load_model?"
+                )
+
+    def _install(self) -> None:
+        model = self.model
+        wants = self.capture | {site for _, site in self.patches}
+        if NodeKind.NEURON.value in wants:
+            for layer, block in enumerate(model.layers):
+                down = get_module(block, model.arch.down)
+                self._handles.append(down.register_forward_pre_hook(self._neuron_hook(layer)))
+        if RESID in self.capture or self.grad:
+            for layer, block in enumerate(model.layers):
+                self._handles.append(block.register_forward_pre_hook(self._resid_hook(layer), with_kwargs=True))
+            last = model.n_layers
+            self._handles.append(model.layers[-1].register_forward_hook(lambda m, a, out: self._keep(last, out)))
+        for layer in range(self.skip_below):
+            block = model.layers[layer]
+            block.forward = _stub(self.start)
+            self._stubbed.append(block)
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for block in self._stubbed:
+            del block.forward
+        self._stubbed.clear()
+
+    def _neuron_hook(self, layer: int):
+        def hook(module, args):
+            return (self(layer, NodeKind.NEURON, args[0]), *args[1:])
+
+        return hook
+
+    def _resid_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            if args:
+                hidden = args[0]
+            else:
+                hidden = kwargs["hidden_states"]
+            if self.grad and layer == 0 and not hidden.requires_grad:
+                hidden = hidden.detach().requires_grad_(True)
+            self._keep(layer, hidden)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return hook
+
+    def _keep(self, layer: int, hidden: Tensor) -> None:
+        if RESID in self.capture:
+            self.cache[(layer, RESID)] = hidden
+
+
+def _site_name(site) -> str:
+    return site.value if isinstance(site, NodeKind) else str(site)
+
+
+def _stub(start: Tensor):
+    def forward(*args, **kwargs):
+        return start
+
+    return forward
+
+
+def run(model: Model, input_ids: Tensor, intervention: Intervention | None = None, last_only: bool = True) -> Tensor:
+    """Forward pass returning logits: (batch, vocab) at the last position, or (batch, pos, vocab)."""
+    kwargs = {"logits_to_keep": 1} if last_only else {}
+    ids = input_ids.to(model.device)
+    if intervention is None:
+        out = model.hf(input_ids=ids, use_cache=False, **kwargs).logits
+    else:
+        with intervention:
+            out = model.hf(input_ids=ids, use_cache=False, **kwargs).logits
+    return out[:, -1] if last_only else out
+
+
+def stack_sites(cache: dict, site: str, n_layers: int) -> list[Tensor]:
+    """The captured tensors of one site for layers 0..n_layers-1, in layer order."""
+    return [cache[(layer, site)] for layer in range(n_layers)]
+
+
+def resid_start(cache: dict, layer: int, rows: Tensor) -> Tensor:
+    """Clean residual stream entering ``layer`` for the given batch rows (contiguous copy)."""
+    return cache[(layer, RESID)][rows].contiguous()
+
+
+__all__ = ["Intervention", "Patch", "node_index", "run", "resid_start", "stack_sites", "torch"]

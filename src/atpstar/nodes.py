@@ -1,0 +1,88 @@
+"""Sets of nodes as flat tensors ``(kind, layer, unit, pos)``, parsed and range-checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .types import ALL_KINDS, Node, NodeKind
+
+KIND_INDEX = {kind: i for i, kind in enumerate(ALL_KINDS)}
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    """N nodes; ``kind`` holds indices into :data:`~atpstar.types.ALL_KINDS`. Positions are aligned
+    positions (see :mod:`atpstar.pairs`)."""
+
+    kind: Tensor
+    layer: Tensor
+    unit: Tensor
+    pos: Tensor
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    @property
+    def kinds(self) -> list[NodeKind]:
+        present = set(self.kind.unique().tolist())
+        return [k for k in ALL_KINDS if KIND_INDEX[k] in present]
+
+    def take(self, mask_or_index) -> "NodeSet":
+        return NodeSet(self.kind[mask_or_index], self.layer[mask_or_index], self.unit[mask_or_index], self.pos[mask_or_index])
+
+    def to_nodes(self) -> list[Node]:
+        return [Node(ALL_KINDS[k], l, u, p) for k, l, u, p in zip(*(t.tolist() for t in (self.kind, self.layer, self.unit, self.pos)))]
+
+    @classmethod
+    def every(cls, model, kinds, n_pos: int) -> "NodeSet":
+        """All nodes of the given kinds at every layer and aligned position ``0..n_pos-1``."""
+        parts = []
+        for kind in NodeKind.parse(kinds):
+            layer, unit, pos = torch.meshgrid(
+                torch.arange(model.n_layers), torch.arange(model.units(kind)), torch.arange(n_pos), indexing="ij"
+            )
+            parts.append((torch.full((layer.numel(),), KIND_INDEX[kind]), layer.flatten(), unit.flatten(), pos.flatten()))
+        return cls(*(torch.cat(cols) for cols in zip(*parts)))
+
+    @classmethod
+    def parse(cls, model, nodes, n_pos: int) -> "NodeSet":
+        """From a NodeSet, a DataFrame with columns kind/layer/unit/pos, or a list of Node / names."""
+        if isinstance(nodes, NodeSet):
+            out = nodes
+        elif hasattr(nodes, "columns"):
+            missing = {"kind", "layer", "unit", "pos"} - set(nodes.columns)
+            if missing:
+                raise ValueError(f"node table lacks columns {sorted(missing)}; expected kind, layer, unit, pos")
+            kinds = [KIND_INDEX[NodeKind(k)] for k in nodes["kind"]]
+            out = cls(*(torch.as_tensor(list(v), dtype=torch.long) for v in (kinds, nodes["layer"], nodes["unit"], nodes["pos"])))
+        else:
+            rows = [Node.parse(n) if isinstance(n, str) else Node(NodeKind(n[0]), *map(int, n[1:])) for n in nodes]
+            cols = list(zip(*[(KIND_INDEX[n.kind], n.layer, n.unit, n.pos) for n in rows])) or [(), (), (), ()]
+            out = cls(*(torch.as_tensor(c, dtype=torch.long) for c in cols))
+        if len(out) == 0:
+            raise ValueError("empty node set: pass at least one node (or nodes=None for all nodes)")
+        out.check(model, n_pos)
+        return out
+
+    def check(self, model, n_pos: int) -> None:
+        """Raise IndexError naming the first node outside the model / prompt."""
+        units = torch.tensor([model.units(k) for k in ALL_KINDS])[self.kind]
+        checks = (
+            (self.layer, model.n_layers, "layer"),
+            (self.unit, units, "unit"),
+            (self.pos, torch.full_like(self.pos, n_pos), "position"),
+        )
+        for values, bound, what in checks:
+            bad = (values < 0) | (values >= bound)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                node = self.take(slice(i, i + 1)).to_nodes()[0]
+                limit = int(bound if isinstance(bound, int) else bound[i])
+                raise IndexError(
+                    f"node {node.name}: {what} {int(values[i])} is out of range 0..{limit - 1} "
+                    f"({bad.sum().item()} bad nodes); the model has {model.n_layers} layers, {model.n_heads} heads, "
+                    f"{model.n_kv_heads} kv heads, {model.d_mlp} neurons; the prompts have {n_pos} positions"
+                )

@@ -1,0 +1,153 @@
+"""Prompt pairs: (clean, noise) token sequences of equal length, with answer/distractor tokens.
+
+Within a pair, clean and noise must have the same number of tokens (positions are aligned; a
+pair that is not raises an error naming it). Different pairs may have different lengths: methods
+batch pairs of equal length together, and aggregate per-node results with positions
+**right-aligned** (the last token of every prompt is at the last position ``T_max - 1``), so that
+the position a metric reads is the same node for every pair. With equal-length pairs (the usual
+case of one template) positions are simply the token positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+NO_TOKEN = -1
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    clean: tuple[Tensor, ...]
+    """Clean prompts, each a 1-D LongTensor of token ids."""
+    noise: tuple[Tensor, ...]
+    """Noise prompts, position-aligned with ``clean``."""
+    answer: Tensor
+    """(pairs,) token id the metric rewards."""
+    distractor: Tensor
+    """(pairs,) token id of the competing answer, ``-1`` where there is none."""
+    metric: object = None
+    """Default metric of these pairs (a name, callable or Metric); ``None``: logit_diff if distractors else logprob."""
+    texts: tuple = field(default=(), compare=False)
+    """Optional ``(clean_text, noise_text)`` per pair, for display."""
+
+    def __post_init__(self) -> None:
+        n = len(self.clean)
+        if n == 0:
+            raise ValueError("no prompt pairs given: pass at least one (clean, noise) pair")
+        if len(self.noise) != n or len(self.answer) != n or len(self.distractor) != n:
+            raise ValueError(
+                f"clean ({n}), noise ({len(self.noise)}), answer ({len(self.answer)}) and distractor "
+                f"({len(self.distractor)}) must have one entry per pair"
+            )
+        for i, (c, x) in enumerate(zip(self.clean, self.noise)):
+            if c.ndim != 1 or x.ndim != 1 or len(c) == 0:
+                raise ValueError(f"pair {i}: prompts must be non-empty 1-D token id sequences")
+            if len(c) != len(x):
+                raise ValueError(
+                    f"pair {i}: clean prompt has {len(c)} tokens but noise prompt has {len(x)}; "
+                    "clean and noise must have the same token length so positions align "
+                    "(pick noise words with the same token count, or drop the pair)"
+                )
+
+    # --- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_ids(cls, clean, noise, answer, distractor=None, metric=None, texts=()) -> "PromptPairs":
+        """From token ids: ``clean``/``noise`` are sequences of id lists, answers are ids."""
+        n = len(clean)
+        answer_t = torch.as_tensor(list(answer), dtype=torch.long)
+        if distractor is None:
+            distractor = [NO_TOKEN] * n
+        distractor_t = torch.as_tensor([NO_TOKEN if d is None else d for d in distractor], dtype=torch.long)
+        as_t = lambda seqs: tuple(torch.as_tensor(list(s), dtype=torch.long) for s in seqs)  # noqa: E731
+        return cls(as_t(clean), as_t(noise), answer_t, distractor_t, metric, tuple(texts))
+
+    @classmethod
+    def from_strings(cls, model, clean: Sequence[str], noise: Sequence[str], answer, distractor=None,
+                     metric=None, add_special_tokens: bool = True) -> "PromptPairs":
+        """Tokenize prompt strings; answers are strings (exactly one token each, e.g. ``" Mary"``) or ids."""
+        tok = getattr(model, "tokenizer", model)
+        if len(clean) != len(noise):
+            raise ValueError(f"got {len(clean)} clean prompts but {len(noise)} noise prompts")
+        encode = lambda s: tok(s, add_special_tokens=add_special_tokens)["input_ids"]  # noqa: E731
+        clean_ids = [encode(s) for s in clean]
+        noise_ids = [encode(s) for s in noise]
+        answers = [single_token(tok, a, i, "answer") for i, a in enumerate(answer)]
+        distractors = None
+        if distractor is not None:
+            distractors = [None if d is None else single_token(tok, d, i, "distractor") for i, d in enumerate(distractor)]
+        return cls.from_ids(clean_ids, noise_ids, answers, distractors, metric, tuple(zip(clean, noise)))
+
+    # --- views -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(c) for c in self.clean]
+
+    @property
+    def max_len(self) -> int:
+        return max(self.lengths)
+
+    def select(self, idx) -> "PromptPairs":
+        """The pairs at indices ``idx`` (a list or 1-D tensor; repeats allowed), same metric."""
+        idx = [int(i) for i in (idx.tolist() if isinstance(idx, Tensor) else idx)]
+        texts = tuple(self.texts[i] for i in idx) if self.texts else ()
+        return PromptPairs(tuple(self.clean[i] for i in idx), tuple(self.noise[i] for i in idx),
+                           self.answer[idx], self.distractor[idx], self.metric, texts)
+
+    def groups(self) -> Iterator["LengthGroup"]:
+        """Pairs batched by token length (no padding is ever needed inside a group)."""
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(self.lengths):
+            by_len.setdefault(n, []).append(i)
+        for n, idx in sorted(by_len.items()):
+            yield LengthGroup(
+                index=torch.tensor(idx),
+                clean=torch.stack([self.clean[i] for i in idx]),
+                noise=torch.stack([self.noise[i] for i in idx]),
+                pairs=self.select(idx),
+                offset=self.max_len - n,
+            )
+
+    def check_vocab(self, vocab_size: int) -> None:
+        for name, seqs in (("clean", self.clean), ("noise", self.noise)):
+            for i, s in enumerate(seqs):
+                if int(s.max()) >= vocab_size or int(s.min()) < 0:
+                    raise ValueError(f"pair {i}: {name} prompt has token ids outside the model's vocabulary (0..{vocab_size - 1})")
+        for name, ids in (("answer", self.answer), ("distractor", self.distractor)):
+            if int(ids.max()) >= vocab_size or int(ids.min()) < NO_TOKEN:
+                raise ValueError(f"{name} token ids must be in 0..{vocab_size - 1}")
+
+    def __repr__(self) -> str:
+        lens = sorted(set(self.lengths))
+        return f"PromptPairs({len(self)} pairs, lengths {lens[0]}..{lens[-1]}, metric={getattr(self.metric, 'name', self.metric)})"
+
+
+@dataclass(frozen=True)
+class LengthGroup:
+    """Pairs of one token length: ``clean``/``noise`` are (G, T); ``index`` maps rows to pair indices."""
+
+    index: Tensor
+    clean: Tensor
+    noise: Tensor
+    pairs: PromptPairs
+    offset: int
+    """Right-alignment offset: this group's position ``t`` is aligned position ``t + offset``."""
+
+
+def single_token(tok, answer, i: int, what: str) -> int:
+    if isinstance(answer, int):
+        return answer
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tok.decode([t]) for t in ids]
+        raise ValueError(
+            f"pair {i}: {what} {answer!r} is {len(ids)} tokens {pieces}, but answers must be a single token; "
+            "use a word that is one token (often with a leading space, e.g. ' Mary'), or pass a token id"
+        )
+    return ids[0]

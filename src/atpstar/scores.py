@@ -1,0 +1,100 @@
+"""The result of every method: per-node effects and ranking scores, with a tidy table view.
+
+Tensors are indexed ``[layer, unit, pos]`` per node kind (``pos`` = aligned position, see
+:mod:`atpstar.pairs`). ``NaN`` marks a node that was not computed (a node subset was asked for)
+or that exists for no pair (a position before a short prompt's first token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .types import ALL_KINDS, Node, NodeKind
+
+
+@dataclass
+class Scores:
+    method: str
+    effect: dict
+    """{kind: (layers, units, pos)} signed mean over pairs of the (estimated) effect I(n)."""
+    score: dict
+    """{kind: (layers, units, pos)} ranking score: |mean effect| for exact patching, the method's score otherwise."""
+    n_pairs: int
+    per_pair: dict | None = None
+    """{kind: (pairs, layers, units, pos)} per-pair effects, when asked for (``per_pair=True``)."""
+    info: dict = field(default_factory=dict)
+    """Cost accounting, options and the clean metric."""
+
+    @property
+    def kinds(self) -> list[NodeKind]:
+        return [k for k in ALL_KINDS if k in self.effect]
+
+    def to_frame(self, kinds=None, dropna: bool = True):
+        """pandas DataFrame, one row per node: kind, layer, unit, pos, name, effect, score (sorted by score)."""
+        import pandas as pd
+
+        frames = []
+        for kind in NodeKind.parse(kinds) if kinds is not None else self.kinds:
+            eff, sc = self.effect[kind], self.score[kind]
+            layer, unit, pos = (t.flatten() for t in torch.meshgrid(*(torch.arange(n) for n in eff.shape), indexing="ij"))
+            frames.append(pd.DataFrame({
+                "kind": kind.value, "layer": layer.numpy(), "unit": unit.numpy(), "pos": pos.numpy(),
+                "effect": eff.flatten().double().numpy(), "score": sc.flatten().double().numpy(),
+            }))
+        df = pd.concat(frames, ignore_index=True)
+        if dropna:
+            df = df[df["score"].notna()]
+        df = df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        df.insert(4, "name", [Node(NodeKind(k), l, u, p).name for k, l, u, p in
+                              zip(df["kind"], df["layer"], df["unit"], df["pos"])])
+        return df
+
+    def top(self, k: int = 20, kinds=None):
+        return self.to_frame(kinds).head(k)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k.value}: {int(self.score[k].isfinite().sum())}" for k in self.kinds)
+        return f"Scores({self.method}, {self.n_pairs} pairs, nodes {sizes})"
+
+
+class Accumulator:
+    """Sums per-pair tensors of one length group at a time into pair-averaged Scores (memory: O(nodes))."""
+
+    def __init__(self, model, kinds, n_pairs: int, max_len: int, keep_per_pair: bool = False):
+        self.shapes = {k: (model.n_layers, model.units(k), max_len) for k in NodeKind.parse(kinds)}
+        zeros = lambda: {k: torch.zeros(s, dtype=torch.float64) for k, s in self.shapes.items()}  # noqa: E731
+        self.sum, self.abs_sum, self.count = zeros(), zeros(), zeros()
+        self.per_pair = None
+        if keep_per_pair:
+            self.per_pair = {k: torch.full((n_pairs, *s), float("nan")) for k, s in self.shapes.items()}
+        self.n_pairs = n_pairs
+        self.max_len = max_len
+
+    def add(self, kind: NodeKind, group, effect: Tensor, score_term: Tensor | None = None) -> None:
+        """``effect`` (and ``score_term``): (G, layers, units, T_group); NaN = not computed."""
+        offset = group.offset
+        t = effect.shape[-1]
+        effect = effect.detach().to("cpu", torch.float64)
+        present = effect.isfinite()
+        term = effect.abs() if score_term is None else score_term.detach().to("cpu", torch.float64)
+        self.sum[kind][..., offset:offset + t] += effect.nan_to_num().sum(0)
+        self.abs_sum[kind][..., offset:offset + t] += term.nan_to_num().sum(0)
+        self.count[kind][..., offset:offset + t] += present.sum(0)
+        if self.per_pair is not None:
+            self.per_pair[kind][group.index, ..., offset:offset + t] = effect.float()
+
+    def finish(self, method: str, score: str = "abs_mean", info: dict | None = None) -> Scores:
+        """score='abs_mean': |mean effect| (ground truth c(n)); 'mean_abs': mean of the score terms."""
+        effect, scores = {}, {}
+        for kind in self.shapes:
+            count = self.count[kind]
+            mean = torch.where(count > 0, self.sum[kind] / count.clamp(min=1), torch.nan)
+            effect[kind] = mean
+            if score == "abs_mean":
+                scores[kind] = mean.abs()
+            else:
+                scores[kind] = torch.where(count > 0, self.abs_sum[kind] / count.clamp(min=1), torch.nan)
+        return Scores(method, effect, scores, self.n_pairs, self.per_pair, info or {})
