@@ -139,6 +139,15 @@ class LengthGroup:
     offset: int
     """Right-alignment offset: this group's position ``t`` is aligned position ``t + offset``."""
 
+    def split(self, size: int) -> Iterator["LengthGroup"]:
+        """Consecutive sub-groups of at most ``size`` pairs."""
+        if size < 1:
+            raise ValueError(f"batch size must be at least 1, got {size}")
+        for lo in range(0, len(self.index), size):
+            sl = slice(lo, lo + size)
+            yield LengthGroup(self.index[sl], self.clean[sl], self.noise[sl],
+                              self.pairs.select(range(lo, min(lo + size, len(self.index)))), self.offset)
+
 
 def single_token(tok, answer, i: int, what: str) -> int:
     if isinstance(answer, int):
@@ -151,3 +160,17 @@ def single_token(tok, answer, i: int, what: str) -> int:
             "use a word that is one token (often with a leading space, e.g. ' Mary'), or pass a token id"
         )
     return ids[0]
+
+
+def _from_file(loader_name: str):
+    def load(cls, path, model, skip_bad: bool = False) -> PromptPairs:
+        from .tasks import files
+
+        return getattr(files, loader_name)(path, model, skip_bad=skip_bad)
+
+    load.__doc__ = f"Read pairs from a {loader_name[5:].upper()} file with columns clean, noise, answer[, distractor][, metric] (see docs/tasks.md)."
+    return classmethod(load)
+
+
+PromptPairs.from_jsonl = _from_file("from_jsonl")
+PromptPairs.from_csv = _from_file("from_csv")

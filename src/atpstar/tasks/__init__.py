@@ -1,0 +1,14 @@
+"""Prompt-pair distributions (SPEC.md §10) and loaders for your own pairs.
+
+``ioi``, ``city`` and ``rand`` build :class:`~atpstar.pairs.PromptPairs` from bundled data, for any
+tokenizer; ``from_jsonl`` / ``from_csv`` load user pairs with row-level validation. See docs/tasks.md.
+"""
+
+from .city import city
+from .files import from_csv, from_jsonl
+from .ioi import ioi
+from .rand import rand
+
+TASKS = {"ioi": ioi, "city": city, "rand": rand}
+
+__all__ = ["TASKS", "city", "from_csv", "from_jsonl", "ioi", "rand"]

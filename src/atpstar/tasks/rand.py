@@ -1,0 +1,32 @@
+"""RAND-PP: two unrelated natural-text snippets of equal token length (SPEC.md §10).
+
+Clean: the first ``k`` tokens of a sentence from ``data/rand.txt`` (``k`` drawn per pair); the
+answer is the sentence's true next token. Noise: the first ``k`` tokens of another sentence.
+Metric: log-prob of the answer. There is no distractor.
+"""
+
+from __future__ import annotations
+
+from .common import finish, lead_ids, load_data, rng, tokenizer, word_ids
+
+MIN_PREFIX, MAX_PREFIX = 6, 16
+
+
+def rand(model, n: int = 64, seed: int = 0, only_correct: bool = False):
+    """``n`` RAND prompt pairs (each sentence used once as the clean snippet), metric ``logprob``."""
+    tok = tokenizer(model)
+    lead = lead_ids(tok)
+    sentences = [word_ids(tok, s) for s in load_data("rand.txt")]
+    r = rng(seed)
+    order = [i for i, s in enumerate(sentences) if len(s) > MIN_PREFIX]
+    r.shuffle(order)
+    rows = []
+    for i in order[:n]:
+        k = r.randint(MIN_PREFIX, min(MAX_PREFIX, len(sentences[i]) - 1))
+        prefix = sentences[i][:k]
+        others = [j for j in order if j != i and sentences[j][:k] != prefix and len(sentences[j]) >= k]
+        noise = sentences[r.choice(others)][:k]
+        texts = (tok.decode(prefix), tok.decode(noise))
+        rows.append((lead + prefix, lead + noise, sentences[i][k], None, texts))
+    why = f"the bundled collection has {len(order)} sentences longer than {MIN_PREFIX} tokens, each used once"
+    return finish(model, "rand", rows, n, why, "logprob", only_correct)
