@@ -1,5 +1,6 @@
 """atpstar: AtP* — find the model components that cause a behaviour, checked against exact patching."""
 
+from . import tasks
 from .methods import METHODS, acp, atp
 from .metrics import Metric
 from .model import Model, load_model
@@ -10,4 +11,4 @@ from .types import ALL_KINDS, ATTENTION_KINDS, Node, NodeKind
 
 __version__ = "0.1.0"
 __all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Metric", "Model", "Node", "NodeKind", "NodeSet",
-           "PromptPairs", "Scores", "acp", "atp", "load_model"]
+           "PromptPairs", "Scores", "acp", "atp", "load_model", "tasks"]
