@@ -177,26 +177,38 @@ def _stub(start: Tensor):
     return forward
 
 
-def run(model: Model, input_ids: Tensor, intervention: Intervention | None = None, last_only: bool = True) -> Tensor:
-    """Forward pass returning logits: (batch, vocab) at the last position, or (batch, pos, vocab)."""
+def run(model: Model, input_ids: Tensor, intervention: Intervention | None = None, last_only: bool = True,
+        prefix: tuple[list, list] | None = None) -> Tensor:
+    """Forward pass returning logits: (batch, vocab) at the last position, or (batch, pos, vocab).
+
+    ``prefix``: per-layer (keys, values) of the first P positions (as the attention sees them,
+    batch-aligned). Then only positions P.. are computed, attending to the given keys/values, and
+    sites of q/head/neuron/probs/resid hold positions P.. only (k/v sites hold all positions).
+    """
     kwargs = {"logits_to_keep": 1} if last_only else {}
+    kwargs["use_cache"] = False
     ids = input_ids.to(model.device)
+    if prefix is not None and prefix[0][0].shape[-2] > 0:
+        kwargs.update(_prefix_kwargs(model, ids, prefix))
+        ids = ids[:, prefix[0][0].shape[-2]:]
     if intervention is None:
-        out = model.hf(input_ids=ids, use_cache=False, **kwargs).logits
+        out = model.hf(input_ids=ids, **kwargs).logits
     else:
         with intervention:
-            out = model.hf(input_ids=ids, use_cache=False, **kwargs).logits
+            out = model.hf(input_ids=ids, **kwargs).logits
     return out[:, -1] if last_only else out
 
 
-def stack_sites(cache: dict, site: str, n_layers: int) -> list[Tensor]:
-    """The captured tensors of one site for layers 0..n_layers-1, in layer order."""
-    return [cache[(layer, site)] for layer in range(n_layers)]
+def _prefix_kwargs(model: Model, ids: Tensor, prefix: tuple[list, list]) -> dict:
+    from transformers import DynamicCache
+
+    keys, values = prefix
+    start, end = keys[0].shape[-2], ids.shape[1]
+    cache = DynamicCache()  # full layers everywhere: a sliding-window layer would drop prefix keys; the mask applies the window
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k, v, layer)
+    positions = torch.arange(start, end, device=ids.device).expand(ids.shape[0], -1)
+    return {"past_key_values": cache, "use_cache": True, "position_ids": positions}
 
 
-def resid_start(cache: dict, layer: int, rows: Tensor) -> Tensor:
-    """Clean residual stream entering ``layer`` for the given batch rows (contiguous copy)."""
-    return cache[(layer, RESID)][rows].contiguous()
-
-
-__all__ = ["Intervention", "Patch", "node_index", "run", "resid_start", "stack_sites", "torch"]
+__all__ = ["Intervention", "Patch", "node_index", "run"]

@@ -23,6 +23,8 @@ class Scores:
     score: dict
     """{kind: (layers, units, pos)} ranking score: |mean effect| for exact patching, the method's score otherwise."""
     n_pairs: int
+    mean_abs: dict = field(default_factory=dict)
+    """{kind: (layers, units, pos)} mean over pairs of |effect| (large when effects are large but of varying sign)."""
     per_pair: dict | None = None
     """{kind: (pairs, layers, units, pos)} per-pair effects, when asked for (``per_pair=True``)."""
     info: dict = field(default_factory=dict)
@@ -33,7 +35,7 @@ class Scores:
         return [k for k in ALL_KINDS if k in self.effect]
 
     def to_frame(self, kinds=None, dropna: bool = True):
-        """pandas DataFrame, one row per node: kind, layer, unit, pos, name, effect, score (sorted by score)."""
+        """pandas DataFrame, one row per node: kind, layer, unit, pos, name, effect, mean_abs, score (sorted by score)."""
         import pandas as pd
 
         frames = []
@@ -42,7 +44,8 @@ class Scores:
             layer, unit, pos = (t.flatten() for t in torch.meshgrid(*(torch.arange(n) for n in eff.shape), indexing="ij"))
             frames.append(pd.DataFrame({
                 "kind": kind.value, "layer": layer.numpy(), "unit": unit.numpy(), "pos": pos.numpy(),
-                "effect": eff.flatten().double().numpy(), "score": sc.flatten().double().numpy(),
+                "effect": eff.flatten().double().numpy(), "mean_abs": self.mean_abs[kind].flatten().double().numpy(),
+                "score": sc.flatten().double().numpy(),
             }))
         df = pd.concat(frames, ignore_index=True)
         if dropna:
@@ -66,7 +69,7 @@ class Accumulator:
     def __init__(self, model, kinds, n_pairs: int, max_len: int, keep_per_pair: bool = False):
         self.shapes = {k: (model.n_layers, model.units(k), max_len) for k in NodeKind.parse(kinds)}
         zeros = lambda: {k: torch.zeros(s, dtype=torch.float64) for k, s in self.shapes.items()}  # noqa: E731
-        self.sum, self.abs_sum, self.count = zeros(), zeros(), zeros()
+        self.sum, self.abs_sum, self.term_sum, self.count = zeros(), zeros(), zeros(), zeros()
         self.per_pair = None
         if keep_per_pair:
             self.per_pair = {k: torch.full((n_pairs, *s), float("nan")) for k, s in self.shapes.items()}
@@ -81,20 +84,19 @@ class Accumulator:
         present = effect.isfinite()
         term = effect.abs() if score_term is None else score_term.detach().to("cpu", torch.float64)
         self.sum[kind][..., offset:offset + t] += effect.nan_to_num().sum(0)
-        self.abs_sum[kind][..., offset:offset + t] += term.nan_to_num().sum(0)
+        self.abs_sum[kind][..., offset:offset + t] += effect.abs().nan_to_num().sum(0)
+        self.term_sum[kind][..., offset:offset + t] += term.nan_to_num().sum(0)
         self.count[kind][..., offset:offset + t] += present.sum(0)
         if self.per_pair is not None:
             self.per_pair[kind][group.index, ..., offset:offset + t] = effect.float()
 
     def finish(self, method: str, score: str = "abs_mean", info: dict | None = None) -> Scores:
         """score='abs_mean': |mean effect| (ground truth c(n)); 'mean_abs': mean of the score terms."""
-        effect, scores = {}, {}
+        effect, scores, mean_abs = {}, {}, {}
         for kind in self.shapes:
             count = self.count[kind]
-            mean = torch.where(count > 0, self.sum[kind] / count.clamp(min=1), torch.nan)
-            effect[kind] = mean
-            if score == "abs_mean":
-                scores[kind] = mean.abs()
-            else:
-                scores[kind] = torch.where(count > 0, self.abs_sum[kind] / count.clamp(min=1), torch.nan)
-        return Scores(method, effect, scores, self.n_pairs, self.per_pair, info or {})
+            mean = lambda total: torch.where(count > 0, total / count.clamp(min=1), torch.nan)  # noqa: E731
+            effect[kind] = mean(self.sum[kind])
+            mean_abs[kind] = mean(self.abs_sum[kind])
+            scores[kind] = effect[kind].abs() if score == "abs_mean" else mean(self.term_sum[kind])
+        return Scores(method, effect, scores, self.n_pairs, mean_abs, self.per_pair, info or {})

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..capture import Intervention, Patch, node_index, resid_start, run
+from ..capture import Intervention, Patch, node_index, run
 from ..metrics import resolve
 from ..nodes import NodeSet
 from ..pairs import PromptPairs
@@ -63,7 +63,7 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
 def _patch_group(model, group, node_set: NodeSet, metric, batch_size, memory_mb, stats, bar) -> dict:
     n_group, n_tok = group.clean.shape
     kinds = node_set.kinds
-    clean = Intervention(model, capture=frozenset({RESID, *(k.value for k in kinds)}))
+    clean = Intervention(model, capture=frozenset({RESID, "k", "v", *(k.value for k in kinds)}))
     base = metric(run(model, group.clean, clean), group.pairs)
     noise = Intervention(model, capture=frozenset(k.value for k in kinds))
     run(model, group.noise, noise)
@@ -72,11 +72,12 @@ def _patch_group(model, group, node_set: NodeSet, metric, batch_size, memory_mb,
 
     nodes = node_set.take(node_set.pos >= group.offset)
     own_pos = nodes.pos - group.offset
-    # jobs: every (pair, node), sorted by layer so that a batch can skip the blocks below it
-    order = torch.argsort(nodes.layer, stable=True)
+    effects = {k: torch.full((n_group, model.n_layers, model.units(k), n_tok), float("nan"), dtype=torch.float64)
+               for k in kinds}
+    # jobs: every (pair, node), sorted by (position, layer): a batch starts at its lowest position and layer
+    order = torch.argsort(own_pos * model.n_layers + nodes.layer, stable=True)
     job_node = order.repeat_interleave(n_group)
     job_pair = torch.arange(n_group).repeat(len(order))
-    effects = {k: torch.full((n_group, model.n_layers, model.units(k), n_tok), float("nan"), dtype=torch.float64) for k in kinds}
     # a node whose noise value equals its clean value bit for bit is a no-op patch: effect exactly 0
     moved = _moved(model, nodes, own_pos, job_node, job_pair, clean.cache, noise.cache)
     _scatter(effects, nodes, own_pos, job_node[~moved], job_pair[~moved], torch.zeros(int((~moved).sum()), dtype=torch.float64))
@@ -86,17 +87,28 @@ def _patch_group(model, group, node_set: NodeSet, metric, batch_size, memory_mb,
     size = batch_size or auto_batch_size(model, n_tok, memory_mb)
     for lo in range(0, len(job_node), size):
         rows_node, rows_pair = job_node[lo:lo + size], job_pair[lo:lo + size]
-        start_layer = int(nodes.layer[rows_node].min())
-        patches = _patches(nodes, own_pos, rows_node, rows_pair, noise.cache)
-        intervention = Intervention(model, patches=patches, skip_below=start_layer,
-                                    start=resid_start(clean.cache, start_layer, rows_pair) if start_layer else None)
-        value = metric(run(model, group.clean[rows_pair], intervention), group.pairs.select(rows_pair))
+        value, cost = _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean.cache, noise.cache, metric)
         _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - base[rows_pair]).double().cpu())
         stats["forward_rows"] += len(rows_node)
-        stats["layer_rows"] += len(rows_node) * (model.n_layers - start_layer) / model.n_layers
+        stats["layer_rows"] += len(rows_node) * cost
         stats["patches"] += len(rows_node)
         bar.update(len(rows_node))
     return effects
+
+
+def _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean: dict, noise: dict, metric):
+    """Metric of one batch of single-node patches, computing only blocks >= the lowest patched layer
+    and positions >= the lowest patched position (earlier positions are the clean run's: causal
+    attention). Returns the values and the cost as a fraction of a full forward pass."""
+    layer0 = int(nodes.layer[rows_node].min())
+    pos0 = int(own_pos[rows_node].min())
+    patches = _patches(nodes, own_pos, rows_node, rows_pair, noise, pos0)
+    start = clean[(layer0, RESID)][rows_pair, pos0:].contiguous() if layer0 else None
+    prefix = tuple([clean[(l, s)][rows_pair, :, :pos0] for l in range(model.n_layers)] for s in ("k", "v"))
+    hooks = Intervention(model, patches=patches, skip_below=layer0, start=start)
+    value = metric(run(model, group.clean[rows_pair], hooks, prefix=prefix), group.pairs.select(rows_pair))
+    n_layers, n_tok = model.n_layers, group.clean.shape[1]
+    return value, (n_layers - layer0) * (n_tok - pos0) / (n_layers * n_tok)
 
 
 def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, delta: Tensor) -> None:
@@ -127,8 +139,11 @@ def _differs(kind, clean: Tensor, noise: Tensor) -> Tensor:
     return (clean != noise).any(-1).cpu()
 
 
-def _patches(nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, noise_cache: dict) -> dict:
-    """One Patch per (layer, kind) site touched by this batch; values come from the noise run."""
+def _patches(nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, noise_cache: dict, pos0: int) -> dict:
+    """One Patch per (layer, kind) site touched by this batch, values from the noise run.
+
+    Only positions >= ``pos0`` are computed: q/head/neuron sites hold that window, k/v sites hold
+    all positions (the cached prefix plus the window)."""
     patches = {}
     site_key = nodes.kind[rows_node] * 10_000 + nodes.layer[rows_node]
     for key in site_key.unique().tolist():
@@ -137,7 +152,8 @@ def _patches(nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tens
         n = rows_node[sel]
         unit, pos = nodes.unit[n], own_pos[n]
         values = noise_cache[(layer, kind.value)][node_index(kind, rows_pair[sel], unit, pos)]
-        patches[(layer, kind)] = Patch(rows=sel, units=unit, pos=pos, values=values)
+        shift = 0 if kind in (NodeKind.K, NodeKind.V) else pos0
+        patches[(layer, kind)] = Patch(rows=sel, units=unit, pos=pos - shift, values=values)
     return patches
 
 
