@@ -4,7 +4,7 @@ detached models, and agreement on a real model."""
 import pytest
 import torch
 from conftest import ARCH_NAMES, StubTokenizer, random_pairs, tiny_hf, tiny_model
-from test_substrate import ZeroMLP, _linear_after_cases
+from test_substrate import ZeroMLP, linear_after_node
 from torch import nn
 
 import atpstar
@@ -17,12 +17,7 @@ from atpstar.types import ALL_KINDS, PROBS, NodeKind
 
 @pytest.mark.parametrize("kind", [NodeKind.NEURON, NodeKind.HEAD])
 def test_atp_equals_patching_when_linear_after_node(kind):
-    model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
-    model.hf.model.norm = nn.Identity()
-    if kind is NodeKind.HEAD:
-        model.layers[-1].mlp = ZeroMLP()
-    pairs = random_pairs(lengths=(7,))
-    nodes, expected = _linear_after_cases(model, pairs, kind, (0, 3, 5), t=6)
+    model, pairs, nodes, expected = linear_after_node(kind)
     est = atpstar.atp(model, pairs, kinds=[kind], qk_fix=False, graddrop=False, progress=False)
     exact = atpstar.acp(model, pairs, nodes=nodes, progress=False)
     for node, value in zip(nodes, expected):

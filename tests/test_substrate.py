@@ -187,16 +187,21 @@ def _linear_after_cases(model, pairs, kind: NodeKind, units, t: int):
     return nodes, expected
 
 
-@pytest.mark.parametrize("kind", [NodeKind.NEURON, NodeKind.HEAD])
-def test_effect_equals_analytic_value_when_linear_after_node(kind):
-    """Last-layer node at the last position with the final norm removed (and, for a head, the last
-    MLP): the model is linear after the node, so the effect is Δnode · W_out · (u_answer − u_distractor)."""
+def linear_after_node(kind: NodeKind):
+    """Last-layer nodes at the last position of a float64 Llama with the final norm removed (and,
+    for heads, the last MLP): the model is linear after them. Returns model, pairs, nodes and their
+    analytic effects Δnode · W_out · (u_answer − u_distractor)."""
     model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
     model.hf.model.norm = nn.Identity()
     if kind is NodeKind.HEAD:
         model.layers[-1].mlp = ZeroMLP()
     pairs = random_pairs(lengths=(7,))
-    nodes, expected = _linear_after_cases(model, pairs, kind, (0, 3, 5), t=6)
+    return (model, pairs, *_linear_after_cases(model, pairs, kind, (0, 3, 5), t=6))
+
+
+@pytest.mark.parametrize("kind", [NodeKind.NEURON, NodeKind.HEAD])
+def test_effect_equals_analytic_value_when_linear_after_node(kind):
+    model, pairs, nodes, expected = linear_after_node(kind)
     got = atpstar.acp(model, pairs, nodes=nodes, progress=False).to_frame().set_index("name")
     for node, value in zip(nodes, expected):
         assert float(got.loc[node.name, "effect"]) == pytest.approx(value, abs=1e-9)
@@ -268,3 +273,29 @@ def test_node_names_round_trip():
     assert NodeKind.parse("attn") == [NodeKind.Q, NodeKind.K, NodeKind.V, NodeKind.HEAD]
     with pytest.raises(ValueError, match="unknown node kind"):
         NodeKind.parse("mlp")
+
+
+def test_interrupted_acp_resumes_from_checkpoint(model, tmp_path):
+    pairs = random_pairs(lengths=(6, 8), seed=9)
+    calls = {"n": 0, "stop_at": 5}
+
+    def logit_diff(logits, p):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
+        return atpstar.metrics.logit_diff(logits, p)
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        atpstar.acp(model, pairs, kinds="attn", metric=logit_diff, batch_size=10, checkpoint=path,
+                    checkpoint_every=0, progress=False)
+    assert path.exists()
+    calls["stop_at"] = -1
+    resumed = atpstar.acp(model, pairs, kinds="attn", metric=logit_diff, batch_size=10, checkpoint=path, progress=False)
+    fresh = atpstar.acp(model, pairs, kinds="attn", metric=logit_diff, batch_size=10, progress=False)
+    assert resumed.info["resumed"] > 0
+    assert resumed.info["patches"] < fresh.info["patches"]
+    for kind in fresh.kinds:
+        assert torch.allclose(resumed.effect[kind], fresh.effect[kind], atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="different run"):
+        atpstar.acp(model, pairs, kinds="head", metric=logit_diff, checkpoint=path, progress=False)

@@ -2,19 +2,24 @@
 
 For each (pair, node): run the clean prompt with that one node overwritten by its value on the
 noise prompt; effect ``I = L(patched) − L(clean)``. Many single-node patches run in one batched
-forward pass (row r patches node r), nodes sorted by layer so each batch starts at its lowest
-patched layer: the blocks below it are not recomputed but replaced by the cached clean residual
-stream. Batches are sized to a memory budget.
+forward pass (row r patches node r). Nodes are sorted by (position, layer), and each batch
+computes only the blocks from its lowest patched layer (below: the cached clean residual stream)
+and the positions from its lowest patched position (before: the clean keys/values, as causal
+attention allows). A node whose noise value equals its clean value is a no-op with effect 0.
+Batches are sized to a memory budget; long runs can checkpoint and resume.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..capture import Intervention, Patch, node_index, run
-from ..metrics import resolve
+from ..checkpoint import Checkpoint, fingerprint
+from ..metrics import Metric, resolve
 from ..nodes import NodeSet
 from ..pairs import PromptPairs
 from ..scores import Accumulator, Scores
@@ -22,7 +27,8 @@ from ..types import ALL_KINDS, RESID, NodeKind
 
 
 def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_size: int | None = None,
-        memory_mb: float = 1024, per_pair: bool = False, progress: bool = True) -> Scores:
+        memory_mb: float = 1024, per_pair: bool = False, progress: bool = True,
+        checkpoint=None, checkpoint_every: float = 60.0) -> Scores:
     """Exact effect of patching each node (noise value into the clean run), per pair and averaged.
 
     Args:
@@ -35,6 +41,8 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
             (the pairs' own metric).
         batch_size: patches per forward pass; default from ``memory_mb``.
         per_pair: also return per-pair effects in ``Scores.per_pair``.
+        checkpoint: a file path: finished results are saved there every ``checkpoint_every``
+            seconds, and a rerun with the same arguments resumes from it.
 
     Returns:
         :class:`~atpstar.scores.Scores` with ``effect`` = mean effect over pairs and
@@ -44,56 +52,71 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
     pairs.check_vocab(model.vocab_size)
     n_pos = pairs.max_len
     node_set = NodeSet.every(model, kinds, n_pos) if nodes is None else NodeSet.parse(model, nodes, n_pos)
+    ckpt = Checkpoint(checkpoint, fingerprint(model, pairs, node_set, metric), checkpoint_every)
+    patcher = _Patcher(model, metric, node_set, batch_size, memory_mb, ckpt)
     acc = Accumulator(model, node_set.kinds, len(pairs), n_pos, keep_per_pair=per_pair)
-    stats = {"forward_rows": 0, "layer_rows": 0.0, "patches": 0, "skipped_identical": 0}
     total = sum(int((node_set.pos >= g.offset).sum()) * len(g.index) for g in pairs.groups())
-    bar = tqdm(total=total, desc="activation patching", unit="patch", disable=not progress, leave=False)
+    patcher.bar = tqdm(total=total, desc="activation patching", unit="patch", disable=not progress, leave=False)
     with torch.no_grad():
-        for group in pairs.groups():
-            effects = _patch_group(model, group, node_set, metric, batch_size, memory_mb, stats, bar)
-            for kind, eff in effects.items():
+        for i, group in enumerate(pairs.groups()):
+            for kind, eff in patcher.group(i, group).items():
                 acc.add(kind, group, eff)
-    bar.close()
-    info = {"metric": metric.name, "forward_passes": stats["forward_rows"],
-            "forward_equivalents": stats["layer_rows"], "patches": stats["patches"],
-            "skipped_identical": stats["skipped_identical"]}
-    return acc.finish("acp", score="abs_mean", info=info)
+    patcher.bar.close()
+    return acc.finish("acp", score="abs_mean", info={"metric": metric.name, **patcher.stats, "resumed": ckpt.resumed})
 
 
-def _patch_group(model, group, node_set: NodeSet, metric, batch_size, memory_mb, stats, bar) -> dict:
-    n_group, n_tok = group.clean.shape
-    kinds = node_set.kinds
-    clean = Intervention(model, capture=frozenset({RESID, "k", "v", *(k.value for k in kinds)}))
-    base = metric(run(model, group.clean, clean), group.pairs)
-    noise = Intervention(model, capture=frozenset(k.value for k in kinds))
-    run(model, group.noise, noise)
-    stats["forward_rows"] += 2 * n_group
-    stats["layer_rows"] += 2 * n_group
+@dataclass
+class _Patcher:
+    model: object
+    metric: Metric
+    node_set: NodeSet
+    batch_size: int | None
+    memory_mb: float
+    ckpt: Checkpoint
+    bar: object = None
+    stats: dict = field(default_factory=lambda: {"forward_passes": 0, "forward_equivalents": 0.0, "patches": 0,
+                                                 "skipped_identical": 0})
 
-    nodes = node_set.take(node_set.pos >= group.offset)
-    own_pos = nodes.pos - group.offset
-    effects = {k: torch.full((n_group, model.n_layers, model.units(k), n_tok), float("nan"), dtype=torch.float64)
-               for k in kinds}
-    # jobs: every (pair, node), sorted by (position, layer): a batch starts at its lowest position and layer
-    order = torch.argsort(own_pos * model.n_layers + nodes.layer, stable=True)
-    job_node = order.repeat_interleave(n_group)
-    job_pair = torch.arange(n_group).repeat(len(order))
-    # a node whose noise value equals its clean value bit for bit is a no-op patch: effect exactly 0
-    moved = _moved(model, nodes, own_pos, job_node, job_pair, clean.cache, noise.cache)
-    _scatter(effects, nodes, own_pos, job_node[~moved], job_pair[~moved], torch.zeros(int((~moved).sum()), dtype=torch.float64))
-    stats["skipped_identical"] += int((~moved).sum())
-    bar.update(int((~moved).sum()))
-    job_node, job_pair = job_node[moved], job_pair[moved]
-    size = batch_size or auto_batch_size(model, n_tok, memory_mb)
-    for lo in range(0, len(job_node), size):
-        rows_node, rows_pair = job_node[lo:lo + size], job_pair[lo:lo + size]
-        value, cost = _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean.cache, noise.cache, metric)
-        _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - base[rows_pair]).double().cpu())
-        stats["forward_rows"] += len(rows_node)
-        stats["layer_rows"] += len(rows_node) * cost
-        stats["patches"] += len(rows_node)
-        bar.update(len(rows_node))
-    return effects
+    def group(self, index: int, group) -> dict:
+        """Per-pair effects {kind: (G, layers, units, T)} of every node for one length group."""
+        model, kinds = self.model, self.node_set.kinds
+        n_group, n_tok = group.clean.shape
+        clean = Intervention(model, capture=frozenset({RESID, "k", "v", *(k.value for k in kinds)}))
+        base = self.metric(run(model, group.clean, clean), group.pairs)
+        noise = Intervention(model, capture=frozenset(k.value for k in kinds))
+        run(model, group.noise, noise)
+        self._count(2 * n_group, 2 * n_group)
+        nodes = self.node_set.take(self.node_set.pos >= group.offset)
+        own_pos = nodes.pos - group.offset
+        effects = self.ckpt.get(index) or {
+            k: torch.full((n_group, model.n_layers, model.units(k), n_tok), float("nan"), dtype=torch.float64) for k in kinds}
+        # jobs: every (pair, node) not done yet, sorted by (position, layer)
+        order = torch.argsort(own_pos * model.n_layers + nodes.layer, stable=True)
+        job_node, job_pair = order.repeat_interleave(n_group), torch.arange(n_group).repeat(len(order))
+        todo = ~_gather(effects, nodes, own_pos, job_node, job_pair).isfinite()
+        self.bar.update(int((~todo).sum()))
+        job_node, job_pair = job_node[todo], job_pair[todo]
+        # a node whose noise value equals its clean value bit for bit is a no-op patch: effect exactly 0
+        moved = _moved(model, nodes, own_pos, job_node, job_pair, clean.cache, noise.cache)
+        _scatter(effects, nodes, own_pos, job_node[~moved], job_pair[~moved], torch.zeros(int((~moved).sum()), dtype=torch.float64))
+        self.stats["skipped_identical"] += int((~moved).sum())
+        self.bar.update(int((~moved).sum()))
+        job_node, job_pair = job_node[moved], job_pair[moved]
+        size = self.batch_size or auto_batch_size(model, n_tok, self.memory_mb)
+        for lo in range(0, len(job_node), size):
+            rows_node, rows_pair = job_node[lo:lo + size], job_pair[lo:lo + size]
+            value, cost = _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean.cache, noise.cache, self.metric)
+            _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - base[rows_pair]).double().cpu())
+            self._count(len(rows_node), len(rows_node) * cost)
+            self.stats["patches"] += len(rows_node)
+            self.bar.update(len(rows_node))
+            self.ckpt.update(index, effects)
+        self.ckpt.update(index, effects, force=True)
+        return effects
+
+    def _count(self, rows: int, equivalents: float) -> None:
+        self.stats["forward_passes"] += rows
+        self.stats["forward_equivalents"] += equivalents
 
 
 def _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean: dict, noise: dict, metric):
@@ -117,6 +140,16 @@ def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, 
         if sel.any():
             n = rows_node[sel]
             effects[kind][rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]] = delta[sel]
+
+
+def _gather(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor) -> Tensor:
+    out = torch.full((len(rows_node),), float("nan"), dtype=torch.float64)
+    for kind_i, kind in enumerate(ALL_KINDS):
+        sel = nodes.kind[rows_node] == kind_i
+        if sel.any():
+            n = rows_node[sel]
+            out[sel] = effects[kind][rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]]
+    return out
 
 
 def _moved(model, nodes: NodeSet, own_pos: Tensor, job_node: Tensor, job_pair: Tensor, clean: dict, noise: dict) -> Tensor:
