@@ -40,11 +40,17 @@ def one_per_forward(model, pairs, nodes) -> float:
     return timed(loop) / len(nodes)
 
 
+def workloads(model, n_tok: int) -> dict:
+    """Dense node sets, as exhaustive runs are: every head output; 16 neurons in every (layer, position)."""
+    heads = atpstar.NodeSet.every(model, "head", n_tok)
+    neurons = atpstar.NodeSet.every(model, "neuron", n_tok)
+    return {"head (all 3,780)": heads, "neuron (16 per layer x position)": neurons.take(neurons.unit % 96 == 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--naive", type=int, default=60, help="patches timed in the one-per-forward loop")
-    parser.add_argument("--batched", type=int, default=3000, help="patches timed batched")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = atpstar.load_model("default")
@@ -54,26 +60,20 @@ def main() -> None:
     print("| node kind | nodes (all layers, units, positions) |\n|---|---|")
     for kind in ALL_KINDS:
         print(f"| {kind.value} | {model.n_nodes(kind, n_tok):,} |")
-
     with torch.no_grad():
         fwd = timed(lambda: run(model, pairs.clean[0][None]), repeat=20)
-        # nodes after the first differing token (earlier ones are bit-identical: skipped for free)
-        every = atpstar.NodeSet.every(model, ["q", "k", "v", "head", "neuron"], n_tok)
-        first = int((pairs.clean[0] != pairs.noise[0]).nonzero()[0])
-        live = every.take(every.pos >= first)
-        pick = live.take(torch.randperm(len(live), generator=torch.Generator().manual_seed(0))[: args.batched])
-        atpstar.acp(model, pairs, nodes=pick.take(slice(0, 100)), progress=False)  # warm-up
-        start = time.perf_counter()
-        scores = atpstar.acp(model, pairs, nodes=pick, progress=False)
-        batched = (time.perf_counter() - start) / max(scores.info["patches"], 1)
-        naive = one_per_forward(model, pairs, pick.to_nodes()[: args.naive])
-    print(f"\n| measurement | value |\n|---|---|")
-    print(f"| unpatched forward passes / s (batch 1) | {1 / fwd:.1f} |")
-    print(f"| single-node patches / s, one per forward | {1 / naive:.1f} |")
-    print(f"| single-node patches / s, batched (atpstar.acp) | {1 / batched:.1f} |")
-    print(f"| **speed-up of batching** | **{naive / batched:.1f}x** |")
-    print(f"| patches executed / skipped as identical | {scores.info['patches']} / {scores.info['skipped_identical']} |")
-    print(f"| forward equivalents per patch (layer skipping) | {scores.info['forward_equivalents'] / max(scores.info['forward_passes'], 1):.2f} |")
+        print(f"\nunpatched forward passes / s (batch 1): {1 / fwd:.1f}\n")
+        print("| workload | patches run | one per forward (patches/s) | batched (patches/s) | speed-up | "
+              "forward equivalents / patch |\n|---|---|---|---|---|---|")
+        for name, nodes in workloads(model, n_tok).items():
+            live = nodes.take(torch.randperm(len(nodes), generator=torch.Generator().manual_seed(0)))
+            atpstar.acp(model, pairs, nodes=live.take(slice(0, 64)), progress=False)  # warm-up
+            start = time.perf_counter()
+            info = atpstar.acp(model, pairs, nodes=nodes, progress=False).info
+            batched = (time.perf_counter() - start) / max(info["patches"], 1)
+            naive = one_per_forward(model, pairs, live.take(live.pos > 0).to_nodes()[: args.naive])
+            print(f"| {name} | {info['patches']:,} (+{info['skipped_identical']} identical, free) | {1 / naive:.1f} | "
+                  f"{1 / batched:.1f} | **{naive / batched:.1f}x** | {info['forward_equivalents'] / info['forward_passes']:.2f} |")
 
 
 if __name__ == "__main__":

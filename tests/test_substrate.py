@@ -115,7 +115,7 @@ def test_acp_subset_matches_full_run(model):
     part = atpstar.acp(model, pairs, nodes=subset, progress=False)
     merged = part.to_frame().merge(frame, on="name", suffixes=("", "_full"))
     assert len(merged) == 25
-    assert (merged["effect"] - merged["effect_full"]).abs().max() <= 1e-6
+    assert (merged["effect"] - merged["effect_full"]).abs().max() <= 1e-5  # float32, different batchings
     assert part.info["patches"] + part.info["skipped_identical"] == 25 * 3
 
 

@@ -103,8 +103,8 @@ class _Patcher:
         self.bar.update(int((~moved).sum()))
         job_node, job_pair = job_node[moved], job_pair[moved]
         size = self.batch_size or auto_batch_size(model, n_tok, self.memory_mb)
-        for lo in range(0, len(job_node), size):
-            rows_node, rows_pair = job_node[lo:lo + size], job_pair[lo:lo + size]
+        for rows in _batches(own_pos[job_node] * model.n_layers + nodes.layer[job_node] // LAYER_SPAN, size):
+            rows_node, rows_pair = job_node[rows], job_pair[rows]
             value, cost = _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean.cache, noise.cache, self.metric)
             _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - base[rows_pair]).double().cpu())
             self._count(len(rows_node), len(rows_node) * cost)
@@ -117,6 +117,20 @@ class _Patcher:
     def _count(self, rows: int, equivalents: float) -> None:
         self.stats["forward_passes"] += rows
         self.stats["forward_equivalents"] += equivalents
+
+
+LAYER_SPAN = 4
+"""A batch never mixes positions, nor layers from different spans of this many layers: it then starts
+(computes) close to every one of its patches."""
+
+
+def _batches(bucket: Tensor, size: int) -> list[slice]:
+    """Slices of at most ``size`` consecutive jobs that never cross a change of ``bucket`` (sorted)."""
+    change = (torch.nonzero(bucket[1:] != bucket[:-1]).flatten() + 1).tolist()
+    out = []
+    for lo, hi in zip([0, *change], [*change, len(bucket)]):
+        out.extend(slice(a, min(a + size, hi)) for a in range(lo, hi, size))
+    return out
 
 
 def _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean: dict, noise: dict, metric):
