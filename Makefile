@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/acp_throughput.py
+	$(BIN)/python benchmarks/atp_cost.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -299,3 +299,26 @@ def test_interrupted_acp_resumes_from_checkpoint(model, tmp_path):
         assert torch.allclose(resumed.effect[kind], fresh.effect[kind], atol=1e-6, equal_nan=True)
     with pytest.raises(ValueError, match="different run"):
         atpstar.acp(model, pairs, kinds="head", metric=logit_diff, checkpoint=path, progress=False)
+
+
+@pytest.mark.slow
+def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
+    from atpstar.model import DEFAULT_CACHE_NAME, cache_dir
+
+    assert (smollm.n_layers, smollm.n_heads, smollm.n_kv_heads, smollm.d_mlp) == (30, 9, 3, 1536)
+    pairs = atpstar.PromptPairs.from_strings(
+        smollm, ["When Mary and John went to the store, John gave a drink to"],
+        ["When Alice and Bob went to the store, Bob gave a drink to"], [" Mary"], [" John"])
+    ids = pairs.clean[0][None]
+    with torch.no_grad():
+        hooked = run(smollm, ids, Intervention(smollm, capture=frozenset({"q", "neuron", "probs"})), last_only=False)
+        smollm.hf.config._attn_implementation = "eager"
+        try:
+            eager = smollm.hf(input_ids=ids).logits
+        finally:
+            smollm.hf.config._attn_implementation = "atpstar"
+    assert (hooked - eager).abs().max() <= 1e-4  # float32, 30 layers, logits of magnitude ~20
+    assert float(atpstar.metrics.logit_diff(hooked[:, -1], pairs)) > 2  # SmolLM2 does IOI
+    local = atpstar.load_model(str(cache_dir() / DEFAULT_CACHE_NAME))  # a local directory loads too
+    with torch.no_grad():
+        assert torch.allclose(run(local, ids), hooked[:, -1], atol=1e-4)
