@@ -324,3 +324,11 @@ def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
     with torch.no_grad():
         assert torch.allclose(run(local, ids), hooked[:, -1], atol=1e-4)
         assert torch.allclose(run(gguf, ids), hooked[:, -1], atol=1e-4)
+
+
+def test_frame_names_are_node_names(model):
+    frame = atpstar.atp(model, random_pairs(lengths=(6,)), kinds="all", progress=False).to_frame()
+    for row in frame.sample(50, random_state=0).itertuples():
+        assert Node.parse(row.name) == Node(NodeKind(row.kind), row.layer, row.unit, row.pos)
+    assert len(frame) == sum(model.n_nodes(k, 6) for k in ALL_KINDS)
+    assert frame["score"].is_monotonic_decreasing

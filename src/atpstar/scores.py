@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .types import ALL_KINDS, Node, NodeKind
+from .types import ALL_KINDS, NodeKind
 
 
 @dataclass
@@ -51,8 +51,9 @@ class Scores:
         if dropna:
             df = df[df["score"].notna()]
         df = df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-        df.insert(4, "name", [Node(NodeKind(k), l, u, p).name for k, l, u, p in
-                              zip(df["kind"], df["layer"], df["unit"], df["pos"])])
+        letter = df["kind"].map({k.value: k.unit_letter for k in ALL_KINDS})
+        df.insert(4, "name", "L" + df["layer"].astype(str) + "." + df["kind"] + "." + letter
+                  + df["unit"].astype(str) + "@" + df["pos"].astype(str))  # == Node.name, vectorised
         return df
 
     def top(self, k: int = 20, kinds=None):
