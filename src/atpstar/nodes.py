@@ -56,8 +56,11 @@ class NodeSet:
             missing = {"kind", "layer", "unit", "pos"} - set(nodes.columns)
             if missing:
                 raise ValueError(f"node table lacks columns {sorted(missing)}; expected kind, layer, unit, pos")
-            kinds = [KIND_INDEX[NodeKind(k)] for k in nodes["kind"]]
-            out = cls(*(torch.as_tensor(list(v), dtype=torch.long) for v in (kinds, nodes["layer"], nodes["unit"], nodes["pos"])))
+            kinds = nodes["kind"].astype(str).map({k.value: i for k, i in KIND_INDEX.items()})
+            if kinds.isna().any():
+                bad = sorted(set(nodes["kind"][kinds.isna()].astype(str)))
+                raise ValueError(f"unknown node kinds {bad} in the node table; valid: {[k.value for k in ALL_KINDS]}")
+            out = cls(*(torch.tensor(v.to_numpy(dtype="int64")) for v in (kinds, nodes["layer"], nodes["unit"], nodes["pos"])))
         else:
             rows = [Node.parse(n) if isinstance(n, str) else Node(NodeKind(n[0]), *map(int, n[1:])) for n in nodes]
             cols = list(zip(*[(KIND_INDEX[n.kind], n.layer, n.unit, n.pos) for n in rows])) or [(), (), (), ()]
