@@ -181,4 +181,4 @@ def test_atp_correlates_with_patching_on_smollm(smollm):
     exact = atpstar.acp(smollm, pairs, nodes=sample, progress=False).to_frame()
     merged = sample.merge(exact, on="name", suffixes=("_atp", "_acp"))
     rho = spearmanr(merged["effect_atp"], merged["effect_acp"]).statistic
-    assert rho > 0.5, rho
+    assert rho > 0.9, rho  # measured 0.985

@@ -317,7 +317,7 @@ def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
             eager = smollm.hf(input_ids=ids).logits
         finally:
             smollm.hf.config._attn_implementation = "atpstar"
-    assert (hooked - eager).abs().max() <= 1e-4  # float32, 30 layers, logits of magnitude ~20
+    assert (hooked - eager).abs().max() <= 1e-5
     assert float(atpstar.metrics.logit_diff(hooked[:, -1], pairs)) > 2  # SmolLM2 does IOI
     local = atpstar.load_model(str(gguf_cache_path(default_gguf_path())))  # a local directory loads too
     gguf = atpstar.load_model(str(default_gguf_path()))  # and the .gguf file itself (cached conversion)
