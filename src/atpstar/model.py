@@ -114,9 +114,8 @@ def _wrap(hf: nn.Module, tokenizer, name: str, dtype, device) -> Model:
     hf.requires_grad_(False)
     attention.register()
     hf.config._attn_implementation = attention.IMPL
-    for sub in ("text_config",):
-        if hasattr(hf.config, sub):
-            getattr(hf.config, sub)._attn_implementation = attention.IMPL
+    if hasattr(hf.config, "text_config"):  # multimodal wrappers keep the text model's config apart
+        hf.config.text_config._attn_implementation = attention.IMPL
     return Model(hf, tokenizer, arch, name)
 
 

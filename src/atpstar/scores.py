@@ -83,10 +83,10 @@ class Accumulator:
         t = effect.shape[-1]
         effect = effect.detach().to("cpu", torch.float64)
         present = effect.isfinite()
-        term = effect.abs() if score_term is None else score_term.detach().to("cpu", torch.float64)
         self.sum[kind][..., offset:offset + t] += effect.nan_to_num().sum(0)
         self.abs_sum[kind][..., offset:offset + t] += effect.abs().nan_to_num().sum(0)
-        self.term_sum[kind][..., offset:offset + t] += term.nan_to_num().sum(0)
+        if score_term is not None:  # a method's own score (AtP / GradDrop terms)
+            self.term_sum[kind][..., offset:offset + t] += score_term.detach().to("cpu", torch.float64).nan_to_num().sum(0)
         self.count[kind][..., offset:offset + t] += present.sum(0)
         if self.per_pair is not None:
             self.per_pair[kind][group.index, ..., offset:offset + t] = effect.float()

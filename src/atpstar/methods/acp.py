@@ -148,34 +148,34 @@ def _patched_metric(model, group, nodes, own_pos, rows_node, rows_pair, clean: d
     return value, (n_layers - layer0) * (n_tok - pos0) / (n_layers * n_tok)
 
 
+def _by_kind(nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor):
+    """For each node kind in the jobs: (kind, job mask, index tuple into its (G, layers, units, T) tensor)."""
+    kind_of = nodes.kind[rows_node]
+    for kind_i in kind_of.unique().tolist():
+        sel = kind_of == kind_i
+        n = rows_node[sel]
+        yield ALL_KINDS[kind_i], sel, (rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n])
+
+
 def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, delta: Tensor) -> None:
-    for kind_i, kind in enumerate(ALL_KINDS):
-        sel = nodes.kind[rows_node] == kind_i
-        if sel.any():
-            n = rows_node[sel]
-            effects[kind][rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]] = delta[sel]
+    for kind, sel, index in _by_kind(nodes, own_pos, rows_node, rows_pair):
+        effects[kind][index] = delta[sel]
 
 
 def _gather(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor) -> Tensor:
     out = torch.full((len(rows_node),), float("nan"), dtype=torch.float64)
-    for kind_i, kind in enumerate(ALL_KINDS):
-        sel = nodes.kind[rows_node] == kind_i
-        if sel.any():
-            n = rows_node[sel]
-            out[sel] = effects[kind][rows_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]]
+    for kind, sel, index in _by_kind(nodes, own_pos, rows_node, rows_pair):
+        out[sel] = effects[kind][index]
     return out
 
 
 def _moved(model, nodes: NodeSet, own_pos: Tensor, job_node: Tensor, job_pair: Tensor, clean: dict, noise: dict) -> Tensor:
     """(jobs,) True where the node's noise value differs from its clean value."""
     moved = torch.zeros(len(job_node), dtype=torch.bool)
-    for kind_i, kind in enumerate(ALL_KINDS):
-        if kind not in nodes.kinds:
-            continue
-        differs = torch.stack([_differs(kind, clean[(l, kind.value)], noise[(l, kind.value)]) for l in range(model.n_layers)], 1)
-        sel = nodes.kind[job_node] == kind_i
-        n = job_node[sel]
-        moved[sel] = differs[job_pair[sel], nodes.layer[n], nodes.unit[n], own_pos[n]]
+    for kind, sel, index in _by_kind(nodes, own_pos, job_node, job_pair):
+        site = kind.value
+        differs = torch.stack([_differs(kind, clean[(l, site)], noise[(l, site)]) for l in range(model.n_layers)], 1)
+        moved[sel] = differs[index]
     return moved
 
 

@@ -91,6 +91,7 @@ class Estimator:
 
     def __init__(self, clean: CleanRun, noise_cache: dict, qk_fix: bool):
         self.clean, self.noise, self.qk_fix = clean, noise_cache, qk_fix
+        self._delta: dict = {}
 
     def all_layers(self, kind: NodeKind, grads: dict) -> Tensor:
         return torch.stack([self.one_layer(kind, layer, grads) for layer in range(self.clean.model.n_layers)], 1)
@@ -100,9 +101,9 @@ class Estimator:
         site = kind.value
         if self.qk_fix and kind in (NodeKind.Q, NodeKind.K):
             return self._qk(kind, layer, grads[(layer, PROBS)]).detach()
-        clean = self.clean.tensor(layer, site).detach()
-        delta = self.noise[(layer, site)] - clean
-        grad = grads[(layer, site)]
+        if (layer, site) not in self._delta:  # reused by every GradDrop pass
+            self._delta[(layer, site)] = self.noise[(layer, site)] - self.clean.tensor(layer, site).detach()
+        delta, grad = self._delta[(layer, site)], grads[(layer, site)]
         if kind is NodeKind.NEURON:
             return (delta * grad).transpose(1, 2)
         return (delta * grad).sum(-1)
