@@ -33,6 +33,31 @@ class Patch:
     pos: Tensor
     values: Tensor
 
+    def apply(self, site: str, x: Tensor) -> Tensor:
+        x = x.clone()
+        x[node_index(site, self.rows, self.units, self.pos)] = self.values.to(x.dtype)
+        return x
+
+
+@dataclass
+class MaskPatch:
+    """Overwrite a site wherever ``mask`` is True with ``source[rows]`` (joint patches of node sets).
+
+    ``mask`` is (batch, units, pos) in node order; ``source`` the noise run's site tensor in its native
+    layout, of which positions ``pos0..`` are used (all positions for k/v, whose site holds the prefix)."""
+
+    mask: Tensor
+    source: Tensor
+    rows: Tensor
+    pos0: int = 0
+
+    def apply(self, site: str, x: Tensor) -> Tensor:
+        if NodeKind(site) is NodeKind.NEURON:
+            mask, values = self.mask.transpose(1, 2), self.source[self.rows, self.pos0:]
+        else:
+            mask, values = self.mask.unsqueeze(-1), self.source[self.rows, :, self.pos0:]
+        return torch.where(mask.to(x.device), values.to(device=x.device, dtype=x.dtype), x).contiguous()
+
 
 def node_index(kind, rows: Tensor, units: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Index tuple selecting nodes ``(unit, pos)`` of batch rows ``rows`` in a site's native layout."""
@@ -79,8 +104,7 @@ class Intervention:
         site = _site_name(site)
         patch = self.patches.get((layer, site))
         if patch is not None:
-            x = x.clone()
-            x[node_index(site, patch.rows, patch.units, patch.pos)] = patch.values.to(x.dtype)
+            x = patch.apply(site, x)
             self._hit.add((layer, site))
         if site in self.capture:
             self.cache[(layer, site)] = x
@@ -211,4 +235,4 @@ def _prefix_kwargs(model: Model, ids: Tensor, prefix: tuple[list, list]) -> dict
     return {"past_key_values": cache, "use_cache": True, "position_ids": positions}
 
 
-__all__ = ["Intervention", "Patch", "node_index", "run"]
+__all__ = ["Intervention", "MaskPatch", "Patch", "node_index", "run"]

@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import qkfix
 from ..capture import Intervention, run
+from ..cost import Cost
 from ..metrics import resolve
 from ..pairs import PromptPairs
 from ..scores import Accumulator, Scores
@@ -45,13 +48,17 @@ def atp(model, pairs: PromptPairs, kinds=None, qk_fix: bool = True, graddrop: bo
     pairs.check_vocab(model.vocab_size)
     acc = Accumulator(model, kinds, len(pairs), pairs.max_len, keep_per_pair=per_pair)
     chunks = [c for g in pairs.groups() for c in g.split(batch_size)]
+    start, timing = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
     for chunk in tqdm(chunks, desc=method_name(qk_fix, graddrop), unit="batch", disable=not progress, leave=False):
-        effect, score = _estimate_chunk(model, chunk, kinds, metric, qk_fix, graddrop)
+        effect, score = _estimate_chunk(model, chunk, kinds, metric, qk_fix, graddrop, timing)
         for kind in kinds:
             acc.add(kind, chunk, effect[kind], score[kind])
     n = len(pairs)
+    backward = n * (1 + (model.n_layers - 1) / 2 if graddrop else 1)
+    cost = Cost(forward=2.0 * n, backward=backward, pairs=n, seconds=time.perf_counter() - start,
+                backward_ratio=float(timing[1] / timing[0]))
     info = {"metric": metric.name, "qk_fix": qk_fix, "graddrop": graddrop, "forward_passes": 2 * n,
-            "backward_passes": n * (1 + (model.n_layers - 1) / 2 if graddrop else 1)}
+            "backward_passes": backward, "cost": cost}
     return acc.finish(method_name(qk_fix, graddrop), score="mean_abs", info=info)
 
 
@@ -59,18 +66,23 @@ def method_name(qk_fix: bool, graddrop: bool) -> str:
     return {(False, False): "atp", (True, False): "atp+qkfix", (False, True): "atp+graddrop"}.get((qk_fix, graddrop), "atp*")
 
 
-def _estimate_chunk(model, chunk, kinds, metric, qk_fix: bool, graddrop: bool) -> tuple[dict, dict]:
-    """Per-pair signed estimates and score terms, each {kind: (G, layers, units, T)}."""
+def _estimate_chunk(model, chunk, kinds, metric, qk_fix: bool, graddrop: bool, timing: Tensor) -> tuple[dict, dict]:
+    """Per-pair signed estimates and score terms, each {kind: (G, layers, units, T)}. Adds the seconds of
+    the noise forward and of the full backward pass to ``timing`` (the measured backward/forward ratio)."""
     sites = {k.value for k in kinds}
     fix = qk_fix and bool(sites & {"q", "k"})
     if fix:
         sites |= {"q", "k", PROBS}
     noise = Intervention(model, capture=frozenset(sites - {PROBS}))
+    t0 = time.perf_counter()
     with torch.no_grad():
         run(model, chunk.noise, noise)
+    timing[0] += time.perf_counter() - t0
     clean = CleanRun.forward(model, chunk.clean, chunk.pairs, metric, sites, graddrop)
     estimator = Estimator(clean, noise.cache, fix)
+    t0 = time.perf_counter()
     grads, resid_grads = clean.full(retain=graddrop)
+    timing[1] += time.perf_counter() - t0
     effect = {k: estimator.all_layers(k, grads) for k in kinds}
     if not graddrop:
         return effect, {k: e.abs() for k, e in effect.items()}

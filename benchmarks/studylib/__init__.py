@@ -1,0 +1,1 @@
+"""Building blocks of the cost-of-verified-recall study (``benchmarks/study.py``)."""
