@@ -46,12 +46,12 @@ def test_tasks_run_through_both_methods(smollm, tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_and_errors(smollm, tmp_path, capsys):
-    out = tmp_path / "nodes.csv"
+    out = tmp_path / "run"
     assert main(["run", "--task", "ioi", "--pairs", "2", "--kinds", "head", "--quiet", "--top", "3",
-                 "--out", str(out)]) == 0
+                 "--verify-budget", "5nodes", "--out", str(out)]) == 0
     import pandas as pd
 
-    frame = pd.read_csv(out)
-    assert len(frame) == 30 * 9 * frame["pos"].nunique()
-    assert main(["run", "--task", str(tmp_path / "missing.jsonl"), "--quiet"]) == 2
+    frame = pd.read_csv(out / "nodes.csv")
+    assert len(frame) == 30 * 9 * frame["pos"].nunique() and frame["verified"].sum() == 5
+    assert main(["run", "--task", str(tmp_path / "missing.jsonl"), "--quiet", "--out", str(tmp_path / "r2")]) == 2
     assert "error" in capsys.readouterr().err

@@ -35,7 +35,8 @@ class Patch:
 
     def apply(self, site: str, x: Tensor) -> Tensor:
         x = x.clone()
-        x[node_index(site, self.rows, self.units, self.pos)] = self.values.to(x.dtype)
+        index = tuple(i.to(x.device) for i in node_index(site, self.rows, self.units, self.pos))
+        x[index] = self.values.to(device=x.device, dtype=x.dtype)
         return x
 
 
@@ -141,7 +142,7 @@ class Intervention:
 
     def _install(self) -> None:
         model = self.model
-        wants = self.capture | {site for _, site in self.patches}
+        wants = self._wanted()
         if NodeKind.NEURON.value in wants:
             for layer, block in enumerate(model.layers):
                 down = get_module(block, model.arch.down)
@@ -153,15 +154,21 @@ class Intervention:
             self._handles.append(model.layers[-1].register_forward_hook(lambda m, a, out: self._keep(last, out)))
         for layer in range(self.skip_below):
             block = model.layers[layer]
+            self._stubbed.append((block, block.__dict__.get("forward")))  # accelerate wraps forward per instance
             block.forward = _stub(self.start)
-            self._stubbed.append(block)
+
+    def _wanted(self) -> set:
+        """Site names this intervention must see (module hooks are installed only for these)."""
+        return set(self.capture) | {site for _, site in self.patches}
 
     def _remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for block in self._stubbed:
+        for block, own_forward in self._stubbed:
             del block.forward
+            if own_forward is not None:
+                block.forward = own_forward
         self._stubbed.clear()
 
     def _neuron_hook(self, layer: int):
@@ -220,6 +227,8 @@ def run(model: Model, input_ids: Tensor, intervention: Intervention | None = Non
     else:
         with intervention:
             out = model.hf(input_ids=ids, **kwargs).logits
+    if out.dtype in (torch.float16, torch.bfloat16):
+        out = out.float()  # metrics in float32 (the logits themselves are as precise as the model)
     return out[:, -1] if last_only else out
 
 

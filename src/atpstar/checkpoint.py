@@ -17,12 +17,20 @@ from .types import NodeKind
 
 
 def fingerprint(model, pairs, nodes, metric) -> str:
+    """Identity of a run over a node set: model, prompt pairs, nodes and metric."""
+    tensors = () if nodes is None else (nodes.kind, nodes.layer, nodes.unit, nodes.pos)
     digest = hashlib.sha256()
     digest.update(f"{model.name}|{model.n_layers}|{model.d_model}|{model.vocab_size}|{metric.name}".encode())
-    for tensor in (*pairs.clean, *pairs.noise, pairs.answer, pairs.distractor, nodes.kind, nodes.layer, nodes.unit, nodes.pos):
+    for tensor in (*pairs.clean, *pairs.noise, pairs.answer, pairs.distractor, *tensors):
         digest.update(tensor.numpy().tobytes())
         digest.update(b"|")
     return digest.hexdigest()
+
+
+def run_key(model, pairs, metric) -> str:
+    """Identity of (model, pairs, metric), whatever the nodes: results keyed by it may be reused by any
+    node set (verification caches, the diagnostic's check that a verified set belongs to the run)."""
+    return fingerprint(model, pairs, None, metric)
 
 
 class Checkpoint:
@@ -33,13 +41,13 @@ class Checkpoint:
         self.groups: dict = {}
         self.saved_at = time.monotonic()
         if self.path is not None and self.path.exists():
-            state = torch.load(self.path, weights_only=True)
+            state = load_checked(self.path)
             if state.get("key") != key:
                 raise ValueError(
                     f"checkpoint {self.path} belongs to a different run (model, pairs, nodes or metric differ); "
                     "delete it or pass another checkpoint path"
                 )
-            self.groups = state["groups"]
+            self.groups = state.get("groups", {})
 
     @property
     def resumed(self) -> int:
@@ -59,3 +67,16 @@ class Checkpoint:
             torch.save({"key": self.key, "groups": self.groups}, tmp)
             os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written checkpoint
             self.saved_at = time.monotonic()
+
+
+def load_checked(path) -> dict:
+    """A checkpoint's saved state; a file that is not one (corrupted, truncated, some other file) raises
+    a ValueError saying so and how to start over, instead of torch's unpickling error."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
+        raise ValueError(f"{path} is not a valid atpstar checkpoint (corrupted or truncated: {type(err).__name__}); "
+                         "delete it to start over") from err
+    if not isinstance(state, dict) or "key" not in state:
+        raise ValueError(f"{path} is not a valid atpstar checkpoint (no saved results in it); delete it to start over")
+    return state

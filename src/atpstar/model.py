@@ -20,6 +20,7 @@ from torch import nn
 
 from . import attention
 from .arch import Arch, arch_for, get_module, in_features, supported
+from .devices import place, resolve_device, resolve_dtype
 from .types import NodeKind
 
 log = logging.getLogger("atpstar")
@@ -50,7 +51,8 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where input ids go: the input embeddings' device (layers may live elsewhere under a device_map)."""
+        return self.hf.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -75,7 +77,7 @@ class Model:
         )
 
 
-def load_model(spec="default", tokenizer=None, dtype=torch.float32, device="cpu") -> Model:
+def load_model(spec="default", tokenizer=None, dtype=torch.float32, device="cpu", device_map=None) -> Model:
     """Load a model for attribution.
 
     Args:
@@ -83,33 +85,64 @@ def load_model(spec="default", tokenizer=None, dtype=torch.float32, device="cpu"
             saved with ``save_pretrained``; a path to a ``.gguf`` file; or a loaded transformers
             causal LM (then ``tokenizer`` is required).
         tokenizer: a tokenizer, required when ``spec`` is a model object.
-        dtype, device: where and how to hold the weights (float32 on CPU by default).
+        dtype: weight dtype: a ``torch.dtype`` or its name (``"bfloat16"``, ``"float16"``, ``"float32"``);
+            estimates are accumulated in float32 whatever the weights' dtype.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ``"auto"`` (CUDA when available, else
+            CPU) or a ``torch.device``.
+        device_map: spread the model over several devices instead (accelerate), e.g. ``"auto"`` or
+            ``{"model.layers.0": 0, ...}``; ``device`` is then ignored. A model object already
+            dispatched by accelerate (with ``hf_device_map``) is left where it is.
     """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     if isinstance(spec, Model):
         return spec
     if isinstance(spec, nn.Module):
         if tokenizer is None:
             raise ValueError("load_model(model_object) needs tokenizer=...: pass the model's tokenizer")
-        return _wrap(spec, tokenizer, getattr(spec.config, "name_or_path", type(spec).__name__), dtype, device)
+        return _wrap(spec, tokenizer, getattr(spec.config, "name_or_path", type(spec).__name__), dtype, device, device_map)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"load_model expects a name, path or transformers model, got {type(spec).__name__}")
     spec = str(spec)
     if spec == "default":
         hf, tok = _load_gguf_cached(default_gguf_path(), dtype)
-        return _wrap(hf, tok, "SmolLM2-135M-Instruct", dtype, device)
+        return _wrap(hf, tok, "SmolLM2-135M-Instruct", dtype, device, device_map)
     if spec.endswith(".gguf"):
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {spec}")
         hf, tok = _load_gguf_cached(path, dtype)
-        return _wrap(hf, tok, path.name, dtype, device)
-    hf, tok = _load_pretrained(spec, dtype)
-    return _wrap(hf, tok, spec, dtype, device)
+        return _wrap(hf, tok, path.name, dtype, device, device_map)
+    check_local_path(spec)
+    hf, tok = _load_pretrained(spec, dtype, device_map)
+    return _wrap(hf, tok, spec, dtype, device, device_map)
 
 
-def _wrap(hf: nn.Module, tokenizer, name: str, dtype, device) -> Model:
+def looks_like_path(spec: str) -> bool:
+    """True when ``spec`` can only be a file-system path, never a hub id (``owner/name``): it is absolute,
+    starts with ``.`` or ``~``, has a backslash, more than one ``/``, or exists on disk."""
+    return (os.path.isabs(spec) or spec.startswith((".", "~")) or "\\" in spec or spec.count("/") > 1
+            or os.path.exists(spec))
+
+
+def check_local_path(spec: str) -> None:
+    """For a ``spec`` that is a path: a clear error if it is missing or not a model directory."""
+    if not looks_like_path(spec):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no such directory: {spec} (a model is 'default', a hub id such as "
+                                "'EleutherAI/pythia-70m', a directory saved with save_pretrained, or a .gguf file)")
+    if not path.is_dir():
+        raise ValueError(f"{spec} is a file, not a model directory: pass the directory saved with "
+                         "save_pretrained (with config.json), or a .gguf file")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{spec} is not a model directory (no config.json in it): pass a directory saved with "
+                         "save_pretrained, or a .gguf file")
+
+
+def _wrap(hf: nn.Module, tokenizer, name: str, dtype, device, device_map=None) -> Model:
     arch = arch_for(hf)  # raises a clear error for unsupported architectures
-    hf.to(device=device, dtype=dtype)
+    place(hf, dtype, device, device_map)
     hf.eval()
     hf.requires_grad_(False)
     attention.register()
@@ -119,12 +152,12 @@ def _wrap(hf: nn.Module, tokenizer, name: str, dtype, device) -> Model:
     return Model(hf, tokenizer, arch, name)
 
 
-def _load_pretrained(spec: str, dtype):
+def _load_pretrained(spec: str, dtype, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(spec)
-        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as err:
         where = "local directory" if os.path.isdir(spec) else "Hugging Face hub id"
         raise ValueError(

@@ -52,16 +52,23 @@ class PromptPairs:
                     "clean and noise must have the same token length so positions align "
                     "(pick noise words with the same token count, or drop the pair)"
                 )
+        same = ((self.answer == self.distractor) & (self.distractor != NO_TOKEN)).nonzero().flatten().tolist()
+        if same:
+            raise ValueError(
+                f"pair(s) {same[:10]}: the answer and the distractor are the same token, so the logit "
+                "difference is identically 0 and every effect would be 0; give a different distractor "
+                "(e.g. the other name) or none (metric 'logprob')"
+            )
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
     def from_ids(cls, clean, noise, answer, distractor=None, metric=None, texts=()) -> "PromptPairs":
         """From token ids: ``clean``/``noise`` are sequences of id lists, answers are ids."""
         n = len(clean)
-        answer_t = torch.as_tensor(list(answer), dtype=torch.long)
+        answer_t = _token_ids(answer, "answer")
         if distractor is None:
             distractor = [NO_TOKEN] * n
-        distractor_t = torch.as_tensor([NO_TOKEN if d is None else d for d in distractor], dtype=torch.long)
+        distractor_t = _token_ids([NO_TOKEN if d is None else d for d in distractor], "distractor")
         as_t = lambda seqs: tuple(torch.as_tensor(list(s), dtype=torch.long) for s in seqs)  # noqa: E731
         return cls(as_t(clean), as_t(noise), answer_t, distractor_t, metric, tuple(texts))
 
@@ -70,6 +77,9 @@ class PromptPairs:
                      metric=None, add_special_tokens: bool = True) -> "PromptPairs":
         """Tokenize prompt strings; answers are strings (exactly one token each, e.g. ``" Mary"``) or ids."""
         tok = getattr(model, "tokenizer", model)
+        clean, noise = _texts(clean, "clean"), _texts(noise, "noise")
+        answer = _answers(answer, "answer")
+        distractor = None if distractor is None else _answers(distractor, "distractor")
         if len(clean) != len(noise):
             raise ValueError(f"got {len(clean)} clean prompts but {len(noise)} noise prompts")
         encode = lambda s: tok(s, add_special_tokens=add_special_tokens)["input_ids"]  # noqa: E731
@@ -119,9 +129,9 @@ class PromptPairs:
             for i, s in enumerate(seqs):
                 if int(s.max()) >= vocab_size or int(s.min()) < 0:
                     raise ValueError(f"pair {i}: {name} prompt has token ids outside the model's vocabulary (0..{vocab_size - 1})")
-        for name, ids in (("answer", self.answer), ("distractor", self.distractor)):
-            if int(ids.max()) >= vocab_size or int(ids.min()) < NO_TOKEN:
-                raise ValueError(f"{name} token ids must be in 0..{vocab_size - 1}")
+        for name, ids, low in (("answer", self.answer, 0), ("distractor", self.distractor, NO_TOKEN)):
+            if int(ids.max()) >= vocab_size or int(ids.min()) < low:
+                raise ValueError(f"{name} token ids must be in 0..{vocab_size - 1}, got {sorted(set(ids.tolist()))[:10]}")
 
     def __repr__(self) -> str:
         lens = sorted(set(self.lengths))
@@ -147,6 +157,49 @@ class LengthGroup:
             sl = slice(lo, lo + size)
             yield LengthGroup(self.index[sl], self.clean[sl], self.noise[sl],
                               self.pairs.select(range(lo, min(lo + size, len(self.index)))), self.offset)
+
+
+def _token_ids(values, what: str) -> Tensor:
+    """A 1-D LongTensor of token ids; floats, booleans and strings are refused (never silently truncated)."""
+    if isinstance(values, (str, int)):
+        raise ValueError(f"{what} must be a list of token ids, one per pair, got the single value {values!r}")
+    ids = torch.as_tensor(values) if isinstance(values, Tensor) else None
+    if ids is None:
+        values = list(values)
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, Tensor)) and not hasattr(v, "__index__")]
+        if bad:
+            raise ValueError(f"{what} token ids must be integers, got {bad[0]!r}; to give words use "
+                             "PromptPairs.from_strings(model, ..., answer=[' Mary'])")
+        ids = torch.as_tensor([int(v) for v in values], dtype=torch.long)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.ndim != 1:
+        raise ValueError(f"{what} token ids must be a 1-D sequence of integers, got {ids.dtype} of shape {tuple(ids.shape)}")
+    return ids.long()
+
+
+def _texts(prompts, what: str) -> list[str]:
+    """``prompts`` as a list of strings, or a ValueError naming the first non-string."""
+    if isinstance(prompts, str):
+        raise ValueError(f"{what} must be a list of prompts, one per pair, got the single string {prompts!r}; "
+                         f"wrap it in a list: {what}=[{prompts!r}]")
+    if not hasattr(prompts, "__len__"):
+        raise ValueError(f"{what} must be a list of prompt strings, got {type(prompts).__name__}")
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise ValueError(f"pair {i}: the {what} prompt must be a string, got {type(text).__name__} {text!r}")
+    return list(prompts)
+
+
+def _answers(answers, what: str) -> list:
+    """``answers`` as a list (one string or token id per pair), refusing a bare string or number."""
+    if isinstance(answers, (str, int)):
+        raise ValueError(f"{what} must be a list with one entry per pair, got the single value {answers!r}; "
+                         f"wrap it in a list: {what}=[{answers!r}]")
+    if not hasattr(answers, "__len__"):
+        raise ValueError(f"{what} must be a list of one-token strings or token ids, got {type(answers).__name__}")
+    for i, a in enumerate(answers):
+        if not (a is None and what == "distractor") and not isinstance(a, (str, int)):
+            raise ValueError(f"pair {i}: {what} must be a string (e.g. ' Mary') or a token id, got {type(a).__name__} {a!r}")
+    return list(answers)
 
 
 def single_token(tok, answer, i: int, what: str) -> int:

@@ -101,3 +101,69 @@ class Accumulator:
             mean_abs[kind] = mean(self.abs_sum[kind])
             scores[kind] = effect[kind].abs() if score == "abs_mean" else mean(self.term_sum[kind])
         return Scores(method, effect, scores, self.n_pairs, mean_abs, self.per_pair, info or {})
+
+
+class LayerAccumulator:
+    """Pair-summed results filled one layer at a time, for estimators that see every node of every pair.
+
+    Storage is float32 (float64 for float64 models): one ``(layers, units, pos)`` tensor per kind for
+    the signed sum, the absolute sum and the score terms (the last two shared when the score is
+    mean |Î|). The tensors are allocated empty and each layer is zeroed when first written, so memory
+    pages are touched layer by layer, as the backward pass frees the activations of the same layers.
+    Tensors are added from any device and accumulate on ``device`` (CPU by default)."""
+
+    def __init__(self, model, kinds, n_pairs: int, max_len: int, keep_per_pair: bool = False,
+                 separate_terms: bool = True, device="cpu"):
+        self.dtype = torch.promote_types(model.dtype, torch.float32)
+        self.shapes = {k: (model.n_layers, model.units(k), max_len) for k in NodeKind.parse(kinds)}
+        empty = lambda: {k: torch.empty(s, dtype=self.dtype, device=device) for k, s in self.shapes.items()}  # noqa: E731
+        self.sum, self.abs_sum = empty(), empty()
+        self.term_sum = empty() if separate_terms else self.abs_sum
+        self.count = torch.zeros(max_len, dtype=self.dtype, device=device)
+        self.started = {k: [False] * s[0] for k, s in self.shapes.items()}
+        self.per_pair = None
+        if keep_per_pair:
+            self.per_pair = {k: torch.full((n_pairs, *s), float("nan")) for k, s in self.shapes.items()}
+        self.n_pairs, self.max_len, self.device = n_pairs, max_len, torch.device(device)
+
+    def add_pairs(self, group) -> None:
+        """Count the pairs of one (sub)group: every one of its nodes gets a value."""
+        self.count[group.offset:] += len(group.index)
+
+    def add_effect(self, kind: NodeKind, layer: int, group, effect: Tensor) -> Tensor:
+        """Signed per-pair estimates ``effect`` (G, units, T_group) of one layer; returns Σ_pairs |effect|
+        (units, T_group) on the accumulation device."""
+        self._start(kind, layer)
+        window = slice(group.offset, group.offset + effect.shape[-1])
+        effect = effect.detach()
+        self.sum[kind][layer, :, window] += effect.sum(0).to(self.device, self.dtype)
+        abs_sum = effect.abs().sum(0).to(self.device, self.dtype)
+        self.abs_sum[kind][layer, :, window] += abs_sum
+        if self.per_pair is not None:
+            self.per_pair[kind][group.index, layer, :, window] = effect.to("cpu", torch.float32)
+        return abs_sum
+
+    def add_terms(self, kind: NodeKind, layer: int, group, term_sum: Tensor) -> None:
+        """Score terms of one layer, already summed over the group's pairs: (units, T_group)."""
+        self._start(kind, layer)
+        window = slice(group.offset, group.offset + term_sum.shape[-1])
+        self.term_sum[kind][layer, :, window] += term_sum.to(self.device, self.dtype)
+
+    def _start(self, kind: NodeKind, layer: int) -> None:
+        if not self.started[kind][layer]:
+            for store in {id(s): s for s in (self.sum, self.abs_sum, self.term_sum)}.values():
+                store[kind][layer].zero_()
+            self.started[kind][layer] = True
+
+    def finish(self, method: str, info: dict | None = None) -> Scores:
+        """Means over pairs, computed in place: effect = signed mean, mean_abs, score = mean score term."""
+        for kind in self.shapes:
+            for layer in range(self.shapes[kind][0]):
+                self._start(kind, layer)
+        count = self.count.where(self.count > 0, torch.nan)
+        effect, scores, mean_abs = {}, {}, {}
+        for kind in self.shapes:
+            effect[kind] = self.sum[kind].div_(count)
+            mean_abs[kind] = self.abs_sum[kind].div_(count)
+            scores[kind] = self.term_sum[kind].div_(count) if self.term_sum is not self.abs_sum else mean_abs[kind]
+        return Scores(method, effect, scores, self.n_pairs, mean_abs, self.per_pair, info or {})

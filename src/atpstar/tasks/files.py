@@ -8,8 +8,10 @@ every row that gives one). All malformed rows are reported together, with line n
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
+from pathlib import Path
 
 from ..metrics import BUILTIN
 from ..pairs import PromptPairs
@@ -22,20 +24,39 @@ SHOWN_ERRORS = 20
 
 def from_jsonl(path, model, skip_bad: bool = False) -> PromptPairs:
     """Pairs from a JSON-lines file (one object per line; blank lines are ignored)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                records.append((lineno, _json_record(line)))
+    records = [(lineno, _json_record(line)) for lineno, line in enumerate(_read_text(path).split("\n"), 1)
+               if line.strip()]
     return _build(path, model, records, skip_bad)
 
 
 def from_csv(path, model, skip_bad: bool = False) -> PromptPairs:
     """Pairs from a CSV file with a header row naming the columns."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
         records = [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
+    except csv.Error as err:
+        raise ValueError(f"{path}: line {reader.line_num}: not readable as CSV ({err})") from None
     return _build(path, model, records, skip_bad)
+
+
+def _read_text(path) -> str:
+    """The whole file as text. A missing file, a directory, or bytes that are not UTF-8 (a binary file,
+    another encoding) raise an error naming the file and the line; a UTF-8 byte-order mark is dropped."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a pairs file (.jsonl or .csv)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pairs file not found: {path}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise ValueError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                         "pairs files must be UTF-8 JSONL or CSV: is it a binary file, or saved in another "
+                         "encoding? Save it as UTF-8") from None
 
 
 def _json_record(line: str):
@@ -101,6 +122,9 @@ def _parse_row(tok, record: dict):
         raise ValueError(f"unknown metric {metric!r}; use one of {sorted(BUILTIN)}")
     distractor = _one_token(tok, values["distractor"], "distractor") if values["distractor"] else None
     answer = _one_token(tok, values["answer"], "answer")
+    if distractor == answer:
+        raise ValueError(f"answer and distractor are the same token {values['answer']!r}: the logit difference "
+                         "would be 0 and so would every effect")
     return clean, noise, answer, distractor, (values["clean"], values["noise"]), metric
 
 

@@ -1,0 +1,125 @@
+"""The command line's arguments: one parser per subcommand, each with examples in its --help."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..options import DEVICES, DTYPES, METHOD_HELP
+
+DESCRIPTION = """\
+atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
+behaviour (AtP*), verify the top of the ranking by exact activation patching, bound what was
+missed, and write everything to a run folder with an HTML report."""
+
+EXAMPLES = {
+    "main": """\
+examples:
+  atpstar demo                                   # AtP* on IOI with the bundled model, report included
+  atpstar tasks                                  # the built-in tasks, one example pair each
+  atpstar run --task ioi --pairs 8 --out runs/ioi --diagnose
+  atpstar resume runs/ioi                        # after Ctrl-C or a crash
+  atpstar report runs/ioi                        # rebuild runs/ioi/report.html""",
+    "run": """\
+examples:
+  atpstar run --task ioi --pairs 8 --out runs/ioi
+  atpstar run --task city --method atp*,atp --kinds attn --verify-budget 50nodes --out runs/city
+  atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine
+  atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/truth
+  atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
+
+the run folder DIR holds run.json, nodes.parquet, nodes.csv, report.html, stages/ and checkpoints/;
+an existing DIR is never overwritten (continue it with `atpstar resume DIR`, or pass --force).""",
+    "demo": """\
+examples:
+  atpstar demo                          # writes ./atpstar-demo (or atpstar-demo-2, ...) and prints the report's path
+  atpstar demo --pairs 2 --kinds attn --out runs/demo --quiet""",
+    "report": """\
+examples:
+  atpstar report runs/ioi               # writes runs/ioi/report.html from the folder's files (no model needed)""",
+    "resume": """\
+examples:
+  atpstar resume runs/ioi               # continues where the run stopped; finished stages are not redone
+  atpstar resume runs/ioi --quiet""",
+    "tasks": """\
+examples:
+  atpstar tasks                         # examples made with the bundled model's tokenizer
+  atpstar tasks --model path/to/model_dir""",
+}
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+
+
+def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
+    what = p.add_argument_group("what to run")
+    what.add_argument("--model", default="default", metavar="M",
+                      help="'default' (bundled SmolLM2-135M-Instruct), a hub id, a model directory or a .gguf file")
+    if not demo:
+        what.add_argument("--task", default="ioi", metavar="T",
+                          help="ioi, city, rand (see `atpstar tasks`), or your pairs file (.jsonl or .csv)")
+    what.add_argument("--pairs", type=int, default=4 if demo else None, metavar="N",
+                      help="prompt pairs to build (built-in tasks, default %s) or to keep from a file (default: all)"
+                      % (4 if demo else 8))
+    methods = "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+    what.add_argument("--method", default="atp*", metavar="M[,M...]",
+                      help=f"one or more methods, comma-separated; the first one's ranking is verified. {methods}")
+    what.add_argument("--kinds", default="all", metavar="K",
+                      help="node kinds: q,k,v,head,neuron (comma-separated), 'attn' or 'all' (default)")
+    check = p.add_argument_group("verification and diagnostic")
+    check.add_argument("--verify-budget", default="100", metavar="B",
+                       help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "
+                            "the clean and noise runs count 2), a node count (50nodes), seconds (60s), or 0 for none "
+                            "(default 100)")
+    check.add_argument("--stop", default=None, metavar="RULE",
+                       help="stop verifying early: small-effects[:window=W,threshold=T,relative=R] stops once the "
+                            "last W verified nodes all had |effect| < T or < R x the largest so far "
+                            "(default W=20, R=0.01)")
+    if demo:
+        check.add_argument("--no-diagnose", dest="diagnose", action="store_false",
+                           help="skip the diagnostic (the demo runs it by default)")
+    else:
+        check.add_argument("--diagnose", action="store_true",
+                           help="bound the effects of the unverified nodes (random joint patches)")
+    check.add_argument("--samples", type=int, default=None, metavar="S", help="diagnostic: random subsets to patch")
+    check.add_argument("--p", type=float, default=None, metavar="P",
+                       help="diagnostic: chance of each unverified node to be in a subset")
+    check.add_argument("--delta", type=float, default=0.05, metavar="D",
+                       help="diagnostic: the bound may fail with probability D (default 0.05)")
+    where = p.add_argument_group("output and machine")
+    where.add_argument("--out", default=None, required=not demo, metavar="DIR",
+                       help="the run folder to create" + (" (default: ./atpstar-demo, or -2, -3... if taken)" if demo else ""))
+    where.add_argument("--force", action="store_true", help="delete an existing run folder DIR and start over")
+    where.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default cpu; auto: a GPU if any)")
+    where.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' precision (default float32)")
+    where.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the task's pairs and random subsets")
+    where.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="pairs per AtP pass / patches per forward pass (default: automatic); lower it if out of memory")
+    where.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SEC",
+                       help="seconds between checkpoints of long stages (default 30)")
+    where.add_argument("--top", type=int, default=15, metavar="N", help="nodes to print at the end (default 15)")
+    where.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atpstar", description=DESCRIPTION, epilog=EXAMPLES["main"],
+                                     formatter_class=_formatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                              formatter_class=_formatter)
+
+    run = add("run", "run the pipeline (estimate, verify, diagnose) into a run folder with a report")
+    _add_run_options(run, demo=False)
+    demo = add("demo", "AtP* on IOI with the bundled model: verification, diagnostic and report in a few minutes")
+    _add_run_options(demo, demo=True)
+    report = add("report", "rebuild DIR/report.html from a run folder")
+    report.add_argument("dir", metavar="DIR", help="a run folder")
+    resume = add("resume", "continue an interrupted run (Ctrl-C, crash): finished work is not redone")
+    resume.add_argument("dir", metavar="DIR", help="the run folder to continue")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+    tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
+    tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
+    tasks.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser

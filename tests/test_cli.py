@@ -1,0 +1,231 @@
+"""The command line end to end on a tiny model saved as a directory (the README's and docs' commands
+and flags; their coverage is checked by ``test_every_documented_flag_is_tested``): run folders, resume
+after Ctrl-C (in-process and with a real SIGINT), report, tasks, demo."""
+
+import importlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tinydir import tiny_dir  # noqa: F401 - fixture
+
+import atpstar
+from atpstar.cli import main
+from atpstar.cli.parser import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [
+    {"clean": "When Mary and John went to the store, John gave a drink to",
+     "noise": "When Anna and Paul went to the store, Paul gave a drink to", "answer": " Mary", "distractor": " John"},
+    {"clean": "When Susan and Peter went to the park, Peter gave a book to",
+     "noise": "When Laura and David went to the park, David gave a book to", "answer": " Susan", "distractor": " Peter"},
+    {"clean": "When Emma and Frank went to the school, Frank gave a card to",
+     "noise": "When Julia and Henry went to the school, Henry gave a card to", "answer": " Emma", "distractor": " Frank"},
+]
+
+
+def _run(capsys, *argv) -> tuple[str, str]:
+    assert main([str(a) for a in argv]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dir, tmp_path_factory):  # noqa: F811
+    """One run with three methods (ground truth included), verification with a stop rule and the diagnostic."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["run", "--model", tiny_dir, "--task", "ioi", "--pairs", "3", "--method", "atp*,atp,acp",
+                 "--kinds", "attn", "--verify-budget", "30nodes", "--stop", "small-effects:window=5,relative=0.05",
+                 "--diagnose", "--samples", "200", "--p", "0.1", "--delta", "0.1", "--seed", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_help_of_every_command_has_examples(capsys):
+    for argv in ([], ["run"], ["demo"], ["report"], ["resume"], ["tasks"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + ["--help"])
+        assert exit_info.value.code == 0
+        assert "examples:" in capsys.readouterr().out, argv
+
+
+def test_run_writes_the_whole_folder(full_run, capsys):
+    names = {p.name for p in full_run.iterdir()}
+    assert {"run.json", "nodes.parquet", "nodes.csv", "report.html", "stages", "checkpoints"} <= names
+    meta = json.loads((full_run / "run.json").read_text())
+    assert meta["status"] == "done" and meta["config"]["methods"] == ["atp*", "atp", "acp"]
+    assert len(meta["model"]["weights_sha256"]) == 64 and meta["versions"]["torch"]
+    assert meta["stages"]["verify"]["nodes"] <= 30 and "diagnose" in meta["stages"]
+    assert meta["costs"]["total"]["per_pair"] > meta["costs"]["verify"]["per_pair"] > 0
+    run = atpstar.load_run(full_run)
+    assert run.finished and set(run.scores) == {"atp*", "atp", "acp"}
+    assert pd.read_csv(full_run / "nodes.csv")["name"].tolist() == run.nodes["name"].tolist()
+
+
+def test_quiet_is_silent_and_progress_is_shown_otherwise(tiny_dir, tmp_path, capsys):  # noqa: F811
+    base = ["run", "--model", tiny_dir, "--pairs", "2", "--kinds", "head", "--verify-budget", "4nodes"]
+    out, err = _run(capsys, *base, "--out", tmp_path / "quiet", "--quiet")
+    assert err == "" and "report:" in out
+    out, err = _run(capsys, *base, "--out", tmp_path / "loud", "--top", "3")
+    for stage in ("loading model", "pairs: 2 from ioi", "estimating with atp*", "verifying", "writing the node table", "report:"):
+        assert stage in err, stage
+    assert "verifying:" in err  # a progress bar (tqdm writes to stderr)
+    assert len(re.findall(r"^\s+\d+ L\d", out, re.M)) == 3  # --top 3
+
+
+def test_report_rebuilds_and_resume_of_a_finished_run(full_run, capsys):
+    (full_run / "report.html").unlink()
+    out, _ = _run(capsys, "report", full_run)
+    assert (full_run / "report.html").is_file() and str(full_run / "report.html") in out
+    out, _ = _run(capsys, "resume", full_run)
+    assert "already finished" in out
+
+
+def test_tasks_lists_one_example_each(tiny_dir, capsys):  # noqa: F811
+    out, _ = _run(capsys, "tasks", "--model", tiny_dir)
+    for name in ("ioi", "city", "rand"):
+        assert re.search(rf"^{name}: ", out, re.M), name
+    assert out.count("  clean:  ") == 3 and out.count("  metric: ") == 3 and "distractor:" in out
+
+
+def test_demo_never_overwrites(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--model", tiny_dir, "--pairs", "2", "--kinds", "head", "--verify-budget", "4nodes",
+            "--samples", "200", "--quiet"]
+    out, _ = _run(capsys, *args)
+    assert "report: atpstar-demo/report.html" in out and "diagnostic:" in out
+    out, _ = _run(capsys, *args)
+    assert "report: atpstar-demo-2/report.html" in out
+    out, _ = _run(capsys, *args[:-3], "--no-diagnose", "--out", tmp_path / "d3", "--quiet")
+    assert "diagnostic:" not in out
+
+
+def test_every_method_your_own_pairs_and_machine_flags(tiny_dir, tmp_path, capsys):  # noqa: F811
+    jsonl, csv = tmp_path / "pairs.jsonl", tmp_path / "pairs.csv"
+    jsonl.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    pd.DataFrame(PAIRS).to_csv(csv, index=False)
+    methods = "atp,atp+qkfix,atp+graddrop,subsampling,blocks,hierarchical,iterative"
+    _run(capsys, "run", "--model", tiny_dir, "--task", jsonl, "--pairs", "2", "--method", methods, "--kinds", "q,k",
+         "--verify-budget", "20", "--device", "auto", "--dtype", "float32", "--batch-size", "2",
+         "--checkpoint-every", "0", "--out", tmp_path / "all", "--quiet")
+    run = atpstar.load_run(tmp_path / "all")
+    assert list(run.scores) == methods.split(",") and len(run.pairs) == 2
+    assert {f"score_{m}" for m in ("atp", "atp+qkfix", "subsampling", "iterative")} <= set(run.nodes.columns)
+    _run(capsys, "run", "--model", tiny_dir, "--task", csv, "--kinds", "v", "--dtype", "bfloat16", "--seed", "3",
+         "--verify-budget", "60s", "--out", tmp_path / "csv", "--quiet")
+    run = atpstar.load_run(tmp_path / "csv")
+    assert len(run.pairs) == 3 and run.meta["model"]["dtype"] == "bfloat16" and run.meta["config"]["seed"] == 3
+
+
+def test_a_stop_rule_ends_verification(tiny_dir, tmp_path, capsys):  # noqa: F811
+    out, _ = _run(capsys, "run", "--model", tiny_dir, "--pairs", "2", "--kinds", "head", "--stop",
+                  "small-effects:window=2,threshold=100", "--out", tmp_path / "r", "--quiet")
+    assert "stopped: small effects: the last 2 verified nodes" in out
+    verify = atpstar.load_run(tmp_path / "r").meta["stages"]["verify"]
+    assert verify["stop_index"] == 2 and verify["nodes"] >= 2  # the rest of the chunk was paid for and is kept
+
+
+def _interrupt_after(monkeypatch, module, name: str, calls: int) -> dict:
+    """Make ``module.name`` raise KeyboardInterrupt (as Ctrl-C does) on its ``calls``-th call; count calls."""
+    real, seen = getattr(module, name), {"n": 0, "limit": calls}
+
+    def wrapper(*args, **kwargs):
+        seen["n"] += 1
+        if seen["n"] == seen["limit"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return seen
+
+
+def _same_results(a: Path, b: Path) -> None:
+    x, y = atpstar.load_run(a).nodes, atpstar.load_run(b).nodes
+    assert x["name"].tolist() == y["name"].tolist() and x["verified"].tolist() == y["verified"].tolist()
+    for col in [c for c in x.columns if c.startswith(("effect_", "score_"))]:
+        np.testing.assert_allclose(x[col], y[col], atol=2e-5, rtol=1e-5, err_msg=col)
+
+
+def test_ctrl_c_during_exact_patching_then_resume_loses_nothing(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    acp_module = importlib.import_module("atpstar.methods.acp")  # the module (atpstar.methods.acp is the function)
+
+    args = ["--model", tiny_dir, "--pairs", "2", "--method", "atp*,acp", "--kinds", "head,v", "--batch-size", "4",
+            "--verify-budget", "10nodes", "--checkpoint-every", "0", "--quiet"]
+    _run(capsys, "run", *args, "--out", tmp_path / "fresh")
+    seen = _interrupt_after(monkeypatch, acp_module, "patched_metric", -1)  # -1: never, just count
+    _run(capsys, "run", *args, "--out", tmp_path / "probe")
+    total = seen["n"]  # patched forward passes of an uninterrupted acp stage
+    seen.update(n=0, limit=total // 2)
+    assert main(["run", *args, "--out", str(tmp_path / "cut")]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; finished work is saved: continue with `atpstar resume {tmp_path / 'cut'}`" in err
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "interrupted"
+    seen.update(n=0, limit=-1)
+    _run(capsys, "resume", tmp_path / "cut", "--quiet")
+    assert 0 < seen["n"] <= total - total // 2 + 1  # only the unfinished batches were patched again
+    assert atpstar.load_run(tmp_path / "cut").scores["acp"].info["resumed"] > 0
+    _same_results(tmp_path / "cut", tmp_path / "fresh")
+
+
+def test_ctrl_c_during_verification_then_resume_reuses_verified_nodes(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from atpstar import verify_patcher
+
+    args = ["--model", tiny_dir, "--pairs", "2", "--kinds", "attn", "--batch-size", "4", "--verify-budget", "24nodes",
+            "--checkpoint-every", "0", "--quiet"]
+    _run(capsys, "run", *args, "--out", tmp_path / "fresh")
+    _interrupt_after(monkeypatch, verify_patcher.ChunkPatcher, "run", 3)
+    assert main(["run", *args, "--out", str(tmp_path / "cut")]) == 130
+    capsys.readouterr()
+    monkeypatch.undo()
+    _run(capsys, "resume", tmp_path / "cut")
+    verify = json.loads((tmp_path / "cut" / "run.json").read_text())["stages"]["verify"]
+    assert verify["reused"] == 4 and verify["patched"] == 20  # two chunks of 2 nodes were done before Ctrl-C
+    _same_results(tmp_path / "cut", tmp_path / "fresh")
+
+
+def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "atpstar.cli", "run", "--model", tiny_dir, "--pairs", "2", "--method", "acp",
+           "--kinds", "head,v", "--batch-size", "1", "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out),
+           "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint, deadline = out / "checkpoints" / "acp.ckpt", time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"atpstar resume {out}" in err
+    _run(capsys, "resume", out, "--quiet")
+    run = atpstar.load_run(out)
+    assert run.finished and run.scores["acp"].info["resumed"] > 0
+    fresh = atpstar.acp(atpstar.load_model(tiny_dir), run.pairs, kinds="head,v", progress=False)
+    for kind in fresh.kinds:
+        np.testing.assert_allclose(run.scores["acp"].effect[kind], fresh.effect[kind], atol=2e-5, rtol=1e-5)
+
+
+def _documented_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
+def test_every_documented_flag_is_tested():
+    """Every `--flag` of every subcommand appears in this test file, and every `atpstar <command>` in the
+    README and docs is a real subcommand."""
+    parser, source = build_parser(), Path(__file__).read_text(encoding="utf-8") + (ROOT / "tests" / "test_errors.py").read_text()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f'"{flag}"' in source, f"atpstar {name} {flag} is not exercised by a test"
+    used = set(re.findall(r"(?:^|`|\$ )atpstar (\w+)", _documented_text(), re.M))
+    assert used and used <= set(sub.choices), used - set(sub.choices)
