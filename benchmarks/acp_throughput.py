@@ -1,18 +1,22 @@
 """Exact activation patching throughput on SmolLM2-135M for one IOI pair.
 
-Prints: nodes of each kind, unpatched forward passes per second, and single-node patches per second
-batched (atpstar.acp: many patches per forward, blocks below the lowest patched layer skipped) vs
-one patch per forward pass (the naive loop). Run: ``python benchmarks/acp_throughput.py``.
+Prints: nodes of each kind, unpatched forward passes per second, the measured fixed cost of a
+forward pass (a / b, see atpstar.batching), and single-node patches per second for dense and sparse
+node sets: batched as ``atpstar.acp`` does (cost-aware plan), batched the previous way (one batch
+per position and 4-layer span), and one patch per forward pass (the naive loop), with forward-pass
+equivalents per patch and the number of forward passes. Run: ``python benchmarks/acp_throughput.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 
 import torch
 
 import atpstar
+from atpstar.batching import overhead_ratio
 from atpstar.capture import Intervention, Patch, node_index, run
 from atpstar.types import ALL_KINDS
 
@@ -40,11 +44,43 @@ def one_per_forward(model, pairs, nodes) -> float:
     return timed(loop) / len(nodes)
 
 
-def workloads(model, n_tok: int) -> dict:
-    """Dense node sets, as exhaustive runs are: every head output; 16 neurons in every (layer, position)."""
+def workloads(model, n_tok: int, sparse: bool = False) -> dict:
+    """Dense node sets, as exhaustive runs are: every head output; 16 neurons in every (layer, position).
+    Sparse (``sparse=True``): random nodes of every kind, as verification of a ranking patches."""
     heads = atpstar.NodeSet.every(model, "head", n_tok)
     neurons = atpstar.NodeSet.every(model, "neuron", n_tok)
-    return {"head (all 3,780)": heads, "neuron (16 per layer x position)": neurons.take(neurons.unit % 96 == 0)}
+    out = {"head (all 3,780)": heads, "neuron (16 per layer x position)": neurons.take(neurons.unit % 96 == 0)}
+    if sparse:
+        every = atpstar.NodeSet.every(model, "all", n_tok)
+        every = every.take(every.pos >= 2)  # nodes before the first differing token are free anyway
+        order = torch.randperm(len(every), generator=torch.Generator().manual_seed(0))
+        for n in (50, 200, 1000):
+            out[f"sparse: {n} random nodes"] = every.take(order[:n])
+    return out
+
+
+def bucket_plan(self, group, pos, layer):
+    """The previous batching: one batch per (position, 4-layer span), at most the memory-sized rows."""
+    from atpstar.methods.acp import LAYER_SPAN
+    from atpstar.patching import auto_batch_size, bucket_slices
+
+    model = self.model
+    size = self.batch_size or auto_batch_size(model, group.clean.shape[1], 1024)
+    return bucket_slices(pos * model.n_layers + layer // LAYER_SPAN, size)
+
+
+def run_acp(model, pairs, nodes, plan=None) -> tuple[float, dict]:
+    """Seconds per patch and info of one ``acp`` run, with ``plan`` replacing acp's batch planner."""
+    acp_module = importlib.import_module("atpstar.methods.acp")  # the module (the package exports the function)
+    original = acp_module._Patcher._batches
+    if plan is not None:
+        acp_module._Patcher._batches = plan
+    try:
+        start = time.perf_counter()
+        info = acp_module.acp(model, pairs, nodes=nodes, progress=False).info
+        return (time.perf_counter() - start) / max(info["patches"], 1), info
+    finally:
+        acp_module._Patcher._batches = original
 
 
 def main() -> None:
@@ -62,18 +98,21 @@ def main() -> None:
         print(f"| {kind.value} | {model.n_nodes(kind, n_tok):,} |")
     with torch.no_grad():
         fwd = timed(lambda: run(model, pairs.clean[0][None]), repeat=20)
-        print(f"\nunpatched forward passes / s (batch 1): {1 / fwd:.1f}\n")
-        print("| workload | patches run | one per forward (patches/s) | batched (patches/s) | speed-up | "
-              "forward equivalents / patch |\n|---|---|---|---|---|---|")
-        for name, nodes in workloads(model, n_tok).items():
-            live = nodes.take(torch.randperm(len(nodes), generator=torch.Generator().manual_seed(0)))
-            atpstar.acp(model, pairs, nodes=live.take(slice(0, 64)), progress=False)  # warm-up
-            start = time.perf_counter()
-            info = atpstar.acp(model, pairs, nodes=nodes, progress=False).info
-            batched = (time.perf_counter() - start) / max(info["patches"], 1)
-            naive = one_per_forward(model, pairs, live.take(live.pos > 0).to_nodes()[: args.naive])
-            print(f"| {name} | {info['patches']:,} (+{info['skipped_identical']} identical, free) | {1 / naive:.1f} | "
-                  f"{1 / batched:.1f} | **{naive / batched:.1f}x** | {info['forward_equivalents'] / info['forward_passes']:.2f} |")
+    ratio = overhead_ratio(model, pairs.clean[0], measure=True)
+    print(f"\nunpatched forward passes / s (batch 1): {1 / fwd:.1f}; fixed cost of a forward pass a / b = "
+          f"{ratio:.2f} rows (measured; acp uses {overhead_ratio(model, pairs.clean[0]):.2f} on CPUs)\n")
+    print("| workload | patches run | one per forward | per (position, 4-layer span) | acp (cost-aware) | speed-up | "
+          "forward equivalents / patch | forward passes |\n|---|---|---|---|---|---|---|---|")
+    for name, nodes in workloads(model, n_tok, sparse=True).items():
+        live = nodes.take(torch.randperm(len(nodes), generator=torch.Generator().manual_seed(0)))
+        atpstar.acp(model, pairs, nodes=live.take(slice(0, 64)), progress=False)  # warm-up
+        old, old_info = run_acp(model, pairs, nodes, plan=bucket_plan)
+        new, info = run_acp(model, pairs, nodes)
+        naive = one_per_forward(model, pairs, live.take(live.pos > 0).to_nodes()[: args.naive])
+        print(f"| {name} | {info['patches']:,} (+{info['skipped_identical']} identical, free) | {1 / naive:.1f} /s | "
+              f"{1 / old:.1f} /s ({old_info['forward_equivalents'] / old_info['patches']:.2f}) | {1 / new:.1f} /s | "
+              f"**{naive / new:.1f}x** (was {naive / old:.1f}x) | {info['forward_equivalents'] / info['patches']:.2f} | "
+              f"{info['batches']:,} (was {old_info['batches']:,}) |")
 
 
 if __name__ == "__main__":

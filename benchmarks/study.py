@@ -48,15 +48,15 @@ def curves_for(model, task: str, name: str, tr: truth.Truth, args, ratio: float,
     groups = ["attn"] if args.quick else list(frames.GROUPS)
     start = time.perf_counter()
     atp, seconds = atp_rankings(model, tr.pairs, ratio, kinds="all" if "neuron" in groups else "attn")
-    timings.setdefault("estimates", []).append({"task": task, "setting": name, **seconds})
+    timings.setdefault("estimates", []).append({"setting": name, **seconds})
     for group in groups:
         exact = frames.truth_frame(model, tr, group)
         methods = {**reference_rankings(exact, seed=args.seed), **atp}
         base, seconds = baseline_rankings(model, tr.pairs, exact[frames.KEY], group, args.quick, seed=args.seed)
-        timings.setdefault("baselines", []).append({"task": task, "setting": name, "group": group, **seconds})
+        timings.setdefault("baselines", []).append({"setting": name, "group": group, **seconds})
         methods.update(base)
         if name == "dist" and len(tr.pairs) > 1:
-            per_pair = frames._per_pair(tr, frames.universe(model, tr, group), group)
+            per_pair = frames.per_pair_effects(tr, frames.universe(model, tr, group), group)
             keep = np.isfinite(per_pair).any(0)
             methods["Iterative"] = iterative_from_truth(per_pair[:, keep], exact[frames.KEY])
         for subset in ["all", *frames.kinds_of(group)] if group == "attn" else ["all"]:
@@ -68,17 +68,33 @@ def curves_for(model, task: str, name: str, tr: truth.Truth, args, ratio: float,
                 rows.append(curve.assign(task=task, setting=name, group=group, kind=subset, method=method))
         if name == "pair0" or args.quick:
             plots.scatter(exact, atp, task, name, group, args.figures)
-    timings.setdefault("settings", []).append({"task": task, "setting": name, "seconds": time.perf_counter() - start})
+    timings.setdefault("settings", []).append({"setting": name, "seconds": time.perf_counter() - start})
     return rows
+
+
+def run_task(model, task: str, args) -> None:
+    """Truth (cached), every setting's curves and timings of one task, saved under ``args.results``."""
+    t0 = time.perf_counter()
+    tr = get_truth(model, task, args)
+    timings = {"truth": {"cached_compute_seconds": tr.seconds, "load_seconds": time.perf_counter() - t0}}
+    ids = torch.stack([c for c in tr.pairs.clean if len(c) == tr.pairs.lengths[0]])
+    ratio = atpstar.measure_backward_ratio(model, ids[:1], repeats=3 if args.quick else 7)
+    rows = []
+    for name, setting in frames.settings(tr):
+        rows.extend(curves_for(model, task, name, setting, args, ratio, timings))
+    pd.concat(rows, ignore_index=True).to_csv(args.results / f"curves_{task}.csv.gz", index=False, float_format="%.6g")
+    timings["backward_ratio"] = ratio
+    (args.results / f"timings_{task}.json").write_text(json.dumps(timings, indent=1, default=float))
 
 
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 IOI pair, last 2 layers' attention nodes: seconds")
-    parser.add_argument("--tasks", default="ioi,city,rand")
+    parser.add_argument("--tasks", default="ioi,city,rand", help="tasks to (re)compute; the docs use every cached task")
     parser.add_argument("--pairs", type=int, default=4, help="prompt pairs per task (the distribution)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recompute", action="store_true", help="recompute the cached ground truth")
+    parser.add_argument("--docs-only", action="store_true", help="only rebuild figures and study.md from cached curves")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where study.md and the figures go")
     parser.add_argument("--results", type=Path, default=truth.ROOT, help="where the truth and curves are cached")
     args = parser.parse_args(argv)
@@ -88,25 +104,19 @@ def main(argv=None) -> pd.DataFrame:
             args.results = args.out / "results"
     args.figures = args.out / "study"
     args.figures.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    model = atpstar.load_model("default")
-    timings = {"load_model": time.perf_counter() - t0, "truth": {}}
-    rows, ratios = [], {}
-    for task in args.tasks.split(","):
-        t0 = time.perf_counter()
-        tr = get_truth(model, task, args)
-        timings["truth"][task] = {"cached_compute_seconds": tr.seconds, "load_seconds": time.perf_counter() - t0}
-        ids = torch.stack([c for c in tr.pairs.clean if len(c) == tr.pairs.lengths[0]])
-        ratios[task] = atpstar.measure_backward_ratio(model, ids[:1], repeats=3 if args.quick else 7)
-        for name, setting in frames.settings(tr):
-            rows.extend(curves_for(model, task, name, setting, args, ratios[task], timings))
-    curves = pd.concat(rows, ignore_index=True)
     args.results.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(args.results / "curves.csv.gz", index=False, float_format="%.6g")
-    (args.results / "timings.json").write_text(json.dumps({"ratios": ratios, **timings}, indent=1, default=float))
+    torch.set_num_threads(1)
+    if not args.docs_only:
+        model = atpstar.load_model("default")
+        for task in args.tasks.split(","):
+            run_task(model, task, args)
+    cached = [t for t in tasks.TASKS if (args.results / f"curves_{t}.csv.gz").exists()]
+    if not cached:
+        raise SystemExit(f"no cached curves under {args.results}: run without --docs-only first")
+    curves = pd.concat([pd.read_csv(args.results / f"curves_{t}.csv.gz") for t in cached], ignore_index=True)
+    timings = {t: json.loads((args.results / f"timings_{t}.json").read_text()) for t in cached}
     plots.curves(curves, args.figures)
-    report.write(curves, ratios, timings, args)
+    report.write(curves, timings, args)
     return curves
 
 

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
 from atpstar.cli import main
-from atpstar.cli.parser import build_parser
+from atpstar.cli.parser import EXAMPLES, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -99,7 +100,7 @@ def test_tasks_lists_one_example_each(tiny_dir, capsys):  # noqa: F811
 def test_demo_never_overwrites(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     args = ["demo", "--model", tiny_dir, "--pairs", "2", "--kinds", "head", "--verify-budget", "4nodes",
-            "--samples", "200", "--quiet"]
+            "--samples", "400", "--quiet"]
     out, _ = _run(capsys, *args)
     assert "report: atpstar-demo/report.html" in out and "diagnostic:" in out
     out, _ = _run(capsys, *args)
@@ -193,8 +194,8 @@ def test_ctrl_c_during_verification_then_resume_reuses_verified_nodes(tiny_dir, 
 
 def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "atpstar.cli", "run", "--model", tiny_dir, "--pairs", "2", "--method", "acp",
-           "--kinds", "head,v", "--batch-size", "1", "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out),
+    cmd = [sys.executable, "-m", "atpstar.cli", "run", "--model", tiny_dir, "--pairs", "4", "--method", "acp",
+           "--kinds", "all", "--batch-size", "1", "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out),
            "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -202,30 +203,107 @@ def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout, err)
     assert "Traceback" not in err and f"atpstar resume {out}" in err
-    _run(capsys, "resume", out, "--quiet")
+    assert not (out / "stages" / "scores-acp.pt").exists()  # stopped inside exact patching, not after it
+    _run(capsys, "resume", out, "--batch-size", "256", "--quiet")  # a new batch size: memory only, same results
     run = atpstar.load_run(out)
-    assert run.finished and run.scores["acp"].info["resumed"] > 0
-    fresh = atpstar.acp(atpstar.load_model(tiny_dir), run.pairs, kinds="head,v", progress=False)
+    assert run.finished and run.scores["acp"].info["resumed"] > 0 and run.meta["config"]["batch_size"] == 256
+    fresh = atpstar.acp(atpstar.load_model(tiny_dir), run.pairs, kinds="all", progress=False)
     for kind in fresh.kinds:
         np.testing.assert_allclose(run.scores["acp"].effect[kind], fresh.effect[kind], atol=2e-5, rtol=1e-5)
 
 
-def _documented_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_every_documented_flag_is_tested():
-    """Every `--flag` of every subcommand appears in this test file, and every `atpstar <command>` in the
-    README and docs is a real subcommand."""
+def _commands(text: str) -> list[str]:
+    """The ``atpstar ...`` command lines of a markdown text: in fenced bash blocks (comments dropped), then
+    inline in backquotes unless they hold a placeholder (``atpstar resume DIR``)."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        lines += [line.split("  #")[0].strip() for line in block.splitlines() if line.strip().startswith("atpstar ")]
+    inline = re.findall(r"(?<!`)`(atpstar [^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+    return lines + [c for c in inline if len(c.split()) > 2 and not re.search(r"\b[A-Z]{1,3}\b|\[", c)]
+
+
+def _as_test(command: str, model: str) -> list[str]:
+    """A documented command with the tiny model in place of any --model, and --quiet where it applies."""
+    args = shlex.split(command)[1:]
+    if "--model" in args:
+        i = args.index("--model")
+        del args[i:i + 2]
+    if args[0] in ("run", "demo", "tasks"):
+        args += ["--model", model]
+    if args[0] in ("run", "demo", "resume") and "--quiet" not in args:
+        args.append("--quiet")
+    if args[0] in ("run", "demo") and "--pairs" not in args:  # fewer pairs and subsets: seconds, not minutes
+        args += ["--pairs", "2"]
+    if args[0] in ("run", "demo") and "--samples" not in args:
+        args += ["--samples", "400"]
+    return args
+
+
+def test_every_command_in_the_readme_docs_and_help_runs(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The commands of the README, the docs and every --help, in that order, in one folder (the same command
+    once; a run's resume / report refer to it, so distinct runs in the documents use distinct folders)."""
+    sources = {p.name: p.read_text(encoding="utf-8") for p in DOCUMENTS}
+    sources["--help"] = "\n".join("```bash\n" + EXAMPLES[k] + "\n```" for k in ("main", "run", "demo", "report", "resume", "tasks"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    seen = []
+    for name, text in sources.items():
+        for command in _commands(text):
+            if command not in seen:
+                seen.append(command)
+                assert main(_as_test(command, tiny_dir)) == 0, f"{name}: {command}\n{capsys.readouterr().err}"
+    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"}
+
+
+def test_the_readme_python_example_runs(tiny_dir, monkeypatch, capsys):  # noqa: F811
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    model = atpstar.load_model(tiny_dir)
+    monkeypatch.setattr(atpstar, "load_model", lambda *args, **kwargs: model)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "With probability at least 0.95" in out and re.search(r"L\d\.(q|k|v|head)\.", out)
+
+
+def test_every_flag_is_exercised_by_a_test():
+    """Every ``--flag`` of every subcommand appears in these test files, and every flag the documents use exists."""
     parser, source = build_parser(), Path(__file__).read_text(encoding="utf-8") + (ROOT / "tests" / "test_errors.py").read_text()
     sub = next(a for a in parser._actions if a.dest == "command")
+    known = set()
     for name, command in sub.choices.items():
         for action in command._actions:
             for flag in action.option_strings:
+                known.add(flag)
                 if flag.startswith("--") and flag != "--help":
                     assert f'"{flag}"' in source, f"atpstar {name} {flag} is not exercised by a test"
-    used = set(re.findall(r"(?:^|`|\$ )atpstar (\w+)", _documented_text(), re.M))
-    assert used and used <= set(sub.choices), used - set(sub.choices)
+    documented = {f for text in (p.read_text(encoding="utf-8") for p in DOCUMENTS) for c in _commands(text)
+                  for f in re.findall(r"(?<=\s)--[a-z-]+", c)}
+    assert documented and documented <= known, documented - known
+
+
+@pytest.mark.slow
+def test_smollm_run_report_and_resume(smollm, tmp_path, capsys):
+    """The real model through the command line: its tokens in the node table and the report; resume after the
+    verification checkpoint alone survived (as after a crash during the diagnostic)."""
+    out = tmp_path / "run"
+    _run(capsys, "run", "--task", "ioi", "--pairs", "1", "--kinds", "head", "--verify-budget", "5nodes", "--out", out,
+         "--quiet")
+    run = atpstar.load_run(out)
+    prompt = run.meta["stages"]["pairs"]["texts"][0][0]
+    assert "".join(run.meta["stages"]["pairs"]["tokens"]).strip().endswith(prompt.split()[-1])
+    assert set(run.nodes["token"].head(20)) <= set(run.meta["stages"]["pairs"]["tokens"])
+    assert run.nodes["verified"].sum() == 5 and run.nodes["effect_exact"].abs().max() > 0.1
+    page = (out / "report.html").read_text()
+    assert all(f"<td class=\"t\">{name}</td>" in page for name in run.nodes["name"].head(5))
+    (out / "stages" / "verified.parquet").unlink()
+    meta = json.loads((out / "run.json").read_text())
+    meta["status"] = "running"
+    (out / "run.json").write_text(json.dumps(meta))
+    _run(capsys, "resume", out, "--quiet")
+    again = json.loads((out / "run.json").read_text())["stages"]["verify"]
+    assert again["reused"] == 5 and again["patched"] == 0

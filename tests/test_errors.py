@@ -162,6 +162,7 @@ BAD_CONFIGS = [
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"checkpoint_every": -1}, "checkpoint_every must be seconds >= 0"),
     ({"model": ""}, "--model must be"),
+    ({"diagnose": True, "verify_budget": "0"}, "--diagnose .* needs verification"),
 ]
 
 

@@ -52,7 +52,10 @@ def test_scores_and_pairs_round_trip(tmp_path):
     assert back.info["cost"] == est.info["cost"] and back.info["qk_fix"] is True
     save_pairs(pairs, tmp_path / "p.pt")
     again = load_pairs(tmp_path / "p.pt")
-    assert again == pairs and again.metric == "logit_diff"
+    for name in ("clean", "noise"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(again, name), getattr(pairs, name), strict=True))
+    assert torch.equal(again.answer, pairs.answer) and torch.equal(again.distractor, pairs.distractor)
+    assert again.metric == "logit_diff" and again.texts == pairs.texts
 
 
 def test_load_run_gives_back_what_the_run_computed(tiny_dir, tmp_path):  # noqa: F811

@@ -191,3 +191,117 @@ def test_linear_qk_fix_equals_the_fix(saturate, masked):
         assert want_k.abs().max() > 1e-3
         assert torch.allclose(fix.query(g), want_q, atol=1e-12, rtol=0)
         assert torch.allclose(fix.key(g), want_k, atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------------------- many processes
+
+
+def _distributed_run(model):
+    pairs = random_pairs(lengths=(6, 8, 6, 8, 8), seed=11)  # 5 pairs, two lengths: uneven shards
+    star = atpstar.atp(model, pairs, kinds="all", per_pair=True, batch_size=2, progress=False)
+    exact = atpstar.acp(model, pairs, kinds="attn", per_pair=True, progress=False)
+    return star, exact
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    assert atpstar.distributed.init() == torch.device("cpu") and dist.get_backend() == "gloo"
+    model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
+    star, exact = _distributed_run(model)
+    torch.save({"star": star, "exact": exact, "rank": atpstar.distributed.rank(),
+                "share": len(atpstar.distributed.shard(range(5)))}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    """2 gloo processes on localhost split the pairs of AtP* and of exact patching and all-reduce them:
+    every rank ends with the one-process result (float64, to rounding of the sums)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "result")
+    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
+    star, exact = _distributed_run(model)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=False)
+        assert got["rank"] == rank and got["share"] == (3, 2)[rank]
+        same_scores(got["star"], star, atol=1e-12, per_pair=True)
+        same_scores(got["exact"], exact, atol=1e-12, per_pair=True)
+        assert got["exact"].info["patches"] == exact.info["patches"] > 0  # work counted over both ranks
+        assert got["star"].n_pairs == 5
+
+
+# ----------------------------------------------------------------------------- batching of exact patches
+
+
+def _modelled_cost(pos, layer, slices, n_layers, n_tok, overhead):
+    frac = lambda p, l: (n_layers - l) * (n_tok - p) / (n_layers * n_tok)  # noqa: E731
+    return sum(frac(int(pos[s].min()), int(layer[s].min())) * (overhead + s.stop - s.start) for s in slices)
+
+
+@pytest.mark.parametrize("overhead", [0.0, 1.0, 50.0])
+def test_plan_batches_covers_jobs_and_beats_one_batch_per_cell(overhead):
+    from atpstar.batching import plan_batches
+
+    gen = torch.Generator().manual_seed(0)
+    pos, layer = torch.randint(0, 12, (300,), generator=gen), torch.randint(0, 8, (300,), generator=gen)
+    order = torch.argsort(pos * 8 + layer, stable=True)
+    pos, layer = pos[order], layer[order]
+    slices = plan_batches(pos, layer, 8, 12, max_rows=16, overhead=overhead)
+    assert slices[0].start == 0 and slices[-1].stop == 300
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    assert max(s.stop - s.start for s in slices) <= 16
+    _, counts = torch.unique_consecutive(pos * 8 + layer, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    cells = [slice(a, min(a + 16, a0 + c)) for a0, c in zip(starts.tolist(), counts.tolist()) for a in range(a0, a0 + c, 16)]
+    assert _modelled_cost(pos, layer, slices, 8, 12, overhead) <= _modelled_cost(pos, layer, cells, 8, 12, overhead) + 1e-9
+    if overhead >= 50:  # a costly forward pass: sparse cells share full batches
+        assert len(slices) <= 300 // 16 + 3
+
+
+def test_sparse_exact_patching_shares_forward_passes():
+    """A sparse node set (each (position, layer) cell one node) runs in fewer forwards than cells, with
+    the same effects as one patch per forward (float64)."""
+    from atpstar import batching
+
+    model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
+    pairs = random_pairs(lengths=(9,), seed=4)
+    every = atpstar.NodeSet.every(model, "all", pairs.max_len)
+    pick = torch.randperm(len(every), generator=torch.Generator().manual_seed(1))[:40]
+    nodes = every.take(pick)
+    batched = atpstar.acp(model, pairs, nodes=nodes, progress=False)
+    one_each = atpstar.acp(model, pairs, nodes=nodes, batch_size=1, progress=False)
+    same_scores(batched, one_each, atol=1e-12)
+    cells = len(torch.unique(nodes.pos * model.n_layers + nodes.layer))
+    assert batched.info["batches"] < min(cells, batched.info["patches"])
+    assert 16 <= batching.memory_budget_mb("cpu") <= 16384
+
+
+# ----------------------------------------------------------------------------- the scaling benchmark
+
+
+def test_scaling_benchmark_quick_mode(tmp_path, monkeypatch):
+    """``benchmarks/scaling.py --quick`` runs every sweep on a tiny config and rewrites only the measured
+    part of the document (between its markers)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import scaling
+
+    out = tmp_path / "scaling.md"
+    out.write_text(f"intro\n{scaling.BEGIN}\nstale numbers\n{scaling.END}\noutro\n")
+    scaling.main(["--quick", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale numbers" not in text
+    for title in ("Sequence length", "Prompt pairs", "Width and depth", "Half precision"):
+        assert f"### {title}" in text, title
+    rows = [line for line in text.splitlines() if line.startswith("| bfloat16")]
+    assert len(rows) == 1 and "nan" not in rows[0]

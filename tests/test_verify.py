@@ -28,9 +28,9 @@ def test_verify_equals_acp_in_ranking_order(arch):
     assert [n.name for n in v.nodes.to_nodes()] == top["name"].tolist()  # the ranking's order
     assert v.rank.tolist() == list(range(70)) and v.verified_mask.sum() == 70 and v.verified_mask[:70].all()
     want_pp = torch.stack([exact.per_pair[NodeKind(r.kind)][:, r.layer, r.unit, r.pos] for r in top.itertuples()])
-    torch.testing.assert_close(v.per_pair, want_pp.double(), atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(v.per_pair, want_pp.double(), atol=1e-5, rtol=1e-5, equal_nan=True)  # float32, other batching
     want = exact.to_frame().set_index("name").loc[top["name"], "effect"].to_numpy()
-    assert abs(v.effect.numpy() - want).max() <= 1e-5
+    assert (abs(v.effect.numpy() - want) <= 1e-5 + 1e-5 * abs(want)).all()
     assert abs(v.estimate.numpy() - top["effect"].to_numpy()).max() == 0  # the ranking's own estimate
     assert abs(v.score.numpy() - top["score"].to_numpy()).max() == 0
     assert v.effect.abs().max() > 0.05
@@ -69,7 +69,7 @@ def test_forward_budget_is_never_exceeded_and_one_more_node_would():
         assert v.cost.per_pair() <= budget
         more = verify(model, pairs, estimate, budget=Budget(nodes=len(v) + 1), chunk=25, batch_size=16, progress=False)
         assert more.cost.per_pair() > budget
-        torch.testing.assert_close(more.per_pair[:-1], v.per_pair, atol=1e-5, rtol=0, equal_nan=True)
+        torch.testing.assert_close(more.per_pair[:-1], v.per_pair, atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def test_node_budget_and_seconds_budget():
@@ -195,7 +195,7 @@ def test_prior_is_reused_and_verification_continues_where_it_stopped():
     assert (more.reused, more.patched, len(more)) == (30, 45, 75)
     assert torch.equal(more.per_pair[:30].nan_to_num(7), first.per_pair.nan_to_num(7))
     once = verify(model, pairs, estimate, budget=Budget(nodes=75), metric=metric, progress=False)
-    torch.testing.assert_close(more.per_pair, once.per_pair, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(more.per_pair, once.per_pair, atol=1e-5, rtol=1e-5, equal_nan=True)
     assert more.spent.forward < once.spent.forward
     assert more.cost.forward == pytest.approx(first.cost.forward + float(more.node_cost[30:].sum()))
     calls["n"] = 0

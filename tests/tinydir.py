@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
@@ -42,9 +43,6 @@ def save_tiny_model(path, arch: str = "llama", seed: int = 0):
     hf.save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ single prompt pair, and the distribution of all the task's pairs.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from atpstar import NodeKind, NodeSet
@@ -39,16 +41,17 @@ def truth_frame(model, truth: Truth, group: str) -> pd.DataFrame:
     Per-pair effects are saved on each task's full aligned length; a single pair shorter than the
     longest lacks the first positions (NaN): those nodes are dropped from that setting."""
     nodes = universe(model, truth, group)
-    per_pair = _per_pair(truth, nodes, group)  # (P, N)
-    with np.errstate(invalid="ignore"):
-        effect = np.nanmean(per_pair, axis=0) if np.isfinite(per_pair).any() else per_pair[0]
+    per_pair = per_pair_effects(truth, nodes, group)  # (P, N)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nodes no pair has: NaN, dropped below
+        effect = np.nanmean(per_pair, axis=0)
     frame = node_frame(nodes)
     frame["effect"] = effect
     frame["score"] = np.abs(effect)
     return frame[np.isfinite(frame["effect"])].reset_index(drop=True)
 
 
-def _per_pair(truth: Truth, nodes: NodeSet, group: str) -> np.ndarray:
+def per_pair_effects(truth: Truth, nodes: NodeSet, group: str) -> np.ndarray:
     """(P, N) exact per-pair effects of ``nodes`` (NaN where a pair lacks the position)."""
     layer, unit, pos = nodes.layer.numpy(), nodes.unit.numpy(), nodes.pos.numpy()
     if group == "neuron":

@@ -13,6 +13,7 @@ from torch import Tensor
 from .bound import NodeStats
 from .cost import Cost
 from .nodes import NodeSet
+from .types import ALL_KINDS
 
 SUSPECTS = 20
 
@@ -80,10 +81,13 @@ class Diagnosis:
         s = self.stats
         upper = s.upper(self.delta)
         order = torch.argsort(s.effect.abs().nan_to_num(-1.0), descending=True, stable=True)[:k]
-        nodes = self.nodes.take(order).to_nodes()
+        nodes = self.nodes.take(order)
+        kind = pd.Series([k.value for k in ALL_KINDS])[nodes.kind.numpy()].to_numpy()
+        letter = pd.Series([k.unit_letter for k in ALL_KINDS])[nodes.kind.numpy()].to_numpy()
+        layer, unit, pos = (pd.Series(t.numpy()) for t in (nodes.layer, nodes.unit, nodes.pos))
+        name = "L" + layer.astype(str) + "." + kind + "." + letter + unit.astype(str) + "@" + pos.astype(str)
         return pd.DataFrame({
-            "kind": [n.kind.value for n in nodes], "layer": [n.layer for n in nodes], "unit": [n.unit for n in nodes],
-            "pos": [n.pos for n in nodes], "name": [n.name for n in nodes], "effect": s.effect[order].numpy(),
+            "kind": kind, "layer": layer, "unit": unit, "pos": pos, "name": name, "effect": s.effect[order].numpy(),
             "estimate": (s.effect - s.diff)[order].numpy(), "diff": s.diff[order].numpy(), "se": s.se[order].numpy(),
             "z": s.z[order].numpy(), "upper": upper[order].numpy(), "included": s.count[order].numpy(),
         })

@@ -60,8 +60,11 @@ class RunConfig:
             opts.check_int("pairs", self.pairs, 1)
         self.methods = opts.parse_methods(self.methods)
         opts.parse_kinds(self.kinds)
-        opts.budget_object(opts.parse_budget(self.verify_budget))  # Budget checks its own range
-        opts.parse_stop(self.stop)
+        budget = opts.budget_object(opts.parse_budget(self.verify_budget))  # Budget checks its own range
+        stop = opts.parse_stop(self.stop)
+        if self.diagnose and budget is None and stop is None:
+            raise ValueError("--diagnose bounds the nodes left unverified, so it needs verification: give "
+                             "--verify-budget (> 0) or --stop")
         opts.check_diagnostic(self.samples, self.p, self.delta)
         opts.resolve_device(self.device)
         opts.torch_dtype(self.dtype)
@@ -128,10 +131,13 @@ def run(config: RunConfig, out, progress: bool = True, force: bool = False, echo
         raise
 
 
-def resume(out, progress: bool = True, echo=None) -> RunFolder:
-    """Continue the run in ``out`` (interrupted, crashed or finished) with no finished work redone."""
+def resume(out, progress: bool = True, echo=None, batch_size: int | None = None) -> RunFolder:
+    """Continue the run in ``out`` (interrupted, crashed or finished) with no finished work redone.
+    ``batch_size`` replaces the run's (it changes memory use, not results: e.g. after running out of memory)."""
     folder = RunDir(out)
     meta = folder.read_meta()
+    if batch_size is not None:
+        meta.setdefault("config", {})["batch_size"] = batch_size
     RunConfig.from_dict(meta.get("config", {})).validate()
     return _execute(folder, meta, progress, echo)
 

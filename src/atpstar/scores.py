@@ -91,6 +91,16 @@ class Accumulator:
         if self.per_pair is not None:
             self.per_pair[kind][group.index, ..., offset:offset + t] = effect.float()
 
+    def all_reduce(self) -> None:
+        """Sum the accumulated pairs of every ``torch.distributed`` rank (identity in one process)."""
+        from .distributed import all_reduce, all_reduce_rows
+
+        for store in (self.sum, self.abs_sum, self.term_sum, self.count):
+            for tensor in store.values():
+                all_reduce(tensor)
+        for table in (self.per_pair or {}).values():
+            all_reduce_rows(table)
+
     def finish(self, method: str, score: str = "abs_mean", info: dict | None = None) -> Scores:
         """score='abs_mean': |mean effect| (ground truth c(n)); 'mean_abs': mean of the score terms."""
         effect, scores, mean_abs = {}, {}, {}
@@ -155,11 +165,27 @@ class LayerAccumulator:
                 store[kind][layer].zero_()
             self.started[kind][layer] = True
 
-    def finish(self, method: str, info: dict | None = None) -> Scores:
-        """Means over pairs, computed in place: effect = signed mean, mean_abs, score = mean score term."""
+    def all_reduce(self) -> None:
+        """Sum the accumulated pairs of every ``torch.distributed`` rank (identity in one process)."""
+        from .distributed import all_reduce, all_reduce_rows
+
+        self._start_all()
+        stores = [self.sum, self.abs_sum] + ([self.term_sum] if self.term_sum is not self.abs_sum else [])
+        for store in stores:
+            for tensor in store.values():
+                all_reduce(tensor)
+        all_reduce(self.count)
+        for table in (self.per_pair or {}).values():
+            all_reduce_rows(table)
+
+    def _start_all(self) -> None:
         for kind in self.shapes:
             for layer in range(self.shapes[kind][0]):
                 self._start(kind, layer)
+
+    def finish(self, method: str, info: dict | None = None) -> Scores:
+        """Means over pairs, computed in place: effect = signed mean, mean_abs, score = mean score term."""
+        self._start_all()
         count = self.count.where(self.count > 0, torch.nan)
         effect, scores, mean_abs = {}, {}, {}
         for kind in self.shapes:

@@ -192,6 +192,7 @@ def diagnose(ctx: Context) -> None:
         save_frame(d.suspects, ctx.folder.stage("suspects.parquet"))
     summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
     atomic_write(ctx.folder.stage("diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    ctx.meta["diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
     ctx.record("diagnose", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
                per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
     ctx.say(d.statement)

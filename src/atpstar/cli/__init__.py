@@ -2,14 +2,16 @@
 
 Bad input ends with a short ``atpstar: error: ...`` message on stderr and exit status 2 (no
 traceback); running out of memory with advice and status 3; Ctrl-C with how to resume and status
-130. ``ATPSTAR_DEBUG=1`` shows the traceback of any error.
+130 (also for SIGTERM). ``ATPSTAR_DEBUG=1`` shows the traceback of any error.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
+from pathlib import Path
 
 from .parser import build_parser
 
@@ -27,6 +29,7 @@ def main(argv=None) -> int:
     handler = {"run": commands.cmd_run, "demo": commands.cmd_demo, "resume": commands.cmd_resume,
                "report": commands.cmd_report, "tasks": commands.cmd_tasks}[args.command]
     folder = getattr(args, "out", None) or getattr(args, "dir", None)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: stop as cleanly as Ctrl-C does
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -37,11 +40,17 @@ def main(argv=None) -> int:
         if os.environ.get("ATPSTAR_DEBUG") or isinstance(err, SystemExit):
             raise
         return _report_error(err, folder if args.command in ("run", "demo", "resume") else None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _report_error(err: BaseException, folder) -> int:
     if _is_oom(err):
-        resume = f"; then continue with `atpstar resume {folder}`" if folder else ""
+        resume = f"; then continue with `atpstar resume {folder}`" if folder and Path(folder, "run.json").is_file() else ""
         print("atpstar: error: " + OOM_ADVICE.format(where=f" ({_first_line(err)})", resume=resume), file=sys.stderr)
         return EXIT_OOM
     if isinstance(err, BAD_INPUT):

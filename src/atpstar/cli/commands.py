@@ -3,6 +3,7 @@ pipeline, print a short summary (stdout); stage messages go to stderr."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def cmd_resume(args) -> int:
     if meta.get("status") == "done":
         print(f"{args.dir}: the run is already finished; nothing to resume (report: {Path(args.dir) / 'report.html'})")
         return 0
-    folder = resume(args.dir, progress=not args.quiet, echo=echo_to_stderr(args.quiet))
+    folder = resume(args.dir, progress=not args.quiet, echo=echo_to_stderr(args.quiet), batch_size=args.batch_size)
     print_summary(folder, 15)
     return 0
 
@@ -78,7 +79,8 @@ def cmd_tasks(args) -> int:
         tok = model.tokenizer
         answer = tok.decode([int(pairs.answer[0])])
         distractor = tok.decode([int(pairs.distractor[0])]) if int(pairs.distractor[0]) >= 0 else None
-        summary = (builder.__module__ and sys.modules[builder.__module__].__doc__ or "").strip().splitlines()[0]
+        summary = (sys.modules[builder.__module__].__doc__ or name).strip().splitlines()[0]
+        summary = re.sub(r"\s*\(SPEC\.md[^)]*\)", "", summary)  # the reference is for developers
         print(f"{name}: {summary}")
         print(f"  clean:  {clean!r}\n  noise:  {noise!r}")
         print(f"  answer: {answer!r}" + (f"   distractor: {distractor!r}" if distractor is not None else ""))

@@ -16,15 +16,15 @@ EXAMPLES = {
 examples:
   atpstar demo                                   # AtP* on IOI with the bundled model, report included
   atpstar tasks                                  # the built-in tasks, one example pair each
-  atpstar run --task ioi --pairs 8 --out runs/ioi --diagnose
+  atpstar run --task ioi --pairs 8 --kinds attn --stop small-effects --diagnose --p 0.02 --out runs/ioi
   atpstar resume runs/ioi                        # after Ctrl-C or a crash
   atpstar report runs/ioi                        # rebuild runs/ioi/report.html""",
     "run": """\
 examples:
-  atpstar run --task ioi --pairs 8 --out runs/ioi
+  atpstar run --task ioi --pairs 16 --kinds head --out runs/ioi-heads
   atpstar run --task city --method atp*,atp --kinds attn --verify-budget 50nodes --out runs/city
-  atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine
-  atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/truth
+  atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
+  atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
 
 the run folder DIR holds run.json, nodes.parquet, nodes.csv, report.html, stages/ and checkpoints/;
@@ -39,12 +39,17 @@ examples:
     "resume": """\
 examples:
   atpstar resume runs/ioi               # continues where the run stopped; finished stages are not redone
-  atpstar resume runs/ioi --quiet""",
+  atpstar resume runs/ioi --batch-size 1 --quiet     # e.g. after running out of memory""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
   atpstar tasks --model path/to/model_dir""",
 }
+
+
+DEMO = {"kinds": "attn", "verify_budget": "50nodes", "samples": 600, "p": 0.03}
+"""The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), its top 50 verified, and
+the diagnostic with subsets of ~3% of the unverified nodes (600 of them: a few minutes on a 2-core CPU)."""
 
 
 def _formatter(prog):
@@ -64,13 +69,14 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     methods = "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
     what.add_argument("--method", default="atp*", metavar="M[,M...]",
                       help=f"one or more methods, comma-separated; the first one's ranking is verified. {methods}")
-    what.add_argument("--kinds", default="all", metavar="K",
-                      help="node kinds: q,k,v,head,neuron (comma-separated), 'attn' or 'all' (default)")
+    what.add_argument("--kinds", default=DEMO["kinds"] if demo else "all", metavar="K",
+                      help="node kinds: q,k,v,head,neuron (comma-separated), 'attn' or 'all' (default %s)"
+                      % (DEMO["kinds"] if demo else "all"))
     check = p.add_argument_group("verification and diagnostic")
-    check.add_argument("--verify-budget", default="100", metavar="B",
+    check.add_argument("--verify-budget", default=DEMO["verify_budget"] if demo else "100", metavar="B",
                        help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "
                             "the clean and noise runs count 2), a node count (50nodes), seconds (60s), or 0 for none "
-                            "(default 100)")
+                            "(default %s)" % (DEMO["verify_budget"] if demo else "100"))
     check.add_argument("--stop", default=None, metavar="RULE",
                        help="stop verifying early: small-effects[:window=W,threshold=T,relative=R] stops once the "
                             "last W verified nodes all had |effect| < T or < R x the largest so far "
@@ -81,9 +87,11 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     else:
         check.add_argument("--diagnose", action="store_true",
                            help="bound the effects of the unverified nodes (random joint patches)")
-    check.add_argument("--samples", type=int, default=None, metavar="S", help="diagnostic: random subsets to patch")
-    check.add_argument("--p", type=float, default=None, metavar="P",
-                       help="diagnostic: chance of each unverified node to be in a subset")
+    check.add_argument("--samples", type=int, default=DEMO["samples"] if demo else None, metavar="S",
+                       help="diagnostic: random subsets to patch (default %s)" % (DEMO["samples"] if demo else 1000))
+    check.add_argument("--p", type=float, default=DEMO["p"] if demo else None, metavar="P",
+                       help="diagnostic: chance of each unverified node to be in a subset (default %s)"
+                       % (DEMO["p"] if demo else 0.05))
     check.add_argument("--delta", type=float, default=0.05, metavar="D",
                        help="diagnostic: the bound may fail with probability D (default 0.05)")
     where = p.add_argument_group("output and machine")
@@ -118,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", metavar="DIR", help="a run folder")
     resume = add("resume", "continue an interrupted run (Ctrl-C, crash): finished work is not redone")
     resume.add_argument("dir", metavar="DIR", help="the run folder to continue")
+    resume.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="replace the run's batch size (memory only, results are the same), e.g. after running "
+                             "out of memory")
     resume.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")

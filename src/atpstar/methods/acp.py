@@ -5,8 +5,11 @@ noise prompt; effect ``I = L(patched) − L(clean)``. Many single-node patches r
 forward pass (row r patches node r). Nodes are sorted by (position, layer), and each batch
 computes only the blocks from its lowest patched layer (below: the cached clean residual stream)
 and the positions from its lowest patched position (before: the clean keys/values, as causal
-attention allows). A node whose noise value equals its clean value is a no-op with effect 0.
-Batches are sized to a memory budget; long runs can checkpoint and resume.
+attention allows). Consecutive (position, layer) cells share a batch while that is cheaper than a
+new forward pass, by the measured fixed cost of a pass (:mod:`atpstar.batching`), so sparse node
+sets batch as well as dense ones. A node whose noise value equals its clean value is a no-op with
+effect 0. Batches are sized to the device's free memory; long runs can checkpoint and resume.
+Under ``torch.distributed`` each rank patches its share of the pairs (:mod:`atpstar.distributed`).
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..checkpoint import Checkpoint, fingerprint
 from ..cost import Cost
 from ..metrics import Metric, resolve
 from ..nodes import NodeSet
 from ..pairs import PromptPairs
-from ..patching import GroupRuns, auto_batch_size, bucket_slices, by_kind, check_batch_size, moved, patched_metric
+from ..batching import max_rows, memory_budget_mb, overhead_ratio, plan_batches
+from ..patching import GroupRuns, bucket_slices, by_kind, check_batch_size, moved, patched_metric
 from ..scores import Accumulator, Scores
 
 
 def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_size: int | None = None,
-        memory_mb: float = 1024, per_pair: bool = False, progress: bool = True,
+        memory_mb: float | None = None, per_pair: bool = False, progress: bool = True,
         checkpoint=None, checkpoint_every: float = 60.0) -> Scores:
     """Exact effect of patching each node (noise value into the clean run), per pair and averaged.
 
@@ -40,7 +45,10 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
             a list of :class:`~atpstar.types.Node` or names like ``"L3.q.H5@12"``, or a NodeSet.
         metric: ``"logit_diff"``, ``"logprob"``, a callable ``(logits, pairs) -> (rows,)`` or None
             (the pairs' own metric).
-        batch_size: patches per forward pass; default from ``memory_mb``.
+        batch_size: patches per forward pass, never across a position or a 4-layer span (as
+            :func:`atpstar.verify` batches). Default: cost-aware batches (:mod:`atpstar.batching`) of at
+            most what fits ``memory_mb``.
+        memory_mb: memory one batch may use; default a quarter of the device's free memory.
         per_pair: also return per-pair effects in ``Scores.per_pair``.
         checkpoint: a file path: finished results are saved there every ``checkpoint_every``
             seconds, and a rerun with the same arguments resumes from it.
@@ -54,17 +62,20 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
     pairs.check_vocab(model.vocab_size)
     n_pos = pairs.max_len
     node_set = NodeSet.every(model, kinds, n_pos) if nodes is None else NodeSet.parse(model, nodes, n_pos)
-    ckpt = Checkpoint(checkpoint, fingerprint(model, pairs, node_set, metric), checkpoint_every)
+    ckpt = Checkpoint(distributed.rank_path(checkpoint), fingerprint(model, pairs, node_set, metric), checkpoint_every)
     patcher = _Patcher(model, metric, node_set, batch_size, memory_mb, ckpt)
     acc = Accumulator(model, node_set.kinds, len(pairs), n_pos, keep_per_pair=per_pair)
-    total = sum(int((node_set.pos >= g.offset).sum()) * len(g.index) for g in pairs.groups())
+    groups = [(i, mine) for i, g in enumerate(pairs.groups()) if (mine := distributed.shard_group(g)) is not None]
+    total = sum(int((node_set.pos >= g.offset).sum()) * len(g.index) for _, g in groups)
     patcher.bar = tqdm(total=total, desc="activation patching", unit="patch", disable=not progress, leave=False)
     start = time.perf_counter()
     with torch.no_grad():
-        for i, group in enumerate(pairs.groups()):
+        for i, group in groups:
             for kind, eff in patcher.group(i, group).items():
                 acc.add(kind, group, eff)
     patcher.bar.close()
+    acc.all_reduce()
+    patcher.reduce_stats()
     cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
     info = {"metric": metric.name, **patcher.stats, "resumed": ckpt.resumed, "cost": cost}
     return acc.finish("acp", score="abs_mean", info=info)
@@ -76,11 +87,11 @@ class _Patcher:
     metric: Metric
     node_set: NodeSet
     batch_size: int | None
-    memory_mb: float
+    memory_mb: float | None
     ckpt: Checkpoint
     bar: object = None
     stats: dict = field(default_factory=lambda: {"forward_passes": 0, "forward_equivalents": 0.0, "patches": 0,
-                                                 "skipped_identical": 0})
+                                                 "skipped_identical": 0, "batches": 0})
 
     def group(self, index: int, group) -> dict:
         """Per-pair effects {kind: (G, layers, units, T)} of every node for one length group."""
@@ -104,27 +115,49 @@ class _Patcher:
         self.stats["skipped_identical"] += int((~live).sum())
         self.bar.update(int((~live).sum()))
         job_node, job_pair = job_node[live], job_pair[live]
-        size = self.batch_size or auto_batch_size(model, n_tok, self.memory_mb)
-        for rows in bucket_slices(own_pos[job_node] * model.n_layers + nodes.layer[job_node] // LAYER_SPAN, size):
+        for rows in self._batches(group, own_pos[job_node], nodes.layer[job_node]):
             rows_node, rows_pair = job_node[rows], job_pair[rows]
             value, cost = patched_metric(model, runs, nodes, own_pos, rows_node, torch.arange(len(rows_node)),
                                          rows_pair, self.metric)
-            _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value - runs.base[rows_pair]).double().cpu())
+            _scatter(effects, nodes, own_pos, rows_node, rows_pair, (value.double() - runs.base[rows_pair].double()).cpu())
             self._count(len(rows_node), cost)
+            self.stats["batches"] += 1
             self.stats["patches"] += len(rows_node)
             self.bar.update(len(rows_node))
             self.ckpt.update(index, effects)
         self.ckpt.update(index, effects, force=True)
         return effects
 
+    def _batches(self, group, pos: Tensor, layer: Tensor) -> list[slice]:
+        """Batches of the sorted jobs (positions ``pos``, layers ``layer``): with a given ``batch_size``, at
+        most that many per (position, 4-layer span), as :mod:`atpstar.verify` batches; else cost-aware
+        and memory-sized (:func:`atpstar.batching.plan_batches`)."""
+        model, n_tok = self.model, group.clean.shape[1]
+        if self.batch_size:
+            return bucket_slices(pos * model.n_layers + layer // LAYER_SPAN, self.batch_size)
+        overhead = overhead_ratio(model, group.clean[0]) if len(pos) >= CALIBRATE_FROM else 1.0
+        budget = self.memory_mb if self.memory_mb is not None else memory_budget_mb(model.device)
+        size = max_rows(model, n_tok, budget)
+        return plan_batches(pos, layer, model.n_layers, n_tok, size, overhead)
+
+    def reduce_stats(self) -> None:
+        """Sum the work counters over ``torch.distributed`` ranks (identity in one process)."""
+        names = list(self.stats)
+        total = distributed.all_reduce(torch.tensor([float(self.stats[n]) for n in names], dtype=torch.float64))
+        self.stats.update({n: type(self.stats[n])(v) for n, v in zip(names, total.tolist())})
+
     def _count(self, rows: int, equivalents: float) -> None:
         self.stats["forward_passes"] += rows
         self.stats["forward_equivalents"] += equivalents
 
 
+CALIBRATE_FROM = 64
+"""On GPUs, measure the fixed cost of a forward pass (two small timed forwards, cached) only for at least
+this many patches; fewer are batched assuming it equals the cost of one row."""
+
 LAYER_SPAN = 4
-"""A batch never mixes positions, nor layers from different spans of this many layers: it then starts
-(computes) close to every one of its patches."""
+"""With a fixed ``batch_size`` (and in :mod:`atpstar.verify_patcher`) a batch never mixes positions, nor
+layers from different spans of this many layers; automatic batches follow the cost model instead."""
 
 
 def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, delta: Tensor) -> None:

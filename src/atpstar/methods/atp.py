@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..capture import Intervention, run
 from ..cost import Cost
 from ..metrics import resolve
@@ -56,18 +57,22 @@ def atp(model, pairs: PromptPairs, kinds=None, qk_fix: bool = True, graddrop: bo
     """
     kinds = NodeKind.parse(kinds)
     metric = resolve(metric, pairs)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of prompt pairs per pass, got {batch_size}")
     pairs.check_vocab(model.vocab_size)
     acc = LayerAccumulator(model, kinds, len(pairs), pairs.max_len, keep_per_pair=per_pair, separate_terms=graddrop)
-    chunks = [c for g in pairs.groups() for c in g.split(batch_size)]
+    chunks = [c for g in pairs.groups() if (mine := distributed.shard_group(g)) is not None for c in mine.split(batch_size)]
     start, timing = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
     for chunk in tqdm(chunks, desc=method_name(qk_fix, graddrop), unit="batch", disable=not progress, leave=False):
         _estimate_chunk(model, chunk, kinds, metric, qk_fix, graddrop, acc, timing,
                         graddrop if recompute is None else recompute)
+    acc.all_reduce()
+    distributed.all_reduce(timing)
     n = len(pairs)
     backward = n * (1 + (model.n_layers - 1) / 2 if graddrop else 1)
     forward = n * (4.0 if (graddrop if recompute is None else recompute) else 2.0)
     cost = Cost(forward=forward, backward=backward, pairs=n, seconds=time.perf_counter() - start,
-                backward_ratio=float(timing[1] / timing[0]))
+                backward_ratio=float(timing[1] / timing[0]) if timing[0] > 0 else None)
     info = {"metric": metric.name, "qk_fix": qk_fix, "graddrop": graddrop, "forward_passes": forward,
             "backward_passes": backward, "cost": cost}
     return acc.finish(method_name(qk_fix, graddrop), info=info)

@@ -26,7 +26,7 @@ def to_data_uri(fig: Figure) -> str:
 def heatmaps(maps: dict, label: str, tokens: list[str]) -> str:
     """One panel per node kind: ``maps[kind]`` is (layers, units) or, for neurons, (layers, positions)."""
     kinds = list(maps)
-    cols = min(len(kinds), 3)
+    cols = 2 if len(kinds) == 4 else min(len(kinds), 3)
     rows = -(-len(kinds) // cols)
     fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
     for i, kind in enumerate(kinds):

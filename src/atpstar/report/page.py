@@ -12,7 +12,7 @@ import pandas as pd
 from ..runfolder import method_slug
 from . import data, figures
 
-SECTIONS = ("summary", "diagnostic", "heatmaps", "positions", "top-nodes", "scatter", "recall")
+SECTIONS = ("summary", "diagnostic", "top-nodes", "heatmaps", "positions", "scatter", "recall")
 
 
 def asset(name: str) -> str:
@@ -105,50 +105,24 @@ def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None) -> str:
     if diagnosis is None:
         return '<p class="note">The diagnostic was not run (add <code>--diagnose</code>).</p>'
     theta = diagnosis.get("theta")
-    body = (f'<p class="statement">{esc(diagnosis.get("statement", ""))}</p>'
-            f'<p>θ = <span class="theta">{esc(fmt(theta))}</span> at δ = {esc(fmt(diagnosis.get("delta")))}: '
-            "no unverified node's |effect| should exceed θ, except with probability δ.</p>")
+    body = (f'<p>θ = <span class="theta">{esc(fmt(theta) or "∞")}</span> at δ = {esc(fmt(diagnosis.get("delta")))}: '
+            "no unverified node's |effect| should exceed θ, except with probability δ.</p>"
+            f'<p class="statement">{esc(diagnosis.get("statement", ""))}</p>')
     if suspects is not None and len(suspects):
-        body += "<h3>Largest upper bounds among unverified nodes</h3>" + html_table(suspects.head(20), "suspects")
+        body += ("<details><summary>The unverified nodes most likely to be large (verify these next)</summary>"
+                 + html_table(suspects.head(20), "suspects") + "</details>")
     return body
 
 
 def build(meta: dict, nodes: pd.DataFrame, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None) -> str:
     """The whole page."""
     methods = meta["config"]["methods"]
-    primary, slug = methods[0], method_slug(methods[0])
     tokens = meta["stages"].get("pairs", {}).get("tokens", [])
-    score_col = f"score_{slug}"
-    kinds = data.kinds_in(nodes)
-    maps = {k: data.heatmap(nodes, k, score_col, by="pos" if k == "neuron" else "unit") for k in kinds}
-    n_pos = max(len(tokens), int(nodes["pos"].max()) + 1 if len(nodes) else 0)
-    per_pos = data.by_position(nodes, score_col, n_pos)
     parts = [section("summary", "Run", summary(meta, nodes)),
-             section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects))]
-    parts.append(section("heatmaps", "Where the effects are (layer × head, per node kind)",
-                         f'<img alt="heatmaps" src="{figures.heatmaps(maps, f"max {primary} score over positions", tokens)}">'))
-    strength = per_pos.max(axis=0).to_numpy(dtype=float)
-    parts.append(section("positions", "Per position (the display prompt's tokens)",
-                         token_chips(tokens, strength)
-                         + f'<img alt="positions" src="{figures.positions(per_pos, tokens, f"max {primary} score per kind and position")}">'))
-    top = data.top_table(nodes, methods)
-    parts.append(section("top-nodes", f"Top {len(top)} nodes of the {primary} ranking",
-                         '<p class="note">Click a column to sort. effect_exact: verified by exact activation '
-                         "patching (empty: not verified). rank 1 = top of the ranking.</p>"
-                         + html_table(top, "top-nodes-table")))
-    points = data.scatter(nodes, primary)
-    scatter = (f'<img alt="scatter" src="{figures.scatter(points, f"effect_{slug}", primary)}">' if len(points)
-               else '<p class="note">No verified nodes (give <code>--verify-budget</code>).</p>')
-    parts.append(section("scatter", "Estimate against verified effect", scatter))
-    est_cost = {m: meta["stages"].get(f"estimate:{m}", {}).get("per_pair", 0.0) for m in methods}
-    curves = data.recall_curves(nodes, methods, est_cost)
-    recall = ('<p class="note">The exact effects of every node (acp) give the true ranking; each curve is the cost '
-              "of following a method's ranking (its estimation cost + one forward pass per verified node) until the "
-              "true top-j nodes are all verified. The oracle verifies exactly the top j.</p>"
-              f'<img alt="recall" src="{figures.recall(curves, max(int(c[1][-1]) for c in curves.values()))}">' if curves
-              else '<p class="note">No ground truth in this run: add <code>acp</code> to <code>--method</code> '
-                   "(exact patching of every node) to draw each method's recall-vs-cost curve.</p>")
-    parts.append(section("recall", "Recall against cost", recall))
+             section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
+             top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
+             position_section(nodes, methods[0], tokens), scatter_section(nodes, methods[0]),
+             recall_section(nodes, methods, meta)]
     title = f'atpstar: {meta["config"]["task"]} on {meta.get("model", {}).get("name", meta["config"]["model"])}'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -156,3 +130,50 @@ def build(meta: dict, nodes: pd.DataFrame, diagnosis: dict | None = None, suspec
             f'<body><h1>{esc(title)}</h1><p class="sub">AtP* run report — which components cause the behaviour, '
             "checked by exact patching</p>\n" + "\n".join(parts)
             + f'\n<script>{asset("sort.js")}</script>\n</body></html>\n')
+
+
+def image(alt: str, uri: str) -> str:
+    return f'<img alt="{esc(alt)}" src="{uri}">'
+
+
+def top_nodes(nodes: pd.DataFrame, methods: list[str]) -> str:
+    top = data.top_table(nodes, methods)
+    return section("top-nodes", f"Top {len(top)} nodes of the {methods[0]} ranking",
+                   '<p class="note">Click a column to sort. effect_exact: verified by exact activation patching '
+                   "(empty: not verified). rank 1 = top of the ranking.</p>" + html_table(top, "top-nodes-table"))
+
+
+def heatmap_section(nodes: pd.DataFrame, primary: str, tokens: list[str]) -> str:
+    score = f"score_{method_slug(primary)}"
+    maps = {k: data.heatmap(nodes, k, score, by="pos" if k == "neuron" else "unit") for k in data.kinds_in(nodes)}
+    return section("heatmaps", "Where the effects are (layer × head, per node kind)",
+                   image("heatmaps", figures.heatmaps(maps, f"max {primary} score over positions", tokens)))
+
+
+def position_section(nodes: pd.DataFrame, primary: str, tokens: list[str]) -> str:
+    n_pos = max(len(tokens), int(nodes["pos"].max()) + 1 if len(nodes) else 0)
+    per_pos = data.by_position(nodes, f"score_{method_slug(primary)}", n_pos)
+    strength = per_pos.max(axis=0).to_numpy(dtype=float)
+    return section("positions", "Per position (the display prompt's tokens)", token_chips(tokens, strength)
+                   + image("positions", figures.positions(per_pos, tokens, f"max {primary} score per kind and position")))
+
+
+def scatter_section(nodes: pd.DataFrame, primary: str) -> str:
+    points = data.scatter(nodes, primary)
+    body = (image("scatter", figures.scatter(points, f"effect_{method_slug(primary)}", primary)) if len(points)
+            else '<p class="note">No verified nodes (give <code>--verify-budget</code>).</p>')
+    return section("scatter", "Estimate against verified effect", body)
+
+
+def recall_section(nodes: pd.DataFrame, methods: list[str], meta: dict) -> str:
+    est_cost = {m: meta["stages"].get(f"estimate:{m}", {}).get("per_pair", 0.0) for m in methods}
+    curves = data.recall_curves(nodes, methods, est_cost)
+    if not curves:
+        body = ('<p class="note">No ground truth in this run: add <code>acp</code> to <code>--method</code> (exact '
+                "patching of every node) to draw each method's recall-vs-cost curve.</p>")
+    else:
+        body = ('<p class="note">The exact effects of every node (acp) give the true ranking; each curve is the cost '
+                "of following a method's ranking (its estimation cost + one forward pass per verified node) until "
+                "the true top-j nodes are all verified. The oracle verifies exactly the top j.</p>"
+                + image("recall", figures.recall(curves, max(int(c[1][-1]) for c in curves.values()))))
+    return section("recall", "Recall against cost", body)
