@@ -10,7 +10,8 @@ Every (model, T, pairs, method) runs in its own process (one torch thread): a *t
 glibc's default allocator (time, and peak RSS as a user sees it) and, for the T sweep, a *memory*
 child with ``MALLOC_MMAP_THRESHOLD_=131072`` (every freed tensor of >= 128 KB goes back to the OS,
 so peak RSS tracks the peak of live tensors: the number a GPU's ``max_memory_allocated`` gives).
-Memory is the peak RSS above the model after one warm-up forward (weights paged in).
+Memory is the peak RSS above the process after a warm-up run of the same method on 8 tokens (weights
+paged in, one-time initialisations done).
 
     python benchmarks/scaling.py                 # ~10 min on 2 CPU cores; writes docs/scaling.md
     python benchmarks/scaling.py --max-len 512   # adds T = 512 (AtP* alone takes minutes there)
@@ -34,7 +35,7 @@ import torch
 import atpstar
 
 METHODS = {"fwd+bwd": None, "AtP": dict(qk_fix=False, graddrop=False), "AtP*": dict(qk_fix=True, graddrop=True)}
-WIDTHS = [(512, 4), (1024, 4), (2048, 4), (4096, 4), (1024, 2), (1024, 8)]
+WIDTHS = [(512, 4), (1024, 4), (2048, 4), (4096, 4), (1024, 8)]
 QUICK_WIDTHS = [(32, 2), (64, 2)]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 BEGIN, END = "<!-- measured: begin (benchmarks/scaling.py) -->", "<!-- measured: end -->"
@@ -102,6 +103,12 @@ def make_pairs(model, n_tok: int, n_pairs: int, seed: int = 0) -> atpstar.Prompt
     return atpstar.PromptPairs(tuple(clean), tuple(noise), ioi.answer, ioi.distractor)
 
 
+def warm_pairs(model) -> atpstar.PromptPairs:
+    """One pair of 8 random tokens (any model) for a warm-up run."""
+    ids = torch.randint(0, model.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    return atpstar.PromptPairs.from_ids(ids[:1], ids[1:], [1], [2])
+
+
 # ----------------------------------------------------------------------------- one measurement
 
 
@@ -117,6 +124,16 @@ def run_method(model, pairs, method: str) -> None:
     atpstar.atp(model, pairs, kinds="all", batch_size=len(pairs), progress=False, **METHODS[method])
 
 
+def _trim() -> None:
+    """Return the C heap's free pages to the OS (glibc), so the baseline RSS holds live memory only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS) of this process in MB."""
     import psutil
@@ -128,9 +145,9 @@ def measure(spec: dict) -> dict:
     """Time and peak memory of one method on one model/batch, in this process."""
     model = atpstar.load_model("default") if spec["model"] == "smollm" else llama(*spec["model"])
     pairs = make_pairs(model, spec["T"], spec["pairs"])
-    with torch.no_grad():  # warm-up: weights paged in, lazy initialisations done
-        atpstar.capture.run(model, pairs.clean[0][None, :8])
+    run_method(model, warm_pairs(model), spec["method"])  # weights paged in, one-time initialisations done
     gc.collect()
+    _trim()
     base, _ = rss_mb()
     start = time.perf_counter()
     run_method(model, pairs, spec["method"])
@@ -168,6 +185,11 @@ class Sweep:
             return measure(spec)
         return child({**spec, "repeat": not live}, live, self.args.threads)
 
+    def both(self, spec: dict, methods) -> tuple[dict, dict]:
+        """{method: time measurement}, {method: live-memory measurement} (see the module docstring)."""
+        return ({m: self.get({**spec, "method": m}) for m in methods},
+                {m: self.get({**spec, "method": m}, live=True) for m in methods})
+
     def emit(self, text: str = "") -> None:
         print(text, flush=True)
         self.lines.append(text)
@@ -177,26 +199,24 @@ class Sweep:
         self.emit("| T | fwd+bwd | AtP | AtP* | AtP* / token | fwd+bwd peak | AtP peak | AtP* peak | "
                   "AtP* peak, default malloc |\n|---|---|---|---|---|---|---|---|---|")
         for n_tok in lengths:
-            spec = {"model": model, "T": n_tok, "pairs": 1}
-            t = {m: self.get({**spec, "method": m}) for m in METHODS}
-            live = {m: self.get({**spec, "method": m}, live=True) for m in METHODS}
+            t, live = self.both({"model": model, "T": n_tok, "pairs": 1}, METHODS)
             fb, fb_mem, fb_rss = t["fwd+bwd"]["seconds"], live["fwd+bwd"]["peak_mb"], t["fwd+bwd"]["peak_mb"]
             self.emit(f"| {n_tok} | {fb:.2f} s | {t['AtP']['seconds']:.2f} s ({t['AtP']['seconds'] / fb:.1f}x) | "
                       f"{secs(t['AtP*']['seconds'])} ({t['AtP*']['seconds'] / fb:.1f}x) | "
                       f"{1000 * t['AtP*']['seconds'] / n_tok:.0f} ms | {fb_mem:.0f} MB | "
-                      f"{live['AtP']['peak_mb']:.0f} MB ({live['AtP']['peak_mb'] / fb_mem:.2f}x) | "
-                      f"**{live['AtP*']['peak_mb']:.0f} MB ({live['AtP*']['peak_mb'] / fb_mem:.2f}x)** | "
+                      f"{live['AtP']['peak_mb']:.0f} MB ({live['AtP']['peak_mb'] / max(fb_mem, 1e-3):.2f}x) | "
+                      f"**{live['AtP*']['peak_mb']:.0f} MB ({live['AtP*']['peak_mb'] / max(fb_mem, 1e-3):.2f}x)** | "
                       f"{t['AtP*']['peak_mb']:.0f} MB ({t['AtP*']['peak_mb'] / max(fb_rss, 1):.2f}x fwd+bwd's {fb_rss:.0f}) |")
 
     def pairs(self, model: str, n_tok: int, counts: list[int]) -> None:
         self.emit(f"\n### Prompt pairs in one batch (T = {n_tok}, all node kinds)\n")
         self.emit("| pairs | fwd+bwd | AtP* | AtP* per pair | fwd+bwd peak | AtP* peak |\n|---|---|---|---|---|---|")
         for n in counts:
-            t = {m: self.get({"model": model, "T": n_tok, "pairs": n, "method": m}) for m in ("fwd+bwd", "AtP*")}
+            t, live = self.both({"model": model, "T": n_tok, "pairs": n}, ("fwd+bwd", "AtP*"))
             fb, star = t["fwd+bwd"], t["AtP*"]
+            fb_mem, star_mem = live["fwd+bwd"]["peak_mb"], live["AtP*"]["peak_mb"]
             self.emit(f"| {n} | {fb['seconds']:.2f} s | {secs(star['seconds'])} ({star['seconds'] / fb['seconds']:.1f}x) | "
-                      f"{secs(star['seconds'] / n)} | {fb['peak_mb']:.0f} MB | {star['peak_mb']:.0f} MB "
-                      f"({star['peak_mb'] / max(fb['peak_mb'], 1):.2f}x) |")
+                      f"{secs(star['seconds'] / n)} | {fb_mem:.0f} MB | {star_mem:.0f} MB ({star_mem / max(fb_mem, 1e-3):.2f}x) |")
 
     def widths(self, shapes: list, n_tok: int) -> None:
         self.emit(f"\n### Width and depth (random Llama, T = {n_tok}, one pair, all node kinds)\n")
@@ -204,13 +224,16 @@ class Sweep:
                   "AtP* peak |\n|---|---|---|---|---|---|---|---|---|")
         for d, layers in shapes:
             t = {m: self.get({"model": [d, layers], "T": n_tok, "pairs": 1, "method": m}) for m in METHODS}
+            live = {m: self.get({"model": [d, layers], "T": n_tok, "pairs": 1, "method": m}, live=True)
+                    for m in ("fwd+bwd", "AtP*")}
             fb, atp, star = t["fwd+bwd"], t["AtP"], t["AtP*"]
+            fb_mem, star_mem = live["fwd+bwd"]["peak_mb"], live["AtP*"]["peak_mb"]
             d_mlp, heads = (8 * d // 3 + 63) // 64 * 64, max(d // 64, 1)
             nodes = layers * n_tok * (2 * heads + 2 * max(heads // 4, 1) + d_mlp)
             self.emit(f"| {d} x {layers} | {fb['params'] / 1e6:.0f}M | {nodes / 1e6:.2f}M | {fb['seconds']:.2f} s | "
                       f"{secs(atp['seconds'])} ({atp['seconds'] / fb['seconds']:.1f}x) | {secs(star['seconds'])} "
                       f"({star['seconds'] / fb['seconds']:.1f}x) | {star['seconds'] / layers:.2f} s | "
-                      f"{fb['peak_mb']:.0f} MB | {star['peak_mb']:.0f} MB ({star['peak_mb'] / max(fb['peak_mb'], 1):.2f}x) |")
+                      f"{fb_mem:.0f} MB | {star_mem:.0f} MB ({star_mem / max(fb_mem, 1e-3):.2f}x) |")
 
     def precision(self, model_spec, n_pairs: int) -> None:
         from scipy.stats import spearmanr
@@ -276,7 +299,7 @@ def main(argv=None) -> None:
     if "widths" not in skip:
         sweep.widths(QUICK_WIDTHS if args.quick else WIDTHS, 8 if args.quick else 32)
     if "precision" not in skip:
-        sweep.precision(model, 2 if args.quick else 4)
+        sweep.precision(model, 2 if args.quick else 3)
     header = (f"Measured by `python benchmarks/scaling.py` on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{args.threads} torch thread(s), in {time.perf_counter() - start:.0f} s.")
     sweep.emit(f"\n{header}")

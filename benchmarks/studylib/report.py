@@ -43,7 +43,7 @@ def cost_table(curves: pd.DataFrame, k: int, kind: str = "all") -> str:
     wide = wide[order]
     cells = wide.copy().astype(object)
     for m in order:
-        cells[m] = [f"{c:,.0f} ({c / o:.1f}×o, {c / a:.2f}×AtP)" if m not in ("oracle", "AtP") else f"{c:,.1f}"
+        cells[m] = ["—" if c != c else f"{c:,.1f}" if m in ("oracle", "AtP") else f"{c:,.0f} ({c / o:.1f}×o, {c / a:.2f}×AtP)"
                     for c, o, a in zip(wide[m], wide["oracle"], wide["AtP"])]
     return markdown(cells.reset_index())
 
