@@ -256,7 +256,7 @@ def test_nan_metric_is_refused(model):
 
 
 def test_unknown_model_and_architecture_errors(tmp_path):
-    with pytest.raises(ValueError, match="could not load model"):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         atpstar.load_model(str(tmp_path / "no-such-model"))
     with pytest.raises(ValueError, match="tokenizer"):
         atpstar.load_model(tiny_hf("gpt2"))
