@@ -36,7 +36,7 @@ import atpstar
 
 METHODS = {"fwd+bwd": None, "AtP": dict(qk_fix=False, graddrop=False), "AtP*": dict(qk_fix=True, graddrop=True)}
 WIDTHS = [(512, 4), (1024, 4), (2048, 4), (4096, 4), (1024, 8)]
-QUICK_WIDTHS = [(32, 2), (64, 2)]
+QUICK_WIDTHS = [(32, 2, 512), (64, 2, 512)]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 BEGIN, END = "<!-- measured: begin (benchmarks/scaling.py) -->", "<!-- measured: end -->"
 
@@ -141,13 +141,15 @@ def rss_mb() -> tuple[float, float]:
     return psutil.Process().memory_info().rss / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(spec: dict) -> dict:
-    """Time and peak memory of one method on one model/batch, in this process."""
+def measure(spec: dict, settle: bool = True) -> dict:
+    """Time and peak memory of one method on one model/batch, in this process (``settle``: collect
+    garbage and return free heap pages first, for a clean RSS baseline; skipped in quick mode)."""
     model = atpstar.load_model("default") if spec["model"] == "smollm" else llama(*spec["model"])
     pairs = make_pairs(model, spec["T"], spec["pairs"])
     run_method(model, warm_pairs(model), spec["method"])  # weights paged in, one-time initialisations done
-    gc.collect()
-    _trim()
+    if settle:
+        gc.collect()
+        _trim()
     base, _ = rss_mb()
     start = time.perf_counter()
     run_method(model, pairs, spec["method"])
@@ -182,7 +184,7 @@ class Sweep:
 
     def get(self, spec: dict, live: bool = False) -> dict:
         if self.args.quick:
-            return measure(spec)
+            return measure(spec, settle=False)
         return child({**spec, "repeat": not live}, live, self.args.threads)
 
     def both(self, spec: dict, methods) -> tuple[dict, dict]:
@@ -222,10 +224,10 @@ class Sweep:
         self.emit(f"\n### Width and depth (random Llama, T = {n_tok}, one pair, all node kinds)\n")
         self.emit("| d_model x layers | parameters | nodes | fwd+bwd | AtP | AtP* | AtP* per layer | fwd+bwd peak | "
                   "AtP* peak |\n|---|---|---|---|---|---|---|---|---|")
-        for d, layers in shapes:
-            t = {m: self.get({"model": [d, layers], "T": n_tok, "pairs": 1, "method": m}) for m in METHODS}
-            live = {m: self.get({"model": [d, layers], "T": n_tok, "pairs": 1, "method": m}, live=True)
-                    for m in ("fwd+bwd", "AtP*")}
+        for d, layers, *vocab in shapes:
+            spec = {"model": [d, layers, *vocab], "T": n_tok, "pairs": 1}
+            t = {m: self.get({**spec, "method": m}) for m in METHODS}
+            live = {m: self.get({**spec, "method": m}, live=True) for m in ("fwd+bwd", "AtP*")}
             fb, atp, star = t["fwd+bwd"], t["AtP"], t["AtP*"]
             fb_mem, star_mem = live["fwd+bwd"]["peak_mb"], live["AtP*"]["peak_mb"]
             d_mlp, heads = (8 * d // 3 + 63) // 64 * 64, max(d // 64, 1)
@@ -280,6 +282,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny random config, in-process, seconds")
     parser.add_argument("--max-len", type=int, default=256, help="longest T of the SmolLM2 sweep (16 ... max-len)")
+    parser.add_argument("--lengths", default="", help="comma-separated T values replacing 16 ... max-len")
     parser.add_argument("--out", type=Path, default=DOC, help="markdown file to update (between the markers)")
     parser.add_argument("--skip", default="", help="comma-separated sweeps to skip: lengths,pairs,widths,precision")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -289,11 +292,12 @@ def main(argv=None) -> None:
         print(json.dumps(measure(json.loads(args.child))))
         return
     sweep, skip = Sweep(args), set(args.skip.split(","))
-    model = [48, 2] if args.quick else "smollm"
+    model = [48, 2, 512] if args.quick else "smollm"
     start = time.perf_counter()
     if "lengths" not in skip:
         top = 16 if args.quick else args.max_len
-        sweep.lengths(model, [t for t in (8, 16, 32, 64, 128, 256, 512, 1024) if (16 if not args.quick else 8) <= t <= top])
+        lengths = [t for t in (8, 16, 32, 64, 128, 256, 512, 1024) if (16 if not args.quick else 8) <= t <= top]
+        sweep.lengths(model, [int(t) for t in args.lengths.split(",")] if args.lengths else lengths)
     if "pairs" not in skip:
         sweep.pairs(model, 8 if args.quick else 32, [1, 2] if args.quick else [1, 2, 4, 8])
     if "widths" not in skip:
