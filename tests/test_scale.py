@@ -200,6 +200,8 @@ def _distributed_run(model):
     pairs = random_pairs(lengths=(6, 8, 6, 8, 8), seed=11)  # 5 pairs, two lengths: uneven shards
     star = atpstar.atp(model, pairs, kinds="all", per_pair=True, batch_size=2, progress=False)
     exact = atpstar.acp(model, pairs, kinds="attn", per_pair=True, progress=False)
+    exact.info["diagnosis"] = atpstar.diagnose(model, pairs, ["L2.q.H0@7"], kinds="attn", samples=30, p=0.2,
+                                               bound="normal", progress=False).to_dict()
     return star, exact
 
 
@@ -239,6 +241,8 @@ def test_two_processes_equal_one(tmp_path):
         same_scores(got["exact"], exact, atol=1e-12, per_pair=True)
         assert got["exact"].info["patches"] == exact.info["patches"] > 0  # work counted over both ranks
         assert got["star"].n_pairs == 5
+        # the diagnostic's subsets were split between the ranks: the same bound as one process
+        assert got["exact"].info["diagnosis"]["theta"] == pytest.approx(exact.info["diagnosis"]["theta"], rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- batching of exact patches

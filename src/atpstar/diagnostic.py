@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed
 from .bound import BOUNDS, SubsetSums, check_probability, members_dot, min_samples, node_stats
 from .checkpoint import fingerprint, run_key
 from .cost import Cost
@@ -85,7 +86,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     sums = SubsetSums(len(nodes))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
     if len(nodes):
-        store = _Store(checkpoint, _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
+        store = _Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
         resumed = min(len(store.effects), samples)
         effects = _sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
     stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(nodes) else None
@@ -218,7 +219,7 @@ def _sample(patcher: JointPatcher, nodes: NodeSet, sums: SubsetSums, store: "_St
 def _patch(patcher: JointPatcher, nodes: NodeSet, members: Tensor, first: int, samples: int) -> Tensor:
     """(B, pairs) joint effects; a non-finite metric raises an error naming the subset and its size."""
     try:
-        effects = patcher.effects(nodes, members)
+        effects = _sharded_effects(patcher, nodes, members)
     except FloatingPointError:
         effects = None
     if effects is not None and bool(torch.isfinite(effects).all()):
@@ -235,6 +236,22 @@ def _patch(patcher: JointPatcher, nodes: NodeSet, members: Tensor, first: int, s
                 f"unverified nodes, each included with probability p) is patched jointly: the bound would be NaN. "
                 "Check the metric on heavily patched inputs (e.g. a log-probability that underflows), or lower p")
     raise FloatingPointError(f"the metric is NaN or infinite on a joint patch of subsets {first}..{first + len(members) - 1}")
+
+
+def _sharded_effects(patcher: JointPatcher, nodes: NodeSet, members: Tensor) -> Tensor:
+    """(B, pairs) joint effects; under torch.distributed each process patches every world()-th subset
+    and the rows are all-reduced, so every process holds the whole table (one process: no change).
+    A non-finite metric on any process becomes NaN rows here and is reported after the reduction."""
+    if not distributed.active():
+        return patcher.effects(nodes, members)
+    rows = distributed.shard(torch.arange(len(members)))
+    out = torch.zeros(len(members), len(patcher.pairs), dtype=torch.float64)
+    if len(rows):
+        try:
+            out[rows] = patcher.effects(nodes, members[rows])
+        except FloatingPointError:
+            out[rows] = float("inf")  # surfaces as a non-finite entry after the reduction, on every rank
+    return distributed.all_reduce(out)  # each row was filled by exactly one process
 
 
 def _key(model, pairs, nodes: NodeSet, metric, p: float, seed: int) -> str:
