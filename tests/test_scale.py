@@ -200,6 +200,8 @@ def _distributed_run(model):
     pairs = random_pairs(lengths=(6, 8, 6, 8, 8), seed=11)  # 5 pairs, two lengths: uneven shards
     star = atpstar.atp(model, pairs, kinds="all", per_pair=True, batch_size=2, progress=False)
     exact = atpstar.acp(model, pairs, kinds="attn", per_pair=True, progress=False)
+    verified = atpstar.verify(model, pairs, star, budget=atpstar.Budget(nodes=60), chunk=25, batch_size=7, progress=False)
+    exact.info["verified"] = (verified.per_pair, verified.cost.forward, [n.name for n in verified.nodes.to_nodes()])
     exact.info["diagnosis"] = atpstar.diagnose(model, pairs, ["L2.q.H0@7"], kinds="attn", samples=30, p=0.2,
                                                bound="normal", progress=False).to_dict()
     return star, exact
@@ -241,6 +243,11 @@ def test_two_processes_equal_one(tmp_path):
         same_scores(got["exact"], exact, atol=1e-12, per_pair=True)
         assert got["exact"].info["patches"] == exact.info["patches"] > 0  # work counted over both ranks
         assert got["star"].n_pairs == 5
+        # verification's batches were split between the ranks: the same exact effects and cost
+        per_pair, forward, names = got["exact"].info["verified"]
+        assert names == exact.info["verified"][2]
+        torch.testing.assert_close(per_pair, exact.info["verified"][0], atol=1e-12, rtol=0, equal_nan=True)
+        assert forward == pytest.approx(exact.info["verified"][1], rel=1e-12)
         # the diagnostic's subsets were split between the ranks: the same bound as one process
         assert got["exact"].info["diagnosis"]["theta"] == pytest.approx(exact.info["diagnosis"]["theta"], rel=1e-9)
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .cost import Cost
+from . import distributed
 from .methods.acp import LAYER_SPAN
 from .nodes import NodeSet
 from .patching import GroupRuns, auto_batch_size, bucket_slices, moved, patched_metric
@@ -93,11 +94,16 @@ class ChunkPatcher:
         n = len(nodes)
         out = torch.full((n, len(self.pairs)), float("nan"), dtype=torch.float64)
         cost, seconds = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        batch, rank, world = 0, distributed.rank(), distributed.world()
         with torch.no_grad():
             for plan in plans:
                 index = plan.runs.group.index
-                out[plan.zero_node, index[plan.zero_pair]] = 0.0
+                if rank == 0:
+                    out[plan.zero_node, index[plan.zero_pair]] = 0.0
                 for rows, planned in zip(plan.slices, plan.costs.tolist()):
+                    batch += 1
+                    if (batch - 1) % world != rank:  # several processes: every world()-th batch each
+                        continue
                     node, pair = plan.job_node[rows], plan.job_pair[rows]
                     t0 = time.perf_counter()
                     value, spent = patched_metric(self.model, plan.runs, nodes, plan.own_pos, node,
@@ -109,6 +115,10 @@ class ChunkPatcher:
                     cost.index_add_(0, node, share * spent)
                     seconds.index_add_(0, node, share * (time.perf_counter() - t0))
                     self.forward += spent
+        if distributed.active():  # each entry was patched by one process: combine, every rank gets all
+            distributed.all_reduce_rows(out)
+            distributed.all_reduce(cost)
+            distributed.all_reduce(seconds)
         return out, cost, seconds
 
     def spent(self, wall: float) -> Cost:
