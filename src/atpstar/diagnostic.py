@@ -75,7 +75,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     metric = resolve(metric, pairs)
     universe, done = _universe(model, pairs, verified, kinds, metric)
     dims = (model.n_layers, max(model.units(k) for k in ALL_KINDS), pairs.max_len)
-    left = universe.take(~torch.isin(_ids(universe, dims), _ids(done, dims)))
+    left = universe.take(~torch.isin(universe.ids(dims), done.ids(dims)))
     if len(left) == 0:
         raise ValueError(f"no unverified node is left ({len(universe)} nodes, all verified): nothing to bound")
     patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
@@ -128,11 +128,6 @@ def _universe(model, pairs, verified, kinds, metric) -> tuple[NodeSet, NodeSet]:
         wanted = torch.tensor([KIND_INDEX[k] for k in NodeKind.parse(kinds)])
         universe = universe.take(torch.isin(universe.kind, wanted))
     return universe, done
-
-
-def _ids(nodes: NodeSet, dims) -> Tensor:
-    n_layers, n_units, n_pos = dims
-    return ((nodes.kind * n_layers + nodes.layer) * n_units + nodes.unit) * n_pos + nodes.pos
 
 
 def _moving(model, patcher: JointPatcher, nodes: NodeSet) -> Tensor:

@@ -10,6 +10,8 @@ from torch import Tensor
 from .types import ALL_KINDS, Node, NodeKind
 
 KIND_INDEX = {kind: i for i, kind in enumerate(ALL_KINDS)}
+_NAME_PATTERN = r"^L(\d+)\.(q|k|v|head|neuron)\.([HGN])(\d+)@(\d+)$"
+_LETTER_OF = {KIND_INDEX[k]: k.unit_letter for k in ALL_KINDS}
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,32 @@ class NodeSet:
         return [Node(ALL_KINDS[k], l, u, p) for k, l, u, p in zip(*(t.tolist() for t in (self.kind, self.layer, self.unit, self.pos)))]
 
     @classmethod
+    def from_names(cls, names) -> "NodeSet":
+        """Vectorised :meth:`Node.parse` of many names (``"L3.q.H5@12"``); a bad name is a ValueError naming it."""
+        import numpy as np
+        import pandas as pd
+
+        parts = pd.Series(names, dtype=object).astype(str).str.strip().str.extract(_NAME_PATTERN)
+        bad = parts[0].isna()
+        if bad.any():
+            name = names[int(np.flatnonzero(bad.to_numpy())[0])]
+            raise ValueError(f"cannot parse node name {name!r} ({int(bad.sum())} bad names); expected e.g. "
+                             "'L3.q.H5@12', 'L0.k.G1@4', 'L2.neuron.N77@9'")
+        kind = parts[1].map({k.value: i for k, i in KIND_INDEX.items()}).to_numpy(dtype="int64")
+        wrong = parts[2].to_numpy() != np.array([_LETTER_OF[k] for k in range(len(ALL_KINDS))], dtype=object)[kind]
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise ValueError(f"node name {names[i]!r}: kind {ALL_KINDS[kind[i]].value!r} uses unit letter "
+                             f"{ALL_KINDS[kind[i]].unit_letter!r}")
+        cols = [kind, *(parts[i].to_numpy(dtype="int64") for i in (0, 3, 4))]
+        return cls(*(torch.from_numpy(np.array(c, dtype=np.int64)) for c in cols))  # copies: writable
+
+    def ids(self, dims: tuple[int, int, int]) -> Tensor:
+        """(N,) int64 id of each node, unique within ``dims`` = (layers, max units, positions)."""
+        n_layers, n_units, n_pos = dims
+        return ((self.kind * n_layers + self.layer) * n_units + self.unit) * n_pos + self.pos
+
+    @classmethod
     def every(cls, model, kinds, n_pos: int) -> "NodeSet":
         """All nodes of the given kinds at every layer and aligned position ``0..n_pos-1``."""
         parts = []
@@ -61,6 +89,8 @@ class NodeSet:
                 bad = sorted(set(nodes["kind"][kinds.isna()].astype(str)))
                 raise ValueError(f"unknown node kinds {bad} in the node table; valid: {[k.value for k in ALL_KINDS]}")
             out = cls(*(torch.tensor(v.to_numpy(dtype="int64")) for v in (kinds, nodes["layer"], nodes["unit"], nodes["pos"])))
+        elif len(nodes) and all(isinstance(n, str) for n in nodes):
+            out = cls.from_names(list(nodes))
         else:
             rows = [Node.parse(n) if isinstance(n, str) else Node(NodeKind(n[0]), *map(int, n[1:])) for n in nodes]
             cols = list(zip(*[(KIND_INDEX[n.kind], n.layer, n.unit, n.pos) for n in rows])) or [(), (), (), ()]

@@ -22,8 +22,6 @@ from torch import Tensor
 from .nodes import KIND_INDEX, NodeSet
 from .types import ALL_KINDS, NodeKind
 
-_NAME_PATTERN = r"^L(\d+)\.(q|k|v|head|neuron)\.([HGN])(\d+)@(\d+)$"
-_LETTER_OF = {KIND_INDEX[k]: k.unit_letter for k in ALL_KINDS}
 
 
 @dataclass(frozen=True)
@@ -108,36 +106,12 @@ def _from_frame(frame: pd.DataFrame) -> Ranking:
 def _from_list(items) -> Ranking:
     items = list(items)
     if items and all(isinstance(x, str) for x in items):
-        return _plain(parse_names(items))
+        return _plain(NodeSet.from_names(items))
     if not items:
         return _plain(NodeSet(*(torch.zeros(0, dtype=torch.long) for _ in range(4))))
     kinds = [KIND_INDEX[NodeKind(n[0])] for n in items]  # Node tuples (kind, layer, unit, pos)
     cols = [kinds, *([int(n[i]) for n in items] for i in (1, 2, 3))]
     return _plain(NodeSet(*(torch.tensor(c, dtype=torch.long) for c in cols)))
-
-
-def parse_names(names) -> NodeSet:
-    """Vectorised :meth:`Node.parse` of many names (``"L3.q.H5@12"``); a bad name is a ValueError naming it."""
-    parts = pd.Series(names, dtype=object).astype(str).str.strip().str.extract(_NAME_PATTERN)
-    bad = parts[0].isna()
-    if bad.any():
-        name = names[int(np.flatnonzero(bad.to_numpy())[0])]
-        raise ValueError(f"cannot parse node name {name!r} ({int(bad.sum())} bad names); expected e.g. "
-                         "'L3.q.H5@12', 'L0.k.G1@4', 'L2.neuron.N77@9'")
-    kind = parts[1].map({k.value: i for k, i in KIND_INDEX.items()}).to_numpy(dtype="int64")
-    wrong = parts[2].to_numpy() != np.array([_LETTER_OF[k] for k in range(len(ALL_KINDS))], dtype=object)[kind]
-    if wrong.any():
-        i = int(np.flatnonzero(wrong)[0])
-        raise ValueError(f"node name {names[i]!r}: kind {ALL_KINDS[kind[i]].value!r} uses unit letter "
-                         f"{ALL_KINDS[kind[i]].unit_letter!r}")
-    cols = [kind, *(parts[i].to_numpy(dtype="int64") for i in (0, 3, 4))]
-    return NodeSet(*(torch.from_numpy(np.array(c, dtype=np.int64)) for c in cols))  # copies: writable
-
-
-def node_ids(nodes: NodeSet, dims: tuple[int, int, int]) -> Tensor:
-    """(N,) int64 id of each node, unique within ``dims`` = (layers, max units, positions)."""
-    n_layers, n_units, n_pos = dims
-    return ((nodes.kind * n_layers + nodes.layer) * n_units + nodes.unit) * n_pos + nodes.pos
 
 
 def check_unique(nodes: NodeSet, ids: Tensor, what: str) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .cost import Cost
-from .ranking import Ranking, as_ranking, check_unique, node_ids
+from .ranking import Ranking, as_ranking, check_unique
 
 
 def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0.9, kinds=None) -> pd.DataFrame:
@@ -121,7 +121,7 @@ def _matched(ranking, truth, kinds):
     if len(truth_nodes) == 0:
         raise ValueError("the truth has no nodes (of these kinds) with a finite effect")
     dims = _dims(truth_nodes, ranked.nodes)
-    t_ids, r_ids = node_ids(truth_nodes, dims), node_ids(ranked.nodes, dims)
+    t_ids, r_ids = truth_nodes.ids(dims), ranked.nodes.ids(dims)
     check_unique(truth_nodes, t_ids, "the truth")
     check_unique(ranked.nodes, r_ids, "the ranking")
     r_sorted, r_order = torch.sort(r_ids)

@@ -38,7 +38,7 @@ from .cost import Cost
 from .metrics import resolve
 from .nodes import NodeSet
 from .patching import auto_batch_size, check_batch_size
-from .ranking import Ranking, as_ranking, check_unique, node_ids
+from .ranking import Ranking, as_ranking, check_unique
 from .stopping import SmallEffects, as_rules, first_stop
 from .types import ALL_KINDS
 from .verify_patcher import ChunkPatcher
@@ -206,7 +206,7 @@ def verify(model, pairs, ranking, budget=None, stop=None, metric=None, chunk: in
         chunk = max(1, math.ceil((batch_size or auto_batch_size(model, pairs.max_len, memory_mb)) / len(pairs)))
     elif not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer (nodes per step), got {chunk!r}")
-    loop = _Loop(ranked, node_ids(ranked.nodes, dims), store, patcher, budget, rules, key)
+    loop = _Loop(ranked, ranked.nodes.ids(dims), store, patcher, budget, rules, key)
     try:
         loop.run(chunk, progress)
     finally:
@@ -229,7 +229,7 @@ def _parse_ranking(model, pairs, ranking, dims) -> Ranking:
     if len(ranked) == 0:
         raise ValueError("empty ranking: pass a Scores, a node table or node names with at least one node")
     ranked.nodes.check(model, pairs.max_len)
-    check_unique(ranked.nodes, node_ids(ranked.nodes, dims), "the ranking")
+    check_unique(ranked.nodes, ranked.nodes.ids(dims), "the ranking")
     return ranked
 
 
@@ -239,7 +239,7 @@ def _add_prior(store: VerifiedStore, prior, key: str, dims) -> None:
     if prior.key != key:
         raise ValueError("prior is a Verification of a different run (another model, prompt pairs or metric); "
                          "its effects cannot be reused here")
-    store.merge(node_ids(prior.nodes, dims), prior.per_pair, prior.node_cost, prior.node_seconds)
+    store.merge(prior.nodes.ids(dims), prior.per_pair, prior.node_cost, prior.node_seconds)
     if store.capture_seconds is None:
         store.capture_seconds = prior.cost.seconds - float(prior.node_seconds.sum())
 
