@@ -19,8 +19,8 @@ import pytest
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
-from atpstar.cli import main
-from atpstar.cli.parser import EXAMPLES, build_parser
+from atpstar.run.cli import main
+from atpstar.run.cli.parser import EXAMPLES, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -194,7 +194,7 @@ def test_ctrl_c_during_verification_then_resume_reuses_verified_nodes(tiny_dir, 
 
 def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "atpstar.cli", "run", "--model", tiny_dir, "--pairs", "4", "--method", "acp",
+    cmd = [sys.executable, "-m", "atpstar.run.cli", "run", "--model", tiny_dir, "--pairs", "4", "--method", "acp",
            "--kinds", "all", "--batch-size", "1", "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out),
            "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

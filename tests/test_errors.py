@@ -12,8 +12,8 @@ from conftest import StubTokenizer, random_pairs, tiny_model
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
-from atpstar.cli import main
-from atpstar.pipeline import RunConfig, prepare, resume, run
+from atpstar.run.cli import main
+from atpstar.run.pipeline import RunConfig, prepare, resume, run
 
 PAIR = {"clean": "When Mary and John went to the store", "noise": "When Anna and Paul went to the store",
         "answer": " Mary", "distractor": " John"}
@@ -202,7 +202,7 @@ def test_resume_and_report_of_folders_that_are_not_runs(tmp_path):
     with pytest.raises(ValueError, match="run.json is damaged"):
         resume(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"config": {}, "stages": {}, "status": "new"}))
-    from atpstar.report import write_report
+    from atpstar.run.report import write_report
 
     with pytest.raises(ValueError, match="no node table yet.*atpstar resume"):
         write_report(tmp_path)

@@ -14,8 +14,8 @@ import pytest
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
-from atpstar.pipeline import RunConfig, run
-from atpstar.report import SECTIONS, build, data, write_report
+from atpstar.run.pipeline import RunConfig, run
+from atpstar.run.report import SECTIONS, build, data, write_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install -y chromium); "

@@ -13,10 +13,10 @@ from scipy.stats import spearmanr
 
 import atpstar
 from atpstar import qkfix
-from atpstar.capture import Intervention, run
-from atpstar.devices import resolve_device, resolve_dtype
+from atpstar.substrate.capture import Intervention, run
+from atpstar.substrate.devices import resolve_device, resolve_dtype
 from atpstar.methods.gradients import CleanRun
-from atpstar.qkfix_linear import QKFix
+from atpstar.methods.qkfix_linear import QKFix
 from atpstar.types import ALL_KINDS, PROBS, NodeKind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +262,7 @@ def _modelled_cost(pos, layer, slices, n_layers, n_tok, overhead):
 
 @pytest.mark.parametrize("overhead", [0.0, 1.0, 50.0])
 def test_plan_batches_covers_jobs_and_beats_one_batch_per_cell(overhead):
-    from atpstar.batching import plan_batches
+    from atpstar.substrate.batching import plan_batches
 
     gen = torch.Generator().manual_seed(0)
     pos, layer = torch.randint(0, 12, (300,), generator=gen), torch.randint(0, 8, (300,), generator=gen)
