@@ -21,6 +21,7 @@ from tinydir import tiny_dir  # noqa: F401 - fixture
 import atpstar
 from atpstar.run.cli import main
 from atpstar.run.cli.parser import EXAMPLES, build_parser
+from atpstar.run.options import parse_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -132,6 +133,22 @@ def test_a_stop_rule_ends_verification(tiny_dir, tmp_path, capsys):  # noqa: F81
     assert "stopped: small effects: the last 2 verified nodes" in out
     verify = atpstar.load_run(tmp_path / "r").meta["stages"]["verify"]
     assert verify["stop_index"] == 2 and verify["nodes"] >= 2  # the rest of the chunk was paid for and is kept
+
+
+def test_stop_theta_verifies_until_nothing_large_is_left(tiny_dir, tmp_path, capsys):  # noqa: F811
+    """--stop theta: one set of random subsets, re-bounded after every chunk; the diagnosis comes from them (no
+    second diagnostic) and the report draws θ against the verified nodes."""
+    _run(capsys, "run", "--model", tiny_dir, "--pairs", "2", "--kinds", "head", "--stop", "theta:relative=0.9,every=1",
+         "--verify-budget", "60nodes", "--samples", "200", "--p", "0.2", "--out", tmp_path / "t", "--quiet")
+    run = atpstar.load_run(tmp_path / "t")
+    history = run.diagnosis["theta_history"]
+    assert len(history) >= 1 and len({h["cost_per_pair"] for h in history}) == 1
+    assert run.diagnosis["theta"] > 0 and run.meta["stages"]["diagnose"]["done"]
+    page = (tmp_path / "t" / "report.html").read_text()
+    assert '<section id="theta-curve"' in page and 'alt="theta-curve"' in page
+    with pytest.raises(ValueError, match="target=..., relative="):
+        parse_stop("theta:window=3")
+    assert parse_stop("theta").relative == 0.1 and parse_stop("theta:target=0.2").target == 0.2
 
 
 def _interrupt_after(monkeypatch, module, name: str, calls: int) -> dict:

@@ -18,7 +18,8 @@ from test_substrate import linear_after_node
 
 import atpstar
 from atpstar import Budget, NodeKind, NodeSet
-from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats)
+from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats,
+                                    rebound_stats, spent_delta)
 from atpstar.diagnose.diagnostic import ThetaBelow, diagnose, memberships
 
 
@@ -90,7 +91,8 @@ PROFILES = {
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
-@pytest.mark.parametrize("bound,p,samples", [("subgaussian", 0.05, 600), ("subgaussian", 0.3, 300), ("normal", 0.05, 300)])
+@pytest.mark.parametrize("bound,p,samples", [("subgaussian", 0.05, 600), ("subgaussian", 0.3, 300), ("normal", 0.05, 300),
+                                             ("capped", 0.05, 600), ("capped", 0.3, 100)])
 def test_simultaneous_coverage_on_simulated_additive_effects(profile, bound, p, samples):
     """Over 200 seeds, every node is under its upper bound at once in at least a 1 − δ share."""
     c = PROFILES[profile](torch.Generator().manual_seed(2)).double()
@@ -102,6 +104,76 @@ def test_simultaneous_coverage_on_simulated_additive_effects(profile, bound, p, 
         theta_fails += stats.theta(delta) < float(c.abs().max())
     assert fails <= allowed_failures(n, delta)
     assert theta_fails <= fails
+
+
+def energy_only(stats, delta, slack=True):
+    """θ of the residual-energy bound alone, max |ê| + sqrt(B); ``slack=False`` is the deliberately
+    broken version that plugs in s² / (p(1 − p)) without its upper confidence bound."""
+    energy = stats.energy(delta) if slack else stats.variance / (stats.p * (1 - stats.p))
+    return float(stats.estimate.abs().max()) + math.sqrt(energy)
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_energy_bound_covers_and_its_broken_version_does_not(profile):
+    """The residual-energy bound alone (max |ê| + sqrt(B), on the δ/2 variance event) covers max |c| at
+    the promised rate; without the upper confidence bound on the variance it fails far too often when
+    one node dominates (the sample variance sees it in Binomial(J, p) subsets)."""
+    c = PROFILES[profile](torch.Generator().manual_seed(2)).double()
+    est = 0.5 * c * (torch.rand(80, generator=torch.Generator().manual_seed(5), dtype=torch.float64) < 0.5)
+    delta, n, p, samples = 0.2, 200, 0.05, 200
+    fails = broken = 0
+    for seed in range(n):
+        stats = simulate(c, p, samples, seed, estimate=est, bound="capped")
+        fails += energy_only(stats, delta) < float(c.abs().max())
+        broken += energy_only(stats, delta, slack=False) < float(c.abs().max())
+    assert fails <= allowed_failures(n, delta)
+    if profile == "one dominant":
+        assert broken > allowed_failures(n, delta)
+
+
+def test_capped_is_never_wider_than_subgaussian_and_bounds_unobserved_nodes():
+    c = torch.zeros(20000, dtype=torch.float64)
+    c[:80] = PROFILES["sparse"](torch.Generator().manual_seed(6)).double()
+    sub, cap = simulate(c, 0.05, 160, 0), simulate(c, 0.05, 160, 0, bound="capped")
+    assert bool((cap.upper(0.05) <= sub.upper(0.05) + 1e-12).all())
+    assert sub.unobserved > 0 and math.isinf(sub.theta(0.05)) and math.isfinite(cap.theta(0.05))
+    for delta in (0.05, 0.1, 0.3):
+        assert cap.prob_exceeds(cap.theta(delta)) == pytest.approx(delta, rel=1e-4)
+
+
+@pytest.mark.parametrize("bound,drop", [("subgaussian", False), ("capped", False), ("capped", True)])
+def test_rebound_from_the_same_subsets_covers_at_every_check(bound, drop):
+    """Subsets drawn once; the nodes are then verified in a fixed order (here: by |c|, the worst case for a
+    bound that had to cover the large ones) and re-bounded at checks i = 1..4 with δ/(i(i+1)) from the SAME
+    subsets: over 200 seeds, the remaining nodes are all under their bounds at every check at once at the
+    promised rate, and θ shrinks as the large nodes are verified. ``drop``: the subsets holding one of the
+    two largest verified nodes are left out as well (the stop rule's ``drop``)."""
+    c = PROFILES["sparse"](torch.Generator().manual_seed(7)).double()
+    order = torch.argsort(c.abs(), descending=True)
+    p, samples, delta, n = 0.1, 300, 0.2, 200
+    fails, shrink = 0, 0
+    for seed in range(n):
+        members = memberships(len(c), p, seed, 0, samples)
+        subset_mean = members.double() @ c
+        bad, thetas = False, []
+        for i, k in enumerate((0, 2, 5, 10), start=1):
+            keep = torch.ones(len(c), dtype=torch.bool)
+            keep[order[:k]] = False
+            predict = torch.where(keep, 0.0, c)  # verified nodes: their exact effect
+            avoid = None
+            if drop:
+                avoid = torch.zeros(len(c), dtype=torch.bool)
+                avoid[order[:min(k, 2)]] = True
+            stats = rebound_stats(subset_mean, predict, keep, p, seed, estimate=torch.zeros(len(c), dtype=torch.float64),
+                                  bound=bound, avoid=avoid)
+            level = spent_delta(delta, i)
+            bad |= bool((c[keep].abs() > stats.upper(level)).any())
+            thetas.append(stats.theta(level))
+        fails += bad
+        shrink += thetas[-1] < 0.5 * thetas[0]
+    assert fails <= allowed_failures(n, delta)
+    assert shrink >= 0.9 * n
+    assert sum(spent_delta(1.0, i) for i in range(1, 10**5)) < 1
 
 
 def test_subtracting_exact_estimates_leaves_no_variance():
@@ -272,6 +344,21 @@ def test_theta_below_stops_verification():
     assert rule.history[-1][1] < target <= rule.history[0][1]
     assert 1 <= len(v.nodes) < 40
     assert rule.cost.forward > 0
+
+
+def test_theta_below_patches_once_and_rebounds():
+    """One diagnostic's subsets serve every check: the rule's cost is that of one diagnostic, however many
+    checks; a relative threshold works too; a rebound agrees with the truth."""
+    model, pairs, _, truth = planted_linear(scale=25.0)
+    rule = ThetaBelow(relative=0.5, samples=300, p=0.1, every=2)
+    v = atpstar.verify(model, pairs, truth["name"].tolist(), stop=rule, chunk=1, progress=False)
+    assert v.stopped.startswith("theta below target") and len(rule.history) >= 2
+    assert rule.base.cost.forward == rule.cost.forward and rule.last.rebounds == 1  # each check re-bounds the first subsets
+    assert len({h[2] for h in rule.history}) == 1  # no new patch after the first check
+    left = truth.set_index("name").drop(index=v.to_frame()["name"])
+    assert rule.last.theta >= left["score"].max()
+    with pytest.raises(ValueError, match="target= .* or relative="):
+        ThetaBelow()
 
 
 def test_statement_and_dict():

@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from scipy.optimize import brentq
 from scipy.stats import norm
 from torch import Tensor
 
-BOUNDS = ("subgaussian", "normal")
+BOUNDS = ("subgaussian", "capped", "normal")
 COLUMN_BLOCK = 1 << 16  # nodes per block when multiplying a membership matrix (memory: B × block doubles)
 
 
@@ -51,6 +52,22 @@ def min_samples(p: float, delta: float) -> int:
     return 2 * (math.floor(2 * kurtosis_factor(p) * math.log(2 / delta)) + 1)
 
 
+def variance_slack(delta_var: float, n_samples: int, p: float) -> float:
+    """g with ``P(Var y > s² / (1 − g)) ≤ δ_var`` under additivity (Maurer's inequality for the
+    non-negative U-statistic s², ``floor(J/2)`` independent pairs, ``E Z² ≤ κ (E Z)²``); ``inf`` when ≥ 1."""
+    g = math.sqrt(2 * kurtosis_factor(p) * math.log(1 / delta_var) / (n_samples // 2))
+    return g if g < 1 else math.inf
+
+
+def spent_delta(delta: float, check: int) -> float:
+    """δ of the ``check``-th bound (1, 2, ...) of a sequence that must hold at every check at once:
+    ``δ / (i (i + 1))``, which sums to δ over any number of checks (a union bound; a stop rule may then
+    stop at whichever check it likes)."""
+    if check < 1:
+        raise ValueError(f"checks are numbered from 1, got {check}")
+    return delta / (check * (check + 1))
+
+
 def multiplier(delta: float, n_nodes: int, n_samples: int, p: float, bound: str = "subgaussian") -> float:
     """f(δ): the simultaneous bound is ``|ĉ(n)| + f(δ) · se(n)`` over ``n_nodes`` nodes.
 
@@ -62,11 +79,11 @@ def multiplier(delta: float, n_nodes: int, n_samples: int, p: float, bound: str 
     asymptotic (central limit theorem), can under-cover when few nodes dominate and p is small."""
     if bound == "normal":
         return float(norm.isf(delta / (2 * n_nodes)))
-    if bound != "subgaussian":
+    if bound not in ("subgaussian", "capped"):
         raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
     d_nodes, d_var = delta / 2, delta / 2
-    g = math.sqrt(2 * kurtosis_factor(p) * math.log(1 / d_var) / (n_samples // 2))
-    if g >= 1:
+    g = variance_slack(d_var, n_samples, p)
+    if math.isinf(g):
         return math.inf
     ratio = bernoulli_proxy(p) / (p * (1 - p))  # sub-Gaussian proxy over the true Bernoulli variance
     return math.sqrt(2 * math.log(2 * n_nodes / d_nodes) * ratio / (1 - g))
@@ -131,6 +148,10 @@ class NodeStats:
     samples: int
     p: float
     bound: str
+    estimate: Tensor | None = None
+    """(N,) ê(n) subtracted from the subsets (None: 0)."""
+    scale: Tensor | None = None
+    """(N,) factor from y's units to the effect's (1/q_n; None: 1)."""
 
     @property
     def n_nodes(self) -> int:
@@ -149,11 +170,22 @@ class NodeStats:
     def multiplier(self, delta: float) -> float:
         return multiplier(delta, self.n_nodes, self.samples, self.p, self.bound)
 
+    def energy(self, delta: float) -> float:
+        """B: upper confidence bound on the residual energy ``Σ_m q_m² r(m)²`` (under additivity), on the
+        same variance event as the sub-Gaussian bound at level δ (its δ/2 half): ``s² / ((1 − g) p (1 − p))``."""
+        g = variance_slack(delta / 2, self.samples, self.p)
+        return self.variance / ((1 - g) * self.p * (1 - self.p)) if math.isfinite(g) else math.inf
+
     def upper(self, delta: float) -> Tensor:
         """(N,) per-node upper bound on |c(n)|, all valid together with probability ≥ 1 − δ."""
         f = self.multiplier(delta)
         width = torch.where(self.se > 0, f * self.se, torch.zeros_like(self.se))  # 0 · inf stays 0
-        return torch.where(torch.isfinite(self.se), self.effect.abs() + width, torch.full_like(self.se, math.inf))
+        out = torch.where(torch.isfinite(self.se), self.effect.abs() + width, torch.full_like(self.se, math.inf))
+        if self.bound == "capped":  # |c| ≤ |ê| + |r| and q|r| ≤ sqrt(B): the residual energy caps every node
+            base = torch.zeros_like(out) if self.estimate is None else self.estimate.abs()
+            scale = torch.ones_like(out) if self.scale is None else self.scale
+            out = torch.minimum(out, base + math.sqrt(self.energy(delta)) * scale)
+        return out
 
     def theta(self, delta: float) -> float:
         """Smallest θ with: with probability ≥ 1 − δ, no node has |c(n)| > θ."""
@@ -162,6 +194,8 @@ class NodeStats:
     def prob_exceeds(self, theta: float) -> float:
         """The smallest δ at which the bound reaches ``theta`` (1 if none does): a p-value for "some
         node has |c(n)| > θ", i.e. that event is excluded at every level above it."""
+        if self.bound == "capped":
+            return self._invert(theta)
         if self.unobserved:
             return 1.0
         under = self.effect.abs() <= theta
@@ -175,6 +209,20 @@ class NodeStats:
             return lo
         gap = lambda x: min(self.multiplier(math.exp(x)), 1e300) - f_max  # noqa: E731
         return math.exp(brentq(gap, math.log(lo), math.log(hi), xtol=1e-12))
+
+
+    def _invert(self, theta: float) -> float:
+        """prob_exceeds by bisection on log δ (θ(δ) is non-increasing in δ)."""
+        lo, hi = _smallest_delta(self.n_nodes, self.samples, self.p, self.bound), 1 - 1e-12
+        if self.theta(hi) > theta:
+            return 1.0
+        if self.theta(lo) <= theta:
+            return lo
+        a, b = math.log(lo), math.log(hi)  # theta(e^a) > θ >= theta(e^b)
+        while b - a > 1e-10:
+            mid = (a + b) / 2
+            a, b = (mid, b) if self.theta(math.exp(mid)) > theta else (a, mid)
+        return math.exp(b)
 
 
 def _smallest_delta(n_nodes: int, n_samples: int, p: float, bound: str) -> float:
@@ -197,7 +245,8 @@ def node_stats(sums: SubsetSums, p: float, estimate: Tensor | None = None, bound
     y = torch.tensor(sums.y, dtype=torch.float64)
     n_samples = len(y)
     if n_samples < 2:
-        raise ValueError(f"need at least 2 subsets for a variance, got {n_samples}")
+        raise ValueError(f"need at least 2 subsets for a variance, got {n_samples} (after leaving out the subsets "
+                         "of large verified nodes, if any)")
     n_in = sums.count.double()
     n_out = n_samples - n_in
     mean_in = sums.sum_in / n_in
@@ -209,9 +258,55 @@ def node_stats(sums: SubsetSums, p: float, estimate: Tensor | None = None, bound
     if scale is not None:
         diff, se = diff * scale, se * scale
     base = torch.zeros_like(diff) if estimate is None else estimate.double().nan_to_num()
-    return NodeStats(base + diff, diff, se, sums.count, variance, n_samples, p, bound)
+    return NodeStats(base + diff, diff, se, sums.count, variance, n_samples, p, bound, base,
+                     None if scale is None else scale.double())
 
 
 def check_probability(value: float, name: str) -> None:
     if not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
+
+
+def subset_seed(seed: int, j: int) -> int:
+    """Seed of subset ``j``'s membership (independent streams via numpy's SeedSequence)."""
+    words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(j)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def memberships(n_nodes: int, p: float, seed: int, first: int, count: int) -> Tensor:
+    """(count, n_nodes) bool memberships of subsets ``first .. first+count-1`` (each drawn from ``(seed, j)`` only)."""
+    out = torch.empty(count, n_nodes, dtype=torch.bool)
+    gen = torch.Generator()
+    for row in range(count):
+        gen.manual_seed(subset_seed(seed, first + row))
+        out[row].bernoulli_(p, generator=gen)
+    return out
+
+
+def rebound_stats(subset_mean: Tensor, predict: Tensor, keep: Tensor, p: float, seed: int,
+                  estimate: Tensor | None = None, bound: str = "subgaussian", scale: Tensor | None = None,
+                  chunk: int = 256, avoid: Tensor | None = None) -> NodeStats:
+    """Statistics of the nodes ``keep`` from subsets already patched, no new patch (docs/diagnostic.md §5).
+
+    ``subset_mean``: (J,) each subset's joint effect (mean over pairs); ``predict``: (N,) each node's
+    predicted contribution to it, the exact one (q_n c(n)) for nodes verified since, so that their
+    residual is 0; ``keep``: (N,) bool, the nodes still unverified. The memberships are regenerated from
+    ``(seed, j)``. If the dropped nodes were chosen independently of the subsets (e.g. the next nodes of
+    a ranking fixed before the subsets were drawn), the kept columns are a Bernoulli(p) design of the
+    kept nodes alone and every bound holds for them exactly as if they had been sampled on their own.
+
+    ``avoid``: (N,) bool, dropped nodes whose subsets are left out altogether (e.g. verified nodes with a
+    large exact effect, whose interactions with the others the subtraction cannot remove). Which subsets
+    go depends only on those nodes' columns, so the kept subsets are still a Bernoulli(p) design of the
+    kept nodes (provided ``avoid`` is chosen independently of the subsets too)."""
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    sums = SubsetSums(int(keep.sum()))
+    for lo in range(0, len(subset_mean), chunk):
+        members = memberships(len(keep), p, seed, lo, min(chunk, len(subset_mean) - lo))
+        y = subset_mean[lo:lo + len(members)].double() - members_dot(members, predict)
+        if avoid is not None and bool(avoid.any()):
+            clean = ~members[:, avoid].any(1)
+            members, y = members[clean], y[clean]
+        sums.add(members[:, keep], y)
+    return node_stats(sums, p, None if estimate is None else estimate[keep], bound,
+                      None if scale is None else scale[keep])

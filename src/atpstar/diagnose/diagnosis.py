@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -10,12 +11,39 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .bound import NodeStats
+from .bound import NodeStats, rebound_stats
 from ..cost import Cost
 from ..nodes import NodeSet
 from ..types import ALL_KINDS
 
 SUSPECTS = 20
+
+
+@dataclass
+class Design:
+    """The patched subsets of one diagnostic, kept for :meth:`Diagnosis.rebound`."""
+
+    nodes: NodeSet
+    """The nodes the subsets were drawn from (N₀), in membership column order."""
+    estimate: Tensor
+    """(N₀,) ê(n), replaced by the exact effect for nodes verified since."""
+    presence: Tensor
+    """(N₀,) q_n: fraction of the pairs that have the node's position."""
+    subset_mean: Tensor
+    """(J,) each subset's joint effect, mean over the pairs."""
+    verified: Tensor
+    """(N₀,) bool: verified since the subsets were drawn."""
+
+
+def _match(universe: NodeSet, nodes: NodeSet) -> tuple[Tensor, Tensor]:
+    """(hit, where): ``universe[i]`` is ``nodes[where[i]]`` when ``hit[i]``."""
+    def key(s):
+        return ((s.kind.long() * 4096 + s.layer) * 65536 + s.unit) * 65536 + s.pos
+    a, b = key(universe), key(nodes)
+    order = torch.argsort(b)
+    pos = torch.searchsorted(b[order], a).clamp(max=max(len(b) - 1, 0))
+    hit = (b[order][pos] == a) if len(b) else torch.zeros(len(a), dtype=torch.bool)
+    return hit, order[pos] if len(b) else pos
 
 
 @dataclass
@@ -50,6 +78,48 @@ class Diagnosis:
     resumed: int = 0
     """Subsets reloaded from the checkpoint instead of patched."""
     seed: int = 0
+    design: "Design | None" = None
+    """What :meth:`rebound` needs: the nodes the subsets were drawn from, their estimates and presence."""
+    rebounds: int = 0
+    """How many times these subsets were re-bounded after further verification (no new patch)."""
+
+    def rebound(self, verified, delta: float | None = None, bound: str | None = None,
+                drop_above: float | None = None) -> "Diagnosis":
+        """The bound on the nodes still unverified after verifying more, from the **same subsets**: no
+        new forward pass (docs/diagnostic.md §5).
+
+        ``verified``: a Verification (its ``nodes`` and exact ``effect``), or ``(NodeSet, effects)``.
+        Verified nodes among the sampled ones get their exact effect as estimate (residual 0) and leave
+        the bound. Rigorous when they were chosen independently of these subsets, e.g. the next nodes of
+        the ranking: the remaining columns are then a design of their own. Choosing them *from* this
+        diagnostic's suspects is not covered (verify the suspects, then draw new subsets).
+
+        ``drop_above``: leave out every subset that holds a node verified since with exact |effect| ≥ this
+        (its interactions with the other members stay in the subset's effect when only its own effect is
+        subtracted); must not depend on these subsets (e.g. a fraction of the largest verified effect)."""
+        if self.design is None:
+            raise ValueError("this Diagnosis keeps no design (made by an older version or from a checkpoint summary)")
+        nodes, effect = (verified.nodes, verified.effect) if hasattr(verified, "nodes") else verified
+        d = self.design
+        hit, where = _match(d.nodes, nodes)
+        estimate, done = d.estimate.clone(), d.verified.clone()
+        estimate[hit] = torch.as_tensor(effect, dtype=torch.float64)[where[hit]].nan_to_num()
+        done |= hit
+        design = dataclasses.replace(d, estimate=estimate, verified=done)
+        keep = ~done
+        bound = bound or self.bound
+        avoid = None if drop_above is None else done & (estimate.abs() >= drop_above)
+        stats = None
+        if keep.any():
+            scale = 1 / d.presence
+            stats = rebound_stats(d.subset_mean, estimate * d.presence, keep, self.p, self.seed, estimate=estimate,
+                                  bound=bound, scale=scale, avoid=avoid)
+        newly = int(done.sum() - d.verified.sum())
+        return dataclasses.replace(
+            self, delta=self.delta if delta is None else delta, bound=bound, nodes=d.nodes.take(keep), stats=stats,
+            samples=self.samples if stats is None else stats.samples,
+            n_unverified=self.n_unverified - newly, n_verified=self.n_verified + newly, design=design,
+            rebounds=self.rebounds + 1)
 
     @property
     def theta(self) -> float:

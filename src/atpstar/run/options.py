@@ -130,28 +130,45 @@ STOP_DEFAULTS = {"window": 20, "relative": 0.01}
 
 def parse_stop(text):
     """``None``/``"none"`` -> None; ``"small-effects"`` -> SmallEffects(window=20, relative=0.01);
-    ``"small-effects:window=30,threshold=0.05"`` -> those settings."""
+    ``"small-effects:window=30,threshold=0.05"`` -> those settings; ``"theta:target=T"`` or
+    ``"theta:relative=R"`` (or both; plain ``"theta"``: relative=0.1) -> ThetaBelow: verify until the
+    diagnostic's θ (re-bounded from one set of random subsets as nodes are verified) falls below T, or
+    below R x the largest verified |effect|. Its subsets, p and delta come from --samples, --p, --delta."""
     if text is None or str(text).strip().lower() in ("", "none", "off"):
         return None
     from ..verify.stopping import SmallEffects
 
     name, _, args = str(text).strip().partition(":")
-    if name.strip().lower() not in ("small-effects", "small"):
+    name = name.strip().lower()
+    if name not in ("small-effects", "small", "theta"):
         raise ValueError(f"unknown stop rule {name!r}; use small-effects[:window=W,threshold=T,relative=R] "
-                         "(stop once the last W verified nodes all had a small effect) or none")
+                         "(stop once the last W verified nodes all had a small effect), theta[:target=T,relative=R] "
+                         "(stop once the diagnostic's bound θ is below T or R x the largest verified effect) or none")
+    allowed = ("target", "relative", "every") if name == "theta" else ("window", "threshold", "relative")
     values = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key.strip() not in ("window", "threshold", "relative"):
-            raise ValueError(f"stop rule setting {item!r}: use window=W, threshold=T or relative=R")
+        if not eq or key.strip() not in allowed:
+            raise ValueError(f"stop rule setting {item!r}: use " + ", ".join(f"{a}=..." for a in allowed))
         try:
-            values[key.strip()] = int(value) if key.strip() == "window" else float(value)
+            values[key.strip()] = int(value) if key.strip() in ("window", "every") else float(value)
         except ValueError:
             raise ValueError(f"stop rule setting {item!r}: {value!r} is not a number") from None
+    if name == "theta":
+        if not values.keys() & {"target", "relative"}:
+            values["relative"] = THETA_DEFAULTS["relative"]
+        from ..diagnose.diagnostic import ThetaBelow
+
+        return ThetaBelow(samples=THETA_DEFAULTS["samples"], p=THETA_DEFAULTS["p"], **values)
     if not values.keys() & {"threshold", "relative"}:
         values.setdefault("relative", STOP_DEFAULTS["relative"])
     values.setdefault("window", STOP_DEFAULTS["window"])
     return SmallEffects(**values)
+
+
+THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.05}
+"""``--stop theta`` without settings: θ below 10% of the largest verified effect; 300 subsets with p = 0.05
+(--samples, --p override them) (docs/diagnostic.md §9)."""
 
 
 def check_diagnostic(samples, p, delta) -> None:

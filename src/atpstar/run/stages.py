@@ -35,6 +35,8 @@ class Context:
     verification: object = None
     verified: object = None
     diagnosis: object = None
+    theta_rule: object = None
+    """The ``--stop theta`` rule once verification ran: its subsets serve the diagnostic too."""
 
     def say(self, message: str) -> None:
         self.echo(message)
@@ -156,6 +158,8 @@ def verify(ctx: Context) -> None:
     from ..verify.loop import verify as run_verify
 
     primary = cfg.methods[0]
+    if type(stop).__name__ == "ThetaBelow":
+        _setup_theta(ctx, stop, primary)
     ctx.say(f"verifying the {primary} ranking by exact patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
     checkpoint = ctx.folder.checkpoint("verify.ckpt")
     if checkpoint.exists():
@@ -170,9 +174,37 @@ def verify(ctx: Context) -> None:
     ctx.say(f"verified {len(v.nodes):,} nodes in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
 
 
+def _setup_theta(ctx: Context, rule, primary: str) -> None:
+    """``--stop theta``: the run's diagnostic options, AtP*'s estimates subtracted, kept for the diagnose stage."""
+    cfg = ctx.cfg
+    rule.samples = cfg.samples if cfg.samples is not None else rule.samples
+    rule.p = cfg.p if cfg.p is not None else rule.p
+    rule.delta = cfg.delta
+    rule.options.update(seed=cfg.seed, batch_size=cfg.batch_size,
+                        estimates=ctx.scores[primary] if primary in opts.ATP_FLAGS else None)
+    ctx.theta_rule = rule
+
+
+def _from_theta_rule(ctx: Context):
+    """The final diagnosis of a ``--stop theta`` run: its subsets re-bounded for the final verification, at the
+    next check's level (no new patch), and the θ-vs-verified history for the report."""
+    from ..diagnose.bound import spent_delta
+
+    rule, v = ctx.theta_rule, ctx.verification
+    largest = float(v.effect.abs().nan_to_num(0.0).max()) if len(v.effect) else 0.0
+    try:
+        d = rule.base.rebound(v, delta=spent_delta(rule.delta, rule.checks + 1),
+                              drop_above=None if rule.drop is None or largest == 0 else rule.drop * largest)
+    except ValueError:  # too few subsets left: the last check's statement stands
+        d = rule.last
+    history = [{"verified": int(k), "theta": float(t), "cost_per_pair": float(c)} for k, t, c in rule.history]
+    return d, history
+
+
 def diagnose(ctx: Context) -> None:
     cfg = ctx.cfg
-    if not cfg.diagnose or ctx.folder.done("diagnosis.json"):
+    theta = ctx.theta_rule is not None and ctx.theta_rule.base is not None and ctx.verification is not None
+    if not (cfg.diagnose or theta) or ctx.folder.done("diagnosis.json"):
         return
     if ctx.verification is None:
         raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
@@ -183,14 +215,20 @@ def diagnose(ctx: Context) -> None:
     extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
     estimates = ctx.scores[primary] if primary in opts.ATP_FLAGS else None  # AtP's prediction lowers the variance
     checkpoint = ctx.folder.checkpoint("diagnose.ckpt")
-    if checkpoint.exists():
-        load_checked(checkpoint)
-    d = run_diagnose(ctx.model, ctx.pairs, ctx.verification, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
-                     checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
-                     progress=ctx.progress, **extra)
+    history = None
+    if theta:
+        d, history = _from_theta_rule(ctx)
+    else:
+        if checkpoint.exists():
+            load_checked(checkpoint)
+        d = run_diagnose(ctx.model, ctx.pairs, ctx.verification, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
+                         checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
+                         progress=ctx.progress, **extra)
     if d.suspects is not None:
         save_frame(d.suspects, ctx.folder.stage("suspects.parquet"))
     summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    if history is not None:
+        summary["theta_history"] = history
     atomic_write(ctx.folder.stage("diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     ctx.meta["diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
     ctx.record("diagnose", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),

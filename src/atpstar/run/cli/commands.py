@@ -35,6 +35,8 @@ def cmd_run(args, task: str | None = None) -> int:
 def cmd_demo(args) -> int:
     if args.out is None:
         args.out = str(free_name(Path("atpstar-demo")))
+    if not args.diagnose and str(args.stop).startswith("theta"):
+        args.stop = None  # --no-diagnose: no bound at all, the top 50 verified
     return cmd_run(args, task="ioi")
 
 

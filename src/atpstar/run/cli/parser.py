@@ -24,6 +24,7 @@ examples:
   atpstar run --task ioi --pairs 16 --kinds head --out runs/ioi-heads
   atpstar run --task city --method atp*,atp --kinds attn --verify-budget 50nodes --out runs/city
   atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
+  atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --samples 300 --out runs/ioi-theta
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
 
@@ -47,9 +48,11 @@ examples:
 }
 
 
-DEMO = {"kinds": "attn", "verify_budget": "50nodes", "samples": 600, "p": 0.03}
-"""The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), its top 50 verified, and
-the diagnostic with subsets of ~3% of the unverified nodes (600 of them: a few minutes on a 2-core CPU)."""
+DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta", "samples": 120, "p": 0.1}
+"""The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), verified in AtP* order until
+the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the diagnostic patches
+120 random subsets (each unverified node in with probability 0.1) once, after the first chunk, and re-bounds
+from them as nodes are verified (about 20 s on a 2-core CPU; a loose bound at this price, docs/diagnostic.md §9)."""
 
 
 def _formatter(prog):
@@ -77,10 +80,14 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                        help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "
                             "the clean and noise runs count 2), a node count (50nodes), seconds (60s), or 0 for none "
                             "(default %s)" % (DEMO["verify_budget"] if demo else "100"))
-    check.add_argument("--stop", default=None, metavar="RULE",
+    check.add_argument("--stop", default=DEMO["stop"] if demo else None, metavar="RULE",
                        help="stop verifying early: small-effects[:window=W,threshold=T,relative=R] stops once the "
                             "last W verified nodes all had |effect| < T or < R x the largest so far "
-                            "(default W=20, R=0.01)")
+                            "(default W=20, R=0.01); theta[:target=T,relative=R] stops once the diagnostic's bound θ "
+                            "on every unverified node is below T or R x the largest verified |effect| (default "
+                            "R=0.1; its random subsets are patched once and re-bounded as nodes are verified; "
+                            "--samples, --p, --delta set them; it also gives the run its diagnostic)"
+                            + (" (default %s)" % DEMO["stop"] if demo else ""))
     if demo:
         check.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                            help="skip the diagnostic (the demo runs it by default)")

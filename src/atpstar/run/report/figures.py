@@ -109,3 +109,21 @@ def recall(curves: dict, k: int) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return to_data_uri(fig)
+
+
+def theta_curve(history: list, base_cost: float) -> str:
+    """θ (the diagnostic's bound on every unverified node) against the number of verified nodes; top axis:
+    total forward-pass equivalents per pair (``base_cost`` + one per verified node)."""
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    k = np.array([h["verified"] for h in history], dtype=float)
+    theta = np.array([h["theta"] for h in history], dtype=float)
+    ax.step(k, np.where(np.isfinite(theta), theta, np.nan), where="post", marker="o", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("verified nodes")
+    ax.set_ylabel("θ: bound on every unverified |effect|")
+    top = ax.secondary_xaxis("top", functions=(lambda x: x + base_cost, lambda x: x - base_cost))
+    top.set_xlabel("cost: forward-pass equivalents per pair")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return to_data_uri(fig)

@@ -12,7 +12,7 @@ import pandas as pd
 from ..folder import method_slug
 from . import data, figures
 
-SECTIONS = ("summary", "diagnostic", "top-nodes", "heatmaps", "positions", "scatter", "recall")
+SECTIONS = ("summary", "diagnostic", "theta-curve", "top-nodes", "heatmaps", "positions", "scatter", "recall")
 
 
 def asset(name: str) -> str:
@@ -120,6 +120,7 @@ def build(meta: dict, nodes: pd.DataFrame, diagnosis: dict | None = None, suspec
     tokens = meta["stages"].get("pairs", {}).get("tokens", [])
     parts = [section("summary", "Run", summary(meta, nodes)),
              section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
+             theta_curve_section(diagnosis, meta),
              top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
              position_section(nodes, methods[0], tokens), scatter_section(nodes, methods[0]),
              recall_section(nodes, methods, meta)]
@@ -177,3 +178,22 @@ def recall_section(nodes: pd.DataFrame, methods: list[str], meta: dict) -> str:
                 "the true top-j nodes are all verified. The oracle verifies exactly the top j.</p>"
                 + image("recall", figures.recall(curves, max(int(c[1][-1]) for c in curves.values()))))
     return section("recall", "Recall against cost", body)
+
+
+def theta_curve_section(diagnosis: dict | None, meta: dict) -> str:
+    """θ against the number of verified nodes (``--stop theta``: one set of random subsets, re-bounded as
+    nodes are verified), with the cost axis."""
+    history = (diagnosis or {}).get("theta_history")
+    if not history:
+        body = ('<p class="note">Verify with <code>--stop theta</code> (e.g. <code>theta:relative=0.1</code>) to see '
+                "the bound θ fall as nodes are verified: the random subsets are patched once and re-bounded after "
+                "every chunk at no further cost, until nothing large can be left.</p>")
+    else:
+        primary = meta["config"]["methods"][0]
+        base = (meta["stages"].get(f"estimate:{primary}", {}).get("per_pair", 0.0)
+                + float(history[0].get("cost_per_pair", 0.0)))
+        body = ('<p class="note">θ at each check (check i at level δ/(i(i+1)), so the statement holds wherever '
+                "verification stopped) from the same random subsets, re-bounded as nodes were verified in ranked "
+                f"order; top axis: total cost ({primary} + the diagnostic's subsets + one forward pass per verified "
+                "node, per pair).</p>" + image("theta-curve", figures.theta_curve(history, base)))
+    return section("theta-curve", "θ against verified nodes", body)
