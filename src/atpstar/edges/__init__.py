@@ -1,0 +1,13 @@
+"""Edges (SPEC.md §11): AtP* on the computational graph, verified by exact edge patching.
+
+- :mod:`.graph`: the vocabulary — writers (``embed``, ``L{ℓ}.head.H{h}`` or ``L{ℓ}.attn``, ``L{ℓ}.mlp``),
+  readers (``L{ℓ}.q.H{h}``, ``L{ℓ}.k.G{g}``, ``L{ℓ}.v.G{g}``, ``L{ℓ}.mlp``, ``logits``), which edges exist;
+- :mod:`.edgeset`: sets of edges as tensors ``(writer, reader, pos)``, their names;
+- :mod:`.scores`: :class:`EdgeScores`, (W, R, T) tensors with rankings, tables and groupings.
+"""
+
+from .edgeset import EdgeSet
+from .graph import READER_KINDS, WRITER_KINDS, EdgeGraph, heads_additive
+from .scores import EdgeScores, edge_frame
+
+__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "edge_frame", "heads_additive"]
