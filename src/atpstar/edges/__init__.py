@@ -6,12 +6,16 @@
 - :mod:`.scores`: :class:`EdgeScores`, (W, R, T) tensors with rankings, tables and groupings;
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
-  (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets).
+  (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets);
+- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*.
 """
 
+from .atp import atp
 from .edgeset import EdgeSet
 from .graph import READER_KINDS, WRITER_KINDS, EdgeGraph, heads_additive
 from .patching import EdgePatcher, edge_acp, edge_patch
 from .scores import EdgeScores, edge_frame
 
-__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "edge_acp", "edge_frame", "edge_patch", "heads_additive"]
+edge_atp = atp
+
+__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "atp", "edge_acp", "edge_atp", "edge_frame", "edge_patch", "heads_additive"]
