@@ -280,3 +280,13 @@ def test_edge_graddrop_score_matches_detached_writes(arch):
     valid = graph.valid[:, torch.stack(readers)]
     assert want[valid].abs().max() > 1e-3
     torch.testing.assert_close(got[valid].double(), want[valid], atol=1e-9, rtol=1e-7)
+
+
+def test_whole_attention_writer_is_the_sum_of_its_heads():
+    model, pairs = tiny_model("llama"), random_pairs(lengths=(7,), seed=11)
+    whole, heads = EdgeGraph.of(model, per_head=False), EdgeGraph.of(model)
+    a = atp(model, pairs, qk_fix=False, graddrop=False, graph=whole)
+    b = atp(model, pairs, qk_fix=False, graddrop=False, graph=heads)
+    w, hs = whole.writer_index(["L1.attn"])[0], heads.writer_index([f"L1.head.H{h}" for h in range(6)])
+    assert whole.reader_names == heads.reader_names
+    torch.testing.assert_close(a.effect[w], b.effect[hs].sum(0), atol=2e-6, rtol=1e-5, equal_nan=True)
