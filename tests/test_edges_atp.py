@@ -114,7 +114,7 @@ def test_edge_qk_fix_exact_on_saturated_heads_where_plain_atp_fails():
     assert int((p.abs() > p.abs()[top]).sum()) >= 1 and int((f.abs() > f.abs()[top]).sum()) == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neox", "gpt2"])
 def test_edge_qk_fix_equals_brute_force_softmax(arch):
     """Σ (a' − a) g with a' the attention under the exact edge patch (hand hooks) and g = ∂L/∂a (autograd)."""
     model = atpstar.load_model(tiny_hf(arch), tokenizer=StubTokenizer(), dtype=torch.float64)
