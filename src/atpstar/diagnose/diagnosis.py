@@ -177,6 +177,8 @@ class Diagnosis:
                     if self.estimates else "")
         kind = ("finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
                 "nodes)" if self.bound == "subgaussian" else
+                "finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
+                "nodes, each node's bound capped by the residual energy)" if self.bound == "capped" else
                 "asymptotic (normal approximation with a Bonferroni correction; it may under-cover when a few "
                 "large effects dominate and p is small)")
         bound = (f"θ = {theta:.4g}" if math.isfinite(theta) else

@@ -192,18 +192,21 @@ def _from_theta_rule(ctx: Context):
 
     rule, v = ctx.theta_rule, ctx.verification
     largest = float(v.effect.abs().nan_to_num(0.0).max()) if len(v.effect) else 0.0
-    try:
-        d = rule.base.rebound(v, delta=spent_delta(rule.delta, rule.checks + 1),
-                              drop_above=None if rule.drop is None or largest == 0 else rule.drop * largest)
-    except ValueError:  # too few subsets left: the last check's statement stands
-        d = rule.last
+    d = rule.last  # the last check's statement (it covers a superset of the nodes left now)
+    if rule.last is not None and rule.history and rule.history[-1][0] < len(v.nodes):  # verified more since
+        try:
+            again = rule.base.rebound(v, delta=spent_delta(rule.delta, rule.checks + 1),
+                                      drop_above=None if rule.drop is None or largest == 0 else rule.drop * largest)
+            d = again if again.theta <= rule.last.theta else rule.last
+        except ValueError:  # too few subsets left
+            pass
     history = [{"verified": int(k), "theta": float(t), "cost_per_pair": float(c)} for k, t, c in rule.history]
     return d, history
 
 
 def diagnose(ctx: Context) -> None:
     cfg = ctx.cfg
-    theta = ctx.theta_rule is not None and ctx.theta_rule.base is not None and ctx.verification is not None
+    theta = ctx.theta_rule is not None and ctx.theta_rule.last is not None and ctx.verification is not None
     if not (cfg.diagnose or theta) or ctx.folder.done("diagnosis.json"):
         return
     if ctx.verification is None:

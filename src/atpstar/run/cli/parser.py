@@ -48,10 +48,10 @@ examples:
 }
 
 
-DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta", "samples": 120, "p": 0.1}
+DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta", "samples": 120, "p": 0.2}
 """The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), verified in AtP* order until
 the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the diagnostic patches
-120 random subsets (each unverified node in with probability 0.1) once, after the first chunk, and re-bounds
+120 random subsets (each unverified node in with probability 0.2) once, after the first chunk, and re-bounds
 from them as nodes are verified (about 20 s on a 2-core CPU; a loose bound at this price, docs/diagnostic.md §9)."""
 
 
