@@ -20,12 +20,15 @@ STYLE = {  # method: (colour, line style)
     "random": ("gray", ":"),
 }
 FN_TOP, FN_RANK = 20, 100
+PANEL = {("neuron", "all"): "neurons (final pos.)", ("neuron_pos", "all"): "sampled neurons, every pos.",
+         ("neuron_pos", "earlier"): "sampled neurons, earlier pos."}
 
 
 def geo_mean_over_pairs(curves: pd.DataFrame) -> pd.DataFrame:
-    """Single-pair settings: geometric mean, min and max of the cost over pairs, per (task, group, kind, method, k)."""
+    """Single-pair settings: geometric mean, min and max of the cost over pairs, per (study, model, task,
+    group, kind, method, k); ``study`` names the result file the rows came from."""
     single = curves[curves["setting"] != "dist"]
-    keys = ["task", "group", "kind", "method", "k"]
+    keys = ["study", "model", "task", "group", "kind", "method", "k"]
     log = np.log(single["cost"].clip(lower=1e-9))
     out = single.assign(log=log).groupby(keys, sort=False).agg(
         geo=("log", "mean"), lo=("cost", "min"), hi=("cost", "max"), pairs=("cost", "size")).reset_index()
@@ -34,12 +37,13 @@ def geo_mean_over_pairs(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(table: pd.DataFrame, out: Path) -> list[Path]:
-    """One figure per task and setting type (single pairs: geometric mean with min–max band; distribution)."""
+    """One figure per result file (model, task, node groups) and setting type (single pairs: geometric
+    mean with min–max band; distribution), named ``curves_<study>_<single|dist>.png``."""
     paths = []
     single = geo_mean_over_pairs(table)
     dist = table[table["setting"] == "dist"].rename(columns={"cost": "geo"})
     for label, data in (("single", single), ("dist", dist)):
-        for task, part in data.groupby("task", sort=False):
+        for study, part in data.groupby("study", sort=False):
             panels = list(part[["group", "kind"]].drop_duplicates().itertuples(index=False))
             fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
             for ax, (group, kind) in zip(axes[0], panels):
@@ -51,15 +55,16 @@ def curves(table: pd.DataFrame, out: Path) -> list[Path]:
                         ax.fill_between(line["k"], line["lo"], line["hi"], color=colour, alpha=0.08, lw=0)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
-                ax.set_title(f"{group}: {kind}" if group == "attn" else "neurons (final pos.)", fontsize=9)
+                ax.set_title(PANEL.get((group, kind), f"{group}: {kind}"), fontsize=9)
                 ax.set_xlabel("true top-k verified", fontsize=8)
                 ax.grid(alpha=0.3, which="both", lw=0.4)
             axes[0][0].set_ylabel("cost (forward passes per pair)", fontsize=8)
             axes[0][-1].legend(fontsize=6, loc="lower right")
             what = "geometric mean over single pairs (band: min–max)" if label == "single" else "distribution of all pairs"
-            fig.suptitle(f"{task.upper()}: cost of verified recall, {what}", fontsize=10)
+            model, task = part["model"].iloc[0], part["task"].iloc[0]
+            fig.suptitle(f"{model} {task.upper()}: cost of verified recall, {what}", fontsize=10)
             fig.tight_layout()
-            path = out / f"curves_{task}_{label}.png"
+            path = out / f"curves_{study}_{label}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             paths.append(path)

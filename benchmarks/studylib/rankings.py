@@ -20,10 +20,11 @@ from .frames import KEY
 
 ATP_VARIANTS = {"AtP": (False, False), "AtP+QKfix": (True, False), "AtP+GradDrop": (False, True), "AtP*": (True, True)}
 BASELINES = {  # options per node group; documented in docs/study.md
-    "Subsampling": ("subsampling", {"attn": {"p": 0.02, "samples": 500}, "neuron": {"p": 0.005, "samples": 500}}),
-    "Blocks": ("blocks", {"attn": {"size": 16}, "neuron": {"size": 64}}),
-    "Hierarchical": ("hierarchical", {"attn": {"branching": 8, "threshold": 0.05, "relative": True},
-                                      "neuron": {"branching": 8, "threshold": 0.05, "relative": True}}),
+    "Subsampling": ("subsampling", {"attn": {"p": 0.02, "samples": 500}, "neuron": {"p": 0.005, "samples": 500},
+                                    "neuron_pos": {"p": 0.005, "samples": 500}}),
+    "Blocks": ("blocks", {"attn": {"size": 16}, "neuron": {"size": 64}, "neuron_pos": {"size": 64}}),
+    "Hierarchical": ("hierarchical", {g: {"branching": 8, "threshold": 0.05, "relative": True}
+                                      for g in ("attn", "neuron", "neuron_pos")}),
 }
 QUICK_BASELINES = {
     "Subsampling": ("subsampling", {"attn": {"p": 0.05, "samples": 40}, "neuron": {"p": 0.05, "samples": 40}}),
