@@ -58,7 +58,8 @@ def curves_for(model, task: str, name: str, tr, groups: list[str], args, ratio: 
     for group in groups:
         exact = frames.truth_frame(model, tr, group)
         methods = {**reference_rankings(exact, seed=args.seed), **atp}
-        base, seconds = baseline_rankings(model, tr.pairs, exact[frames.KEY], group, args.quick, seed=args.seed)
+        base, seconds = baseline_rankings(model, tr.pairs, exact[frames.KEY], group, args.quick, seed=args.seed,
+                                          only=args.baselines)
         timings.setdefault("baselines", []).append({"setting": name, "group": group, **seconds})
         methods.update(base)
         if name == "dist" and len(tr.pairs) > 1:
@@ -114,6 +115,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=4, help="prompt pairs per task (the distribution)")
     parser.add_argument("--neuron-layers", type=int, default=6, help="neuron_pos: layers, evenly spread over the depth")
     parser.add_argument("--neuron-units", type=int, default=48, help="neuron_pos: random units per sampled layer")
+    parser.add_argument("--baselines", default="Subsampling,Blocks,Hierarchical",
+                        help="joint-patching baselines to run (Iterative is always run on the distribution)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recompute", action="store_true", help="recompute the cached ground truth")
     parser.add_argument("--truth-only", action="store_true", help="only compute (and cache) the ground truth")
@@ -126,6 +129,7 @@ def parse(argv=None) -> argparse.Namespace:
         if args.results == truth.ROOT:
             args.results = args.out / "results"
     args.groups = args.groups.split(",")
+    args.baselines = [b for b in args.baselines.split(",") if b]
     args.tag = models.tag_of(args.model)
     args.prefix = models.prefix(args.tag)
     args.figures = args.out / "study"

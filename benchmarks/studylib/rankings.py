@@ -48,9 +48,13 @@ def atp_rankings(model, pairs, ratio: float, kinds) -> tuple[dict, dict]:
     return out, seconds
 
 
-def baseline_rankings(model, pairs, nodes: pd.DataFrame, group: str, quick: bool, seed: int = 0) -> tuple[dict, dict]:
+def baseline_rankings(model, pairs, nodes: pd.DataFrame, group: str, quick: bool, seed: int = 0,
+                      only=None) -> tuple[dict, dict]:
+    """The joint-patching baselines (``only``: a subset of their labels) over ``nodes``."""
     out, seconds = {}, {}
     for label, (name, options) in (QUICK_BASELINES if quick else BASELINES).items():
+        if only is not None and label not in only:
+            continue
         start = time.perf_counter()
         scores = atpstar.METHODS[name](model, pairs, nodes=nodes, progress=False, seed=seed, **options[group])
         seconds[label] = time.perf_counter() - start

@@ -24,7 +24,9 @@ NON_GRADIENT = ("Subsampling", "Blocks", "Hierarchical", "Iterative", "random")
 def load_results(root: Path) -> tuple[pd.DataFrame, dict]:
     """Every cached ``curves_<study>.csv.gz`` (with a ``study`` column; files from before the model
     option get the default model) and ``{study: timings}``."""
-    paths = sorted(root.glob("curves_*.csv.gz"))
+    order = {"ioi": 0, "city": 1, "rand": 2}
+    paths = sorted(root.glob("curves_*.csv.gz"), key=lambda p: (p.name.count("_") > 1, "neuronpos" in p.name,
+                                                                  order.get(p.name.split("_")[-1].split(".")[0], 9), p.name))
     if not paths:
         raise SystemExit(f"no cached curves under {root}: run without --docs-only first")
     frames, timings = [], {}
@@ -154,12 +156,14 @@ def intro(curves: pd.DataFrame, timings: dict, args) -> str:
     models = "; ".join(f"**{m}**: {describe(m)}" for m in curves["model"].unique())
     groups = curves.groupby("model", sort=False)["group"].unique()
     covered = "; ".join(f"{m}: {', '.join(GROUP_TEXT[g] for g in gs)}" for m, gs in groups.items())
+    single = curves[curves["setting"] != "dist"].groupby(["model", "task", "group"], sort=False)["setting"].nunique()
+    pairs = "; ".join(f"{m} {t.upper()} {g}: {n}" for (m, t, g), n in single.items())
     return (
         "# The cost of verified recall: AtP* against the paper's baselines\n\n"
         f"Models (float32, one CPU thread on a 2-core machine shared with other jobs): {models}. "
-        f"Tasks: {', '.join(t.upper() for t in curves['task'].unique())}; {args.pairs} prompt pairs each "
-        f"(seed {args.seed}): each pair alone (the single-pair setting) and all of them together (the "
-        f"distribution). Ground truth by exact activation patching, per model: {covered}; cached in "
+        f"Tasks: {', '.join(t.upper() for t in curves['task'].unique())}, prompt pairs drawn with seed {args.seed}; "
+        f"each pair alone (the single-pair setting) and all of a task's pairs together (the distribution). "
+        f"Pairs per model, task and node group: {pairs}. Ground truth by exact activation patching, per model: {covered}; cached in "
         "`benchmarks/results/study/`. Cost unit: forward passes per prompt pair — a method's estimation cost "
         "plus one per node verified in its order; the oracle's cost to verify the true top-k is k. "
         f"Backward/forward time ratio measured on this machine: {ratios}. Baselines: {options}; "
