@@ -1,12 +1,17 @@
-"""The cost-of-verified-recall study (SPEC.md §7–§9) on SmolLM2: IOI, CITY and RAND.
+"""The cost-of-verified-recall study (SPEC.md §7–§9): IOI, CITY and RAND on SmolLM2 and Gemma 3 270M.
 
-For each task: exact ground truth for every attention node and for every neuron at the final
-position (cached compressed under benchmarks/results/study/, computed on first use), on each single
+For each model and task: exact ground truth (cached compressed under benchmarks/results/study/,
+computed on first use) for the node groups asked for: every attention node (``attn``), every neuron
+at the final position (``neuron``), sampled neurons at every position (``neuron_pos``), on each single
 prompt pair and on the distribution of all the task's pairs. Every method ranks the nodes; the cost
 of verified recall is its estimation cost per pair plus one forward per node verified in its order
-until the true top-k are all verified. Writes the curves table, PNG figures and docs/study.md.
+until the true top-k are all verified. Writes the curves table, PNG figures and docs/study.md from
+every cached result (all models).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/study.py          # full study
+    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/study.py          # SmolLM2, attn + neuron
+    ... python benchmarks/study.py --groups neuron_pos                                    # neurons at every position
+    ... python benchmarks/study.py --model gemma3-270m --groups attn --pairs 2            # Gemma 3 270M
+    ... python benchmarks/study.py --docs-only                                            # docs from the cache
     python benchmarks/study.py --quick --out /tmp/study                                     # seconds, run by the tests
 """
 
