@@ -84,6 +84,18 @@ def curves_for(model, task: str, name: str, tr, groups: list[str], args, ratio: 
     return rows
 
 
+def scatters(model, task: str, args) -> None:
+    """Only the pair-0 estimate-vs-exact figures (AtP and AtP*), from the cached truth."""
+    for positional in sorted({g == neuronpos.GROUP for g in args.groups}):
+        groups = [g for g in args.groups if (g == neuronpos.GROUP) == positional]
+        kinds = sorted({"attn" if g == "attn" else "neuron" for g in groups})
+        tr = get_truth(model, task, args, positional).subset([0])
+        atp, _ = atp_rankings(model, tr.pairs, 1.0, kinds=kinds, variants=("AtP", "AtP*"))
+        for group in groups:
+            plots.scatter(frames.truth_frame(model, tr, group), atp, f"{args.prefix}{task}", "pair0", group,
+                          args.figures)
+
+
 def run_task(model, task: str, args) -> None:
     """Truth (cached), every setting's curves and timings of one task, saved under ``args.results``:
     ``curves_<prefix><task>.csv.gz`` for attention / final-position neurons, ``..._neuronpos`` for the
@@ -125,6 +137,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recompute", action="store_true", help="recompute the cached ground truth")
     parser.add_argument("--truth-only", action="store_true", help="only compute (and cache) the ground truth")
+    parser.add_argument("--scatter-only", action="store_true", help="only redraw the pair-0 scatter plots")
     parser.add_argument("--docs-only", action="store_true", help="only rebuild figures and study.md from cached curves")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where study.md and the figures go")
     parser.add_argument("--results", type=Path, default=truth.ROOT, help="where the truth and curves are cached")
@@ -149,12 +162,14 @@ def main(argv=None) -> pd.DataFrame:
     if not args.docs_only:
         model = models.load(args.model)
         for task in args.tasks.split(","):
-            if args.truth_only:
+            if args.scatter_only:
+                scatters(model, task, args)
+            elif args.truth_only:
                 for positional in sorted({g == neuronpos.GROUP for g in args.groups}):
                     get_truth(model, task, args, positional)
             else:
                 run_task(model, task, args)
-    if args.truth_only:
+    if args.truth_only or args.scatter_only:
         return pd.DataFrame()
     curves, timings = report.load_results(args.results)
     plots.curves(curves, args.figures)

@@ -72,13 +72,13 @@ def curves(table: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def scatter(exact: pd.DataFrame, atp: dict, task: str, setting: str, group: str, out: Path) -> Path:
-    """Estimate vs exact effect per node kind for AtP and AtP*; false negatives (true top-20, method
-    rank > 100) circled."""
+    """Estimate vs exact effect per node kind for AtP and AtP*; false negatives (true top-20 of the group,
+    ranked below 100 among the group's nodes by the method) circled."""
     kinds = list(dict.fromkeys(exact["kind"]))
-    fig, axes = plt.subplots(2, len(kinds), figsize=(3.0 * len(kinds), 5.8), squeeze=False)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(max(3.0 * len(kinds), 6.5), 5.8), squeeze=False)
     exact = exact.assign(top=exact["score"].rank(ascending=False, method="first") <= FN_TOP)
     for row, method in enumerate(("AtP", "AtP*")):
-        est = atp[method][0]
+        est = atp[method][0].merge(exact[KEY], on=KEY)  # the group's nodes only, in the method's order
         ranks = est.assign(rank=np.arange(1, len(est) + 1))
         merged = exact.merge(ranks[KEY + ["effect", "rank"]], on=KEY, suffixes=("", "_est"))
         for col, kind in enumerate(kinds):
