@@ -24,14 +24,14 @@ PANEL = {("neuron", "all"): "neurons (final pos.)", ("neuron_pos", "all"): "samp
          ("neuron_pos", "earlier"): "sampled neurons, earlier pos."}
 
 
-def geo_mean_over_pairs(curves: pd.DataFrame) -> pd.DataFrame:
+def geo_mean_over_pairs(curves: pd.DataFrame, value: str = "cost") -> pd.DataFrame:
     """Single-pair settings: geometric mean, min and max of the cost over pairs, per (study, model, task,
     group, kind, method, k); ``study`` names the result file the rows came from."""
     single = curves[curves["setting"] != "dist"]
     keys = ["study", "model", "task", "group", "kind", "method", "k"]
-    log = np.log(single["cost"].clip(lower=1e-9))
+    log = np.log(single[value].clip(lower=1e-9))
     out = single.assign(log=log).groupby(keys, sort=False).agg(
-        geo=("log", "mean"), lo=("cost", "min"), hi=("cost", "max"), pairs=("cost", "size")).reset_index()
+        geo=("log", "mean"), lo=(value, "min"), hi=(value, "max"), pairs=(value, "size")).reset_index()
     out["geo"] = np.exp(out["geo"])
     return out
 
