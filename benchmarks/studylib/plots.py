@@ -45,7 +45,7 @@ def curves(table: pd.DataFrame, out: Path) -> list[Path]:
     for label, data in (("single", single), ("dist", dist)):
         for study, part in data.groupby("study", sort=False):
             panels = list(part[["group", "kind"]].drop_duplicates().itertuples(index=False))
-            fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
+            fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2 * len(panels), 8.0), 3.3), squeeze=False)
             for ax, (group, kind) in zip(axes[0], panels):
                 panel = part[(part["group"] == group) & (part["kind"] == kind)]
                 for method, line in panel.groupby("method", sort=False):
