@@ -1,7 +1,7 @@
 """Exact activation patching throughput on SmolLM2-135M for one IOI pair.
 
 Prints: nodes of each kind, unpatched forward passes per second, the measured fixed cost of a
-forward pass (a / b, see atpstar.batching), and single-node patches per second for dense and sparse
+forward pass (a / b, see atpstar.substrate.batching), and single-node patches per second for dense and sparse
 node sets: batched as ``atpstar.acp`` does (cost-aware plan), batched the previous way (one batch
 per position and 4-layer span), and one patch per forward pass (the naive loop), with forward-pass
 equivalents per patch and the number of forward passes. Run: ``python benchmarks/acp_throughput.py``.
@@ -16,8 +16,8 @@ import time
 import torch
 
 import atpstar
-from atpstar.batching import overhead_ratio
-from atpstar.capture import Intervention, Patch, node_index, run
+from atpstar.substrate.batching import overhead_ratio
+from atpstar.substrate.capture import Intervention, Patch, node_index, run
 from atpstar.types import ALL_KINDS
 
 
@@ -62,7 +62,7 @@ def workloads(model, n_tok: int, sparse: bool = False) -> dict:
 def bucket_plan(self, group, pos, layer):
     """The previous batching: one batch per (position, 4-layer span), at most the memory-sized rows."""
     from atpstar.methods.acp import LAYER_SPAN
-    from atpstar.patching import auto_batch_size, bucket_slices
+    from atpstar.substrate.patching import auto_batch_size, bucket_slices
 
     model = self.model
     size = self.batch_size or auto_batch_size(model, group.clean.shape[1], 1024)

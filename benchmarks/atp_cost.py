@@ -19,7 +19,7 @@ import torch
 
 import atpstar
 from acp_throughput import workloads  # same folder
-from atpstar.capture import Intervention, run
+from atpstar.substrate.capture import Intervention, run
 from atpstar.methods.atp import method_name
 from atpstar.types import ALL_KINDS
 

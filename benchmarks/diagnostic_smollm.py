@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import atpstar  # noqa: E402
 from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.bound import min_samples  # noqa: E402
-from atpstar.diagnostic import diagnose, memberships  # noqa: E402
+from atpstar.diagnose.bound import min_samples  # noqa: E402
+from atpstar.diagnose.diagnostic import diagnose, memberships  # noqa: E402
 from atpstar.types import ALL_KINDS  # noqa: E402
 from studylib import truth as study_truth  # noqa: E402
 
@@ -105,7 +105,7 @@ def additivity(model, pairs, truth, pair: int, ranking: pd.DataFrame, ks=(0, 20,
                ps=(0.005, 0.02, 0.05, 0.2), n: int = 30) -> pd.DataFrame:
     """How additive are joint patches of random subsets of the nodes outside the true top K?
     rms of I(S) − Σ_{n∈S} c(n) against the spread of I(S), ``n`` subsets per (K, p)."""
-    from atpstar.joint import JointPatcher
+    from atpstar.substrate.joint import JointPatcher
 
     every = NodeSet.every(model, "attn", pairs.max_len)
     c = true_effects(truth, pair, every)

@@ -114,7 +114,7 @@ def warm_pairs(model) -> atpstar.PromptPairs:
 
 def run_method(model, pairs, method: str) -> None:
     if METHODS[method] is None:  # one plain forward + backward of the same batch
-        from atpstar.capture import Intervention, run
+        from atpstar.substrate.capture import Intervention, run
 
         metric = atpstar.metrics.resolve(None, pairs)
         ids = torch.stack(list(pairs.clean))

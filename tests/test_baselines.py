@@ -18,8 +18,8 @@ from torch import nn
 
 import atpstar
 from atpstar import Cost, NodeKind, NodeSet, PromptPairs
-from atpstar.capture import Intervention, run
-from atpstar.joint import JointPatcher
+from atpstar.substrate.capture import Intervention, run
+from atpstar.substrate.joint import JointPatcher
 from atpstar.methods import METHODS, blocks, hierarchical, iterative, oracle, random_order, subsampling
 from atpstar.methods.common import gather
 from atpstar.nodes import KIND_INDEX

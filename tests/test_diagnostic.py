@@ -18,8 +18,8 @@ from test_substrate import linear_after_node
 
 import atpstar
 from atpstar import Budget, NodeKind, NodeSet
-from atpstar.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats)
-from atpstar.diagnostic import ThetaBelow, diagnose, memberships
+from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats)
+from atpstar.diagnose.diagnostic import ThetaBelow, diagnose, memberships
 
 
 def allowed_failures(n: int, delta: float) -> float:

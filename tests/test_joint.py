@@ -8,7 +8,7 @@ from test_substrate import linear_after_node
 
 import atpstar
 from atpstar import NodeKind, NodeSet
-from atpstar.joint import JointPatcher, joint_patch
+from atpstar.substrate.joint import JointPatcher, joint_patch
 
 
 @pytest.mark.parametrize("kind", [NodeKind.NEURON, NodeKind.HEAD])

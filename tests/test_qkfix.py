@@ -1,4 +1,4 @@
-"""Tests for atpstar.qkfix: the AtP* query/key fix checked against brute-force patching."""
+"""Tests for atpstar.methods.qkfix: the AtP* query/key fix checked against brute-force patching."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atpstar.qkfix import attention_scores, key_fix, query_fix
+from atpstar.methods.qkfix import attention_scores, key_fix, query_fix
 
 F64, F32 = torch.float64, torch.float32
 MASK_KINDS = ["causal", "padding", "causal_padding", "padding_neginf", "padding_bool"]

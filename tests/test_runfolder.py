@@ -8,8 +8,8 @@ from conftest import random_pairs, tiny_model
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
-from atpstar.pipeline import RunConfig, run
-from atpstar.runfolder import display_tokens, load_pairs, load_scores, node_table, save_pairs, save_scores
+from atpstar.run.pipeline import RunConfig, run
+from atpstar.run.folder import display_tokens, load_pairs, load_scores, node_table, save_pairs, save_scores
 
 
 def _value(scores, row, column="effect"):

@@ -12,11 +12,11 @@ from conftest import ARCH_NAMES, StubTokenizer, random_pairs, tiny_hf, tiny_mode
 from scipy.stats import spearmanr
 
 import atpstar
-from atpstar import qkfix
-from atpstar.capture import Intervention, run
-from atpstar.devices import resolve_device, resolve_dtype
+from atpstar.methods import qkfix
+from atpstar.substrate.capture import Intervention, run
+from atpstar.substrate.devices import resolve_device, resolve_dtype
 from atpstar.methods.gradients import CleanRun
-from atpstar.qkfix_linear import QKFix
+from atpstar.methods.qkfix_linear import QKFix
 from atpstar.types import ALL_KINDS, PROBS, NodeKind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +262,7 @@ def _modelled_cost(pos, layer, slices, n_layers, n_tok, overhead):
 
 @pytest.mark.parametrize("overhead", [0.0, 1.0, 50.0])
 def test_plan_batches_covers_jobs_and_beats_one_batch_per_cell(overhead):
-    from atpstar.batching import plan_batches
+    from atpstar.substrate.batching import plan_batches
 
     gen = torch.Generator().manual_seed(0)
     pos, layer = torch.randint(0, 12, (300,), generator=gen), torch.randint(0, 8, (300,), generator=gen)
@@ -283,7 +283,7 @@ def test_plan_batches_covers_jobs_and_beats_one_batch_per_cell(overhead):
 def test_sparse_exact_patching_shares_forward_passes():
     """A sparse node set (each (position, layer) cell one node) runs in fewer forwards than cells, with
     the same effects as one patch per forward (float64)."""
-    from atpstar import batching
+    from atpstar.substrate import batching
 
     model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
     pairs = random_pairs(lengths=(9,), seed=4)

@@ -6,7 +6,7 @@ from conftest import ARCH_NAMES, VOCAB, StubTokenizer, random_pairs, tiny_hf, ti
 from torch import nn
 
 import atpstar
-from atpstar.capture import Intervention, Patch, node_index, run
+from atpstar.substrate.capture import Intervention, Patch, node_index, run
 from atpstar.types import ALL_KINDS, Node, NodeKind
 
 
@@ -36,7 +36,7 @@ def test_hooks_removed_when_body_raises(model):
         with Intervention(model, capture=frozenset({"neuron", "resid"})):
             1 / 0
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.layers)
-    from atpstar import attention
+    from atpstar.substrate import attention
 
     assert attention.active() is None
 
@@ -303,7 +303,7 @@ def test_interrupted_acp_resumes_from_checkpoint(model, tmp_path):
 
 @pytest.mark.slow
 def test_smollm_loads_hooks_transparently_and_does_ioi(smollm):
-    from atpstar.model import default_gguf_path, gguf_cache_path
+    from atpstar.substrate.model import default_gguf_path, gguf_cache_path
 
     assert (smollm.n_layers, smollm.n_heads, smollm.n_kv_heads, smollm.d_mlp) == (30, 9, 3, 1536)
     pairs = atpstar.PromptPairs.from_strings(

@@ -1,19 +1,25 @@
-"""atpstar: AtP* — find the model components that cause a behaviour, checked against exact patching."""
+"""atpstar: AtP* — find the model components that cause a behaviour, checked against exact patching.
 
-from . import tasks
-from .cost import Cost, measure_backward_ratio
-from .diagnostic import Diagnosis, ThetaBelow, diagnose
-from .joint import JointPatcher, joint_patch
+The package is grouped by pipeline stage (docs/architecture.md): the shared vocabulary at the top
+(``types``, ``nodes``, ``scores``, ``pairs``, ``metrics``, ``cost``, ...), then ``substrate/`` (model
+runs), ``tasks/`` (prompt pairs), ``methods/`` (estimators), ``diagnose/``, ``verify/`` and ``run/``
+(pipeline, run folder, report, command line). Every public name is importable from here.
+"""
+
+from . import _moved, tasks
+from .cost import Cost
+from .diagnose import Diagnosis, ThetaBelow, diagnose
 from .methods import METHODS, acp, atp
 from .metrics import Metric
-from .model import Model, load_model
 from .nodes import NodeSet
 from .pairs import PromptPairs
-from .recall import recall_cost
-from .runfolder import load_run
+from .run import load_run
 from .scores import Scores
+from .substrate import JointPatcher, Model, joint_patch, load_model, measure_backward_ratio
 from .types import ALL_KINDS, ATTENTION_KINDS, Node, NodeKind
-from .verify import Budget, SmallEffects, Verification, verify
+from .verify import Budget, SmallEffects, Verification, recall_cost, verify
+
+_moved.install()
 
 __version__ = "0.1.0"
 __all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Budget", "Cost", "Diagnosis", "JointPatcher", "Metric", "Model", "Node", "NodeKind",

@@ -1,9 +1,9 @@
-"""Cost accounting in forward-pass equivalents (SPEC.md §8, §9), and the measured backward/forward ratio.
+"""Cost accounting in forward-pass equivalents (SPEC.md §8, §9), in forward-pass equivalents.
 
 Every method reports ``Scores.info["cost"]`` as a :class:`Cost`: the forward work and backward work
 it did, each in *full passes over one prompt* (fractional when layers or positions were skipped),
 the number of prompt pairs, and the wall-clock seconds. A backward pass is converted to forward
-passes with a ratio **measured on the model and machine at hand** (:func:`measure_backward_ratio`),
+passes with a ratio **measured on the model and machine at hand** (:func:`atpstar.substrate.timing.measure_backward_ratio`),
 never assumed. The study's unit is forward-pass equivalents **per prompt pair**: estimation cost
 plus one unit per verified node, so that the oracle's cost of verifying the true top-k is k.
 """
@@ -62,33 +62,3 @@ class Cost:
         if not isinstance(cost, dict) or "forward" not in cost:
             raise ValueError("no cost recorded: expected a Scores or info dict with a 'cost' entry")
         return cls(**{k: cost[k] for k in ("forward", "backward", "pairs", "seconds", "backward_ratio") if k in cost})
-
-
-def measure_backward_ratio(model, input_ids: torch.Tensor, repeats: int = 5) -> float:
-    """Median over ``repeats`` of (time of forward+backward − time of forward with grad) / time of a
-    no-grad forward, on ``input_ids`` (batch, pos). The first run of each is a discarded warm-up."""
-    from .capture import Intervention, run
-
-    def forward():
-        with torch.no_grad():
-            run(model, input_ids)
-
-    def forward_grad(backward: bool):
-        hooks = Intervention(model, grad=True)
-        with torch.enable_grad():
-            out = run(model, input_ids, hooks).float().logsumexp(-1).sum()
-            if backward:
-                out.backward()
-
-    ratios = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        forward()
-        t1 = time.perf_counter()
-        forward_grad(False)
-        t2 = time.perf_counter()
-        forward_grad(True)
-        t3 = time.perf_counter()
-        if i:
-            ratios.append(((t3 - t2) - (t2 - t1)) / (t1 - t0))
-    return float(torch.tensor(ratios).median())

@@ -80,6 +80,9 @@ class NodeSet:
         """From a NodeSet, a DataFrame with columns kind/layer/unit/pos, or a list of Node / names."""
         if isinstance(nodes, NodeSet):
             out = nodes
+        elif isinstance(nodes, (str, Node)):
+            raise TypeError(f"expected a collection of nodes, got the single node {str(nodes)!r}: wrap it in a list, "
+                            f"e.g. [{str(nodes)!r}]")
         elif hasattr(nodes, "columns"):
             missing = {"kind", "layer", "unit", "pos"} - set(nodes.columns)
             if missing:

@@ -16,6 +16,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from . import pairsfile
+from .tokens import tokenizer
+
 NO_TOKEN = -1
 
 
@@ -76,7 +79,7 @@ class PromptPairs:
     def from_strings(cls, model, clean: Sequence[str], noise: Sequence[str], answer, distractor=None,
                      metric=None, add_special_tokens: bool = True) -> "PromptPairs":
         """Tokenize prompt strings; answers are strings (exactly one token each, e.g. ``" Mary"``) or ids."""
-        tok = getattr(model, "tokenizer", model)
+        tok = tokenizer(model)
         clean, noise = _texts(clean, "clean"), _texts(noise, "noise")
         answer = _answers(answer, "answer")
         distractor = None if distractor is None else _answers(distractor, "distractor")
@@ -215,15 +218,29 @@ def single_token(tok, answer, i: int, what: str) -> int:
     return ids[0]
 
 
-def _from_file(loader_name: str):
+def _from_file(reader):
     def load(cls, path, model, skip_bad: bool = False) -> PromptPairs:
-        from .tasks import files
+        return cls.from_ids(*reader(path, tokenizer(model), skip_bad=skip_bad))
 
-        return getattr(files, loader_name)(path, model, skip_bad=skip_bad)
-
-    load.__doc__ = f"Read pairs from a {loader_name[5:].upper()} file with columns clean, noise, answer[, distractor][, metric] (see docs/tasks.md)."
+    load.__doc__ = (f"Read pairs from a {reader.__name__[5:].upper()} file with columns clean, noise, answer"
+                    "[, distractor][, metric] (see docs/tasks.md); ``skip_bad=True`` skips malformed rows with a warning.")
     return classmethod(load)
 
 
-PromptPairs.from_jsonl = _from_file("from_jsonl")
-PromptPairs.from_csv = _from_file("from_csv")
+PromptPairs.from_jsonl = _from_file(pairsfile.read_jsonl)
+PromptPairs.from_csv = _from_file(pairsfile.read_csv)
+
+
+def check_pairs(pairs) -> None:
+    """A TypeError saying how to build prompt pairs, for anything that is not :class:`PromptPairs`."""
+    if isinstance(pairs, PromptPairs):
+        return
+    raise TypeError(
+        f"pairs must be atpstar.PromptPairs, got {type(pairs).__name__} {_short(pairs)}: build them with "
+        "atpstar.tasks.ioi(model, n=8) (or city, rand), atpstar.PromptPairs.from_strings(model, clean=[...], "
+        "noise=[...], answer=[...]) or atpstar.PromptPairs.from_jsonl('pairs.jsonl', model)")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -6,7 +6,7 @@ forward pass (row r patches node r). Nodes are sorted by (position, layer), and 
 computes only the blocks from its lowest patched layer (below: the cached clean residual stream)
 and the positions from its lowest patched position (before: the clean keys/values, as causal
 attention allows). Consecutive (position, layer) cells share a batch while that is cheaper than a
-new forward pass, by the measured fixed cost of a pass (:mod:`atpstar.batching`), so sparse node
+new forward pass, by the measured fixed cost of a pass (:mod:`atpstar.substrate.batching`), so sparse node
 sets batch as well as dense ones. A node whose noise value equals its clean value is a no-op with
 effect 0. Batches are sized to the device's free memory; long runs can checkpoint and resume.
 Under ``torch.distributed`` each rank patches its share of the pairs (:mod:`atpstar.distributed`).
@@ -26,9 +26,9 @@ from ..checkpoint import Checkpoint, fingerprint
 from ..cost import Cost
 from ..metrics import Metric, resolve
 from ..nodes import NodeSet
-from ..pairs import PromptPairs
-from ..batching import max_rows, memory_budget_mb, overhead_ratio, plan_batches
-from ..patching import GroupRuns, bucket_slices, by_kind, check_batch_size, moved, patched_metric
+from ..pairs import PromptPairs, check_pairs
+from ..substrate.batching import max_rows, memory_budget_mb, overhead_ratio, plan_batches
+from ..substrate.patching import LAYER_SPAN, GroupRuns, bucket_slices, by_kind, check_batch_size, moved, patched_metric
 from ..scores import Accumulator, Scores
 
 
@@ -38,7 +38,7 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
     """Exact effect of patching each node (noise value into the clean run), per pair and averaged.
 
     Args:
-        model: an :class:`~atpstar.model.Model` (see :func:`atpstar.load_model`).
+        model: an :class:`~atpstar.substrate.model.Model` (see :func:`atpstar.load_model`).
         pairs: the prompt pairs.
         kinds: node kinds (``"attn"``, ``"all"``, ``["q", "neuron"]``...) when ``nodes`` is None.
         nodes: a subset: a DataFrame with kind/layer/unit/pos (e.g. rows of ``Scores.to_frame()``),
@@ -46,7 +46,7 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
         metric: ``"logit_diff"``, ``"logprob"``, a callable ``(logits, pairs) -> (rows,)`` or None
             (the pairs' own metric).
         batch_size: patches per forward pass, never across a position or a 4-layer span (as
-            :func:`atpstar.verify` batches). Default: cost-aware batches (:mod:`atpstar.batching`) of at
+            :func:`atpstar.verify` batches). Default: cost-aware batches (:mod:`atpstar.substrate.batching`) of at
             most what fits ``memory_mb``.
         memory_mb: memory one batch may use; default a quarter of the device's free memory.
         per_pair: also return per-pair effects in ``Scores.per_pair``.
@@ -58,6 +58,7 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
         ``score`` = |mean effect| (the true contribution c(n) of SPEC.md §1).
     """
     check_batch_size(batch_size)
+    check_pairs(pairs)
     metric = resolve(metric, pairs)
     pairs.check_vocab(model.vocab_size)
     n_pos = pairs.max_len
@@ -131,7 +132,7 @@ class _Patcher:
     def _batches(self, group, pos: Tensor, layer: Tensor) -> list[slice]:
         """Batches of the sorted jobs (positions ``pos``, layers ``layer``): with a given ``batch_size``, at
         most that many per (position, 4-layer span), as :mod:`atpstar.verify` batches; else cost-aware
-        and memory-sized (:func:`atpstar.batching.plan_batches`)."""
+        and memory-sized (:func:`atpstar.substrate.batching.plan_batches`)."""
         model, n_tok = self.model, group.clean.shape[1]
         if self.batch_size:
             return bucket_slices(pos * model.n_layers + layer // LAYER_SPAN, self.batch_size)
@@ -154,10 +155,6 @@ class _Patcher:
 CALIBRATE_FROM = 64
 """On GPUs, measure the fixed cost of a forward pass (two small timed forwards, cached) only for at least
 this many patches; fewer are batched assuming it equals the cost of one row."""
-
-LAYER_SPAN = 4
-"""With a fixed ``batch_size`` (and in :mod:`atpstar.verify_patcher`) a batch never mixes positions, nor
-layers from different spans of this many layers; automatic batches follow the cost model instead."""
 
 
 def _scatter(effects: dict, nodes: NodeSet, own_pos: Tensor, rows_node: Tensor, rows_pair: Tensor, delta: Tensor) -> None:

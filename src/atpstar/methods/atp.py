@@ -3,7 +3,7 @@
 - AtP: ``Î(n) = (n(noise) − n(clean)) · ∂L/∂n`` from one noise forward, one clean forward and one
   backward. Score: ``mean over pairs |Î|``; effect: signed mean of ``Î``.
 - QK fix (``qk_fix=True``): query and key nodes get the exact change of the attention
-  probabilities, linearised only after the softmax (:mod:`atpstar.qkfix`).
+  probabilities, linearised only after the softmax (:mod:`atpstar.methods.qkfix`).
 - GradDrop (``graddrop=True``): score ``mean over pairs of (1/(L−1)) Σ_ℓ |Î_ℓ(n)|`` where Î_ℓ uses
   the gradient with layer ℓ's residual write frozen (:mod:`atpstar.methods.gradients`). The signed
   ``effect`` stays the ordinary (QK-fixed) estimate.
@@ -26,11 +26,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..capture import Intervention, run
+from ..substrate.capture import Intervention, run
 from ..cost import Cost
 from ..metrics import resolve
-from ..pairs import PromptPairs
-from ..qkfix_linear import QKFix
+from ..pairs import PromptPairs, check_pairs
+from .qkfix_linear import QKFix
 from ..scores import LayerAccumulator, Scores
 from ..types import PROBS, RESID, NodeKind
 from .gradients import FULL, Backward
@@ -56,6 +56,7 @@ def atp(model, pairs: PromptPairs, kinds=None, qk_fix: bool = True, graddrop: bo
         mean estimate of E[I(n)], ``score`` = the ranking score (mean |Î|, or the GradDrop score).
     """
     kinds = NodeKind.parse(kinds)
+    check_pairs(pairs)
     metric = resolve(metric, pairs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of prompt pairs per pass, got {batch_size}")

@@ -21,7 +21,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..joint import JointPatcher
+from ..substrate.joint import JointPatcher
 from ..pairs import PromptPairs
 from ..scores import Scores
 from .common import check_positive_int, expand, joint_cost, range_effects, runs, site_of, sorted_scope, to_scores
@@ -35,7 +35,7 @@ def blocks(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, size:
         model, pairs, kinds, nodes, metric: as for :func:`atpstar.acp`.
         size: nodes per block (>= 1; 1 is activation patching through joint patches).
         order: ``"unit"`` (unit-major) or ``"position"`` (position-major) order inside a layer.
-        batch_size, memory_mb: as for :class:`~atpstar.joint.JointPatcher`.
+        batch_size, memory_mb: as for :class:`~atpstar.substrate.joint.JointPatcher`.
         seed: unused (Blocks is deterministic); accepted for a uniform signature.
 
     Returns:

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..capture import Intervention, run
+from ..substrate.capture import Intervention, run
 from ..types import PROBS, RESID
 
 FULL = 0

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..joint import JointPatcher
+from ..substrate.joint import JointPatcher
 from ..pairs import PromptPairs
 from ..scores import Scores
 from .common import check_positive_int, expand, joint_cost, range_effects, rank_score, runs, site_of, sorted_scope, to_scores
@@ -47,7 +47,7 @@ def hierarchical(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None,
         branching: children per split group (>= 2).
         threshold: descend into groups whose |mean effect| exceeds it (>= 0); see ``relative``.
         relative: the threshold is a fraction (in [0, 1)) of the level's largest |group effect|.
-        batch_size, memory_mb: as for :class:`~atpstar.joint.JointPatcher`.
+        batch_size, memory_mb: as for :class:`~atpstar.substrate.joint.JointPatcher`.
         seed: unused (deterministic); accepted for a uniform signature.
     """
     check_positive_int("branching", branching, 2, "children per split group")

@@ -2,7 +2,7 @@
 difference between the subsets that contain it and those that do not.
 
 ``samples`` subsets S are drawn, each node included independently with probability ``p``; each
-subset is patched jointly on every prompt pair (one :class:`~atpstar.joint.JointPatcher` row per
+subset is patched jointly on every prompt pair (one :class:`~atpstar.substrate.joint.JointPatcher` row per
 subset and pair) and ``I(S)`` is its mean effect over pairs. A node's estimate is
 
     mean{I(S) : n ∈ S} − mean{I(S) : n ∉ S}.
@@ -30,7 +30,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..joint import JointPatcher
+from ..substrate.joint import JointPatcher
 from ..pairs import PromptPairs
 from ..scores import Scores
 from .common import check_positive_int, joint_cost, sorted_scope, to_scores

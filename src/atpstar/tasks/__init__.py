@@ -4,10 +4,13 @@
 tokenizer; ``from_jsonl`` / ``from_csv`` load user pairs with row-level validation. See docs/tasks.md.
 """
 
+from ..pairs import PromptPairs
 from .city import city
-from .files import from_csv, from_jsonl
 from .ioi import ioi
 from .rand import rand
+
+from_jsonl = PromptPairs.from_jsonl
+from_csv = PromptPairs.from_csv
 
 TASKS = {"ioi": ioi, "city": city, "rand": rand}
 

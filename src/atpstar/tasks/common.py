@@ -9,9 +9,10 @@ from importlib import resources
 
 import torch
 
-from ..capture import run
+from ..substrate.capture import run
 from ..metrics import resolve
 from ..pairs import PromptPairs
+from ..tokens import encode, tokenizer, word_ids  # noqa: F401  (the builders import them from here)
 
 BATCH = 32
 
@@ -27,20 +28,6 @@ def load_data(name: str):
     if name.endswith(".json"):
         return json.loads(text)
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def tokenizer(model):
-    return getattr(model, "tokenizer", model)
-
-
-def encode(tok, text: str) -> list[int]:
-    """Prompt ids, with the tokenizer's special tokens (as :meth:`PromptPairs.from_strings` does)."""
-    return tok(text, add_special_tokens=True)["input_ids"]
-
-
-def word_ids(tok, text: str) -> list[int]:
-    """Ids of a text fragment without special tokens (e.g. an answer like ``" Mary"``)."""
-    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 def single_token_words(tok, words, prefix: str = " ") -> dict[str, int]:

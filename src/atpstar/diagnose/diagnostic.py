@@ -1,0 +1,323 @@
+"""The false-negative diagnostic (SPEC.md §7, §9): how large can an unverified node's effect still be?
+
+After verifying the top of a ranking, :func:`diagnose` patches random subsets of the *unverified*
+nodes jointly (each node in a subset independently with probability ``p``; one
+:class:`~atpstar.substrate.joint.JointPatcher` row per subset and pair), optionally subtracts each subset's
+predicted effect (the sum of its members' estimates, e.g. AtP*), and turns the per-node
+included-minus-excluded statistics (:mod:`atpstar.diagnose.bound`) into the statement "with probability
+≥ 1 − δ no unverified node has |c(n)| > θ". The mathematics, its assumptions (effects add up
+within a subset) and what happens when they fail are in docs/diagnostic.md.
+
+Unverified nodes whose noise value equals their clean value on every pair (e.g. positions before
+the first token where clean and noise differ) have effect exactly 0: they are left out of the
+subsets and of the union bound (``static``). Memberships are drawn per subset from ``(seed, j)``,
+so a run is reproducible and resumable: a checkpoint keeps the subsets' effects, and a rerun
+regenerates the memberships and patches only the subsets still missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import distributed
+from .bound import BOUNDS, SubsetSums, check_probability, members_dot, min_samples, node_stats
+from ..checkpoint import fingerprint, load_checked, run_key
+from ..cost import Cost
+from .diagnosis import Diagnosis
+from ..substrate.joint import JointPatcher
+from ..metrics import resolve
+from ..nodes import KIND_INDEX, NodeSet
+from ..pairs import check_pairs
+from ..substrate.patching import moved
+from ..types import ALL_KINDS, NodeKind
+
+__all__ = ["Diagnosis", "ThetaBelow", "diagnose"]
+
+
+def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 1000, p: float = 0.05,
+             delta: float = 0.05, seed: int = 0, metric=None, checkpoint=None, progress: bool = True,
+             bound: str = "subgaussian", batch_size: int | None = None, memory_mb: float = 1024,
+             checkpoint_every: float = 30.0) -> Diagnosis:
+    """Bound the effects that verification may have missed.
+
+    Args:
+        model, pairs, metric: as for :func:`atpstar.acp`.
+        verified: a :class:`~atpstar.verify.Verification` (its ``ranking`` is the universe of nodes,
+            its ``nodes`` the verified ones; it must belong to this model, these pairs and this
+            metric), or the verified nodes themselves (names, a node table, a NodeSet; None or
+            empty: nothing verified), the universe then being every node of ``kinds``.
+        estimates: optional :class:`~atpstar.scores.Scores` (e.g. AtP*): each subset's predicted
+            effect, the sum of its members' signed estimates, is subtracted (less variance).
+        kinds: restrict the universe to these node kinds (default: all kinds of the ranking, or all).
+        samples: random subsets J (each one patched forward per pair); the sub-Gaussian bound needs
+            at least :func:`atpstar.diagnose.bound.min_samples` (≈ 100–300 for usual p, δ).
+        p: probability that a node is in a subset, in (0, 1); smaller p means smaller subsets (more
+            nearly additive effects) but a wider sub-Gaussian bound.
+        delta: the bound fails with probability at most δ, in (0, 1).
+        seed: seed of the memberships (same seed, same subsets).
+        checkpoint: a file path: the subsets' effects are kept there, and a rerun resumes.
+        bound: ``"subgaussian"`` (finite-sample, rigorous under additivity) or ``"normal"``
+            (asymptotic, tighter, may under-cover); see :mod:`atpstar.diagnose.bound`.
+
+    Returns:
+        :class:`~atpstar.diagnose.diagnosis.Diagnosis`: ``theta``, ``prob_exceeds(theta)``, ``suspects``,
+        ``statement``, ``cost`` and ``to_dict()``.
+    """
+    start = time.perf_counter()
+    check_options(samples, p, delta, bound)
+    check_pairs(pairs)
+    metric = resolve(metric, pairs)
+    universe, done = _universe(model, pairs, verified, kinds, metric)
+    dims = (model.n_layers, max(model.units(k) for k in ALL_KINDS), pairs.max_len)
+    left = universe.take(~torch.isin(universe.ids(dims), done.ids(dims)))
+    if len(left) == 0:
+        raise ValueError(f"no unverified node is left ({len(universe)} nodes, all verified): nothing to bound")
+    patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
+    live = _moving(model, patcher, left)
+    nodes = left.take(live)
+    presence = _presence(pairs, nodes)
+    estimate = None if estimates is None else _gather(estimates, nodes, pairs.max_len)
+    sums = SubsetSums(len(nodes))
+    effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
+    if len(nodes):
+        store = _Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
+        resumed = min(len(store.effects), samples)
+        effects = _sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
+    stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(nodes) else None
+    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
+    return Diagnosis(
+        delta=delta, p=p, samples=samples, bound=bound, nodes=nodes, stats=stats, n_unverified=len(left),
+        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=_name(estimates),
+        subset_effects=effects, kinds=[k.value for k in universe.kinds], n_pairs=len(pairs), cost=cost,
+        resumed=resumed, seed=seed)
+
+
+def check_options(samples, p, delta, bound) -> None:
+    """Raise ValueError for options :func:`diagnose` cannot run with (before any model work)."""
+    check_probability(p, "p")
+    check_probability(delta, "delta")
+    if bound not in BOUNDS:
+        raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"samples must be an integer >= 2 (random subsets; the bound needs a variance), got {samples!r}")
+    if bound == "subgaussian" and samples < min_samples(p, delta):
+        raise ValueError(f"samples={samples} is too few for the sub-Gaussian bound at p={p}, delta={delta}: its "
+                         f"variance bound needs at least {min_samples(p, delta)} subsets (several times more for a "
+                         "useful bound); raise samples, raise p towards 0.5, or pass bound='normal' (asymptotic)")
+
+
+def _universe(model, pairs, verified, kinds, metric) -> tuple[NodeSet, NodeSet]:
+    """(every node the bound is about, the verified ones)."""
+    n_pos = pairs.max_len
+    if hasattr(verified, "ranking") and hasattr(verified, "key"):  # a Verification
+        if verified.key != run_key(model, pairs, metric):
+            raise ValueError("the verification belongs to a different run (another model, prompt pairs or metric): "
+                             "diagnose with the model, pairs and metric it was verified on")
+        universe, done = verified.ranking, verified.nodes
+        universe.check(model, n_pos)
+    else:
+        universe = NodeSet.every(model, "all" if kinds is None else kinds, n_pos)
+        empty = verified is None or (hasattr(verified, "__len__") and len(verified) == 0)
+        done = universe.take(slice(0, 0)) if empty else NodeSet.parse(model, verified, n_pos)
+    if kinds is not None:
+        wanted = torch.tensor([KIND_INDEX[k] for k in NodeKind.parse(kinds)])
+        universe = universe.take(torch.isin(universe.kind, wanted))
+    return universe, done
+
+
+def _moving(model, patcher: JointPatcher, nodes: NodeSet) -> Tensor:
+    """(N,) bool: the node's noise value differs from its clean value on at least one pair."""
+    out = torch.zeros(len(nodes), dtype=torch.bool)
+    for runs in patcher.groups:
+        own_pos = nodes.pos - runs.group.offset
+        idx = (own_pos >= 0).nonzero().flatten()
+        n_group = len(runs.group.index)
+        jobs = moved(model, runs, nodes, own_pos, idx.repeat(n_group), torch.arange(n_group).repeat_interleave(len(idx)))
+        out[idx] |= jobs.view(n_group, len(idx)).any(0)
+    return out
+
+
+def _presence(pairs, nodes: NodeSet) -> Tensor:
+    """(N,) fraction of the pairs whose prompts have the node's position (1 when all pairs have one length)."""
+    count = torch.zeros(len(nodes), dtype=torch.float64)
+    for group in pairs.groups():
+        count += len(group.index) * (nodes.pos >= group.offset).double()
+    return count / len(pairs)
+
+
+def _gather(estimates, nodes: NodeSet, n_pos: int) -> Tensor:
+    """(N,) signed mean estimate of each node from a Scores (0 for kinds or nodes it lacks)."""
+    if not hasattr(estimates, "effect") or not isinstance(estimates.effect, dict):
+        raise TypeError(f"estimates must be a Scores (e.g. atpstar.atp(...)), got {type(estimates).__name__}")
+    out = torch.zeros(len(nodes), dtype=torch.float64)
+    for kind, table in estimates.effect.items():
+        sel = nodes.kind == KIND_INDEX[NodeKind(kind)]
+        if not sel.any():
+            continue
+        if table.shape[-1] != n_pos or table.shape[0] <= int(nodes.layer[sel].max()):
+            raise ValueError(f"estimates for {NodeKind(kind).value} nodes have shape {tuple(table.shape)}, which does "
+                             f"not fit these prompts ({n_pos} positions): compute them on the same model and pairs")
+        out[sel] = table[nodes.layer[sel], nodes.unit[sel], nodes.pos[sel]].double()
+    return out.nan_to_num()
+
+
+def _name(estimates) -> str | None:
+    return None if estimates is None else str(getattr(estimates, "method", "estimates"))
+
+
+def subset_seed(seed: int, j: int) -> int:
+    """Seed of subset ``j``'s membership (independent streams via numpy's SeedSequence)."""
+    words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(j)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def memberships(n_nodes: int, p: float, seed: int, first: int, count: int) -> Tensor:
+    """(count, n_nodes) bool memberships of subsets ``first .. first+count-1``."""
+    out = torch.empty(count, n_nodes, dtype=torch.bool)
+    gen = torch.Generator()
+    for row in range(count):
+        gen.manual_seed(subset_seed(seed, first + row))
+        out[row].bernoulli_(p, generator=gen)
+    return out
+
+
+def _sample(patcher: JointPatcher, nodes: NodeSet, sums: SubsetSums, store: "_Store", estimate, presence: Tensor,
+            samples: int, p: float, seed: int, memory_mb: float, progress: bool) -> Tensor:
+    """Patch (or reload) ``samples`` subsets; accumulate ``sums``; return the (J, pairs) effects."""
+    chunk = int(max(1, min(256, memory_mb * 2**20 // (16 * len(nodes)))))  # membership + JointPatcher's masks
+    predict = None if estimate is None else estimate * presence  # a subset's predicted mean over pairs
+    out = []
+    with tqdm(total=samples, desc="diagnostic", unit="subset", disable=not progress, leave=False) as bar:
+        try:
+            for lo in range(0, samples, chunk):
+                members = memberships(len(nodes), p, seed, lo, min(chunk, samples - lo))
+                have = max(0, min(len(store.effects) - lo, len(members)))
+                effects = store.effects[lo:lo + have]
+                if have < len(members):
+                    fresh = _patch(patcher, nodes, members[have:], lo + have, samples)
+                    effects = torch.cat([effects, fresh]) if have else fresh
+                    store.append(fresh)
+                y = effects.mean(1) - (0 if predict is None else members_dot(members, predict))
+                sums.add(members, y)
+                out.append(effects)
+                bar.update(len(members))
+        finally:
+            store.save(force=True)
+    return torch.cat(out)
+
+
+def _patch(patcher: JointPatcher, nodes: NodeSet, members: Tensor, first: int, samples: int) -> Tensor:
+    """(B, pairs) joint effects; a non-finite metric raises an error naming the subset and its size."""
+    try:
+        effects = _sharded_effects(patcher, nodes, members)
+    except FloatingPointError:
+        effects = None
+    if effects is not None and bool(torch.isfinite(effects).all()):
+        return effects
+    for row in range(len(members)):  # find the culprit (error path only)
+        try:
+            one = patcher.effects(nodes, members[row:row + 1])
+            bad = not bool(torch.isfinite(one).all())
+        except FloatingPointError:
+            bad = True
+        if bad:
+            raise FloatingPointError(
+                f"the metric is NaN or infinite when subset {first + row} of {samples} ({int(members[row].sum())} "
+                f"unverified nodes, each included with probability p) is patched jointly: the bound would be NaN. "
+                "Check the metric on heavily patched inputs (e.g. a log-probability that underflows), or lower p")
+    raise FloatingPointError(f"the metric is NaN or infinite on a joint patch of subsets {first}..{first + len(members) - 1}")
+
+
+def _sharded_effects(patcher: JointPatcher, nodes: NodeSet, members: Tensor) -> Tensor:
+    """(B, pairs) joint effects; under torch.distributed each process patches every world()-th subset
+    and the rows are all-reduced, so every process holds the whole table (one process: no change).
+    A non-finite metric on any process becomes NaN rows here and is reported after the reduction."""
+    if not distributed.active():
+        return patcher.effects(nodes, members)
+    rows = distributed.shard(torch.arange(len(members)))
+    out = torch.zeros(len(members), len(patcher.pairs), dtype=torch.float64)
+    if len(rows):
+        try:
+            out[rows] = patcher.effects(nodes, members[rows])
+        except FloatingPointError:
+            out[rows] = float("inf")  # surfaces as a non-finite entry after the reduction, on every rank
+    return distributed.all_reduce(out)  # each row was filled by exactly one process
+
+
+def _key(model, pairs, nodes: NodeSet, metric, p: float, seed: int) -> str:
+    base = fingerprint(model, pairs, nodes, metric)
+    return hashlib.sha256(f"{base}|diagnostic|p={p!r}|seed={seed}".encode()).hexdigest()
+
+
+class _Store:
+    """The per-subset effects of one diagnostic run, saved atomically to ``path`` (None: kept in memory)."""
+
+    def __init__(self, path, key: str, every: float):
+        self.path, self.key, self.every = (Path(path) if path else None), key, every
+        self.effects = torch.zeros(0, 0, dtype=torch.float64)
+        self.saved_at, self.dirty = time.monotonic(), False
+        if self.path is not None and self.path.exists():
+            state = load_checked(self.path)
+            if state.get("key") != key:
+                raise ValueError(f"checkpoint {self.path} belongs to a different diagnostic (model, pairs, unverified "
+                                 "nodes, metric, p or seed differ); delete it or pass another checkpoint path")
+            self.effects = state["effects"]
+
+    def append(self, effects: Tensor) -> None:
+        self.effects = effects.clone() if len(self.effects) == 0 else torch.cat([self.effects, effects])
+        self.dirty = True
+        self.save()
+
+    def save(self, force: bool = False) -> None:
+        if self.path is None or not self.dirty or (not force and time.monotonic() - self.saved_at < self.every):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        torch.save({"key": self.key, "effects": self.effects}, tmp)
+        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written checkpoint
+        self.saved_at, self.dirty = time.monotonic(), False
+
+
+class ThetaBelow:
+    """Stop rule for :func:`atpstar.verify`: stop once the diagnostic's θ falls below ``target``.
+
+    ``verify(..., stop=ThetaBelow(0.1))`` runs :func:`diagnose` on the partial verification after
+    every ``every``-th chunk (each run costs ``samples`` patched forwards per pair, so choose
+    ``every`` to keep it a small share of the verification) and stops when, with probability
+    ≥ 1 − δ, no unverified node can have |c(n)| ≥ target. Keyword arguments (``estimates=``,
+    ``bound=``, ``kinds=`` ...) go to :func:`diagnose`. ``history`` keeps every diagnosis as
+    ``(verified nodes, θ, forward equivalents per pair)``; ``last`` the latest :class:`Diagnosis`.
+    The diagnostic's cost is not part of the Verification's cost: add ``cost`` (a Cost) yourself.
+    """
+
+    def __init__(self, target: float, samples: int = 1000, p: float = 0.05, delta: float = 0.05, every: int = 1,
+                 **options):
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not target > 0:
+            raise ValueError(f"ThetaBelow target must be a positive number (an effect size), got {target!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"ThetaBelow every must be a positive integer (chunks between diagnostics), got {every!r}")
+        check_options(samples, p, delta, options.get("bound", "subgaussian"))
+        self.target, self.samples, self.p, self.delta, self.every = float(target), samples, p, delta, every
+        self.options = {"progress": False, **options}
+        self.calls, self.history, self.last, self.cost = 0, [], None, Cost()
+
+    def __call__(self, state) -> str | None:
+        self.calls += 1
+        if self.calls % self.every or len(state.nodes) == len(state.ranking):
+            return None
+        found = diagnose(state.model, state.pairs, state, samples=self.samples, p=self.p, delta=self.delta,
+                         metric=state.metric, **self.options)
+        self.last, self.cost = found, self.cost + found.cost
+        self.history.append((len(state.nodes), found.theta, found.cost.per_pair()))
+        if found.theta < self.target:
+            return (f"theta below target: with probability >= {1 - self.delta:g} no unverified node has "
+                    f"|c(n)| > {found.theta:.4g} < {self.target:g}")
+        return None

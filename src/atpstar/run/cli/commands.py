@@ -1,0 +1,115 @@
+"""What each subcommand does: build a :class:`~atpstar.run.pipeline.RunConfig` from the arguments, call the
+pipeline, print a short summary (stdout); stage messages go to stderr."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from ..options import parse_methods
+
+
+def echo_to_stderr(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: print(f"[atpstar] {msg}", file=sys.stderr, flush=True))
+
+
+def config_from_args(args, task: str):
+    from ..pipeline import RunConfig
+
+    return RunConfig(model=args.model, task=task, pairs=args.pairs, methods=parse_methods(args.method),
+                     kinds=args.kinds, verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
+                     samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,
+                     seed=args.seed, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+
+
+def cmd_run(args, task: str | None = None) -> int:
+    from ..pipeline import run
+
+    config = config_from_args(args, task or args.task).validate()
+    folder = run(config, args.out, progress=not args.quiet, force=args.force, echo=echo_to_stderr(args.quiet))
+    print_summary(folder, args.top)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    if args.out is None:
+        args.out = str(free_name(Path("atpstar-demo")))
+    return cmd_run(args, task="ioi")
+
+
+def free_name(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... the first that does not exist (the demo never overwrites)."""
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def cmd_resume(args) -> int:
+    from ..pipeline import resume
+    from ..folder import RunDir
+
+    meta = RunDir(args.dir).read_meta()
+    if meta.get("status") == "done":
+        print(f"{args.dir}: the run is already finished; nothing to resume (report: {Path(args.dir) / 'report.html'})")
+        return 0
+    folder = resume(args.dir, progress=not args.quiet, echo=echo_to_stderr(args.quiet), batch_size=args.batch_size)
+    print_summary(folder, 15)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..report import write_report
+
+    print(f"report: {write_report(args.dir)}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from ... import load_model, tasks
+    from ...metrics import resolve
+
+    model = load_model(args.model)
+    print(f"built-in tasks (examples tokenized for {model.name}); use one with `atpstar run --task NAME`:\n")
+    for name, builder in tasks.TASKS.items():
+        pairs = builder(model, n=1, seed=0)
+        clean, noise = pairs.texts[0]
+        tok = model.tokenizer
+        answer = tok.decode([int(pairs.answer[0])])
+        distractor = tok.decode([int(pairs.distractor[0])]) if int(pairs.distractor[0]) >= 0 else None
+        summary = (sys.modules[builder.__module__].__doc__ or name).strip().splitlines()[0]
+        summary = re.sub(r"\s*\(SPEC\.md[^)]*\)", "", summary)  # the reference is for developers
+        print(f"{name}: {summary}")
+        print(f"  clean:  {clean!r}\n  noise:  {noise!r}")
+        print(f"  answer: {answer!r}" + (f"   distractor: {distractor!r}" if distractor is not None else ""))
+        print(f"  metric: {resolve(None, pairs).name}\n")
+    print("your own pairs: a .jsonl or .csv file with columns clean, noise, answer[, distractor][, metric]\n"
+          "(see docs/tasks.md), e.g. `atpstar run --task my_pairs.jsonl --out runs/mine`")
+    return 0
+
+
+def print_summary(folder, top: int) -> None:
+    """The top of the ranking with verified effects, the verification and diagnostic outcome, where things are."""
+    meta, nodes = folder.meta, folder.nodes
+    methods = meta["config"]["methods"]
+    from ..folder import method_slug
+
+    slug = method_slug(methods[0])
+    shown = nodes.head(top)[["rank", "name", "token", f"score_{slug}", f"effect_{slug}", "effect_exact"]]
+    print(f"top {len(shown)} of {len(nodes):,} nodes ranked by {methods[0]} "
+          "(effect_exact: verified by exact patching):")
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+    stages = meta["stages"]
+    if "verify" in stages:
+        v = stages["verify"]
+        print(f"verified {v['nodes']:,} nodes ({v['per_pair']:.1f} forward-pass equivalents per pair, "
+              f"{v['seconds']:.1f}s); stopped: {v['stopped']}")
+    if "diagnose" in stages:
+        print(f"diagnostic: {stages['diagnose']['statement']}")
+    total = meta.get("costs", {}).get("total", {})
+    if total:
+        print(f"total cost: {total['per_pair']:.1f} forward-pass equivalents per pair, {total['seconds']:.1f}s")
+    print(f"run folder: {folder.path} (nodes.parquet, nodes.csv, run.json)")
+    print(f"report: {folder.path / 'report.html'}")

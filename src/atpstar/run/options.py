@@ -1,0 +1,209 @@
+"""Parsing and checking the options of a run (shared by the command line and :mod:`atpstar.run.pipeline`).
+
+Every check runs before any model is loaded, and a bad value raises a ValueError that says what
+is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+METHOD_HELP = {
+    "atp*": "AtP* (AtP + QK fix + GradDrop), the default",
+    "atp": "plain attribution patching",
+    "atp+qkfix": "AtP with the QK fix only",
+    "atp+graddrop": "AtP with GradDrop only",
+    "subsampling": "joint patches of random node subsets",
+    "blocks": "joint patches of blocks of contiguous nodes",
+    "hierarchical": "recursive blocks: layer, then head/position, then node",
+    "iterative": "patch every node on one more pair at a time, verifying the best",
+    "acp": "exact activation patching of every node (ground truth; slow)",
+}
+METHOD_NAMES = tuple(METHOD_HELP)
+ATP_FLAGS = {"atp*": (True, True), "atp": (False, False), "atp+qkfix": (True, False), "atp+graddrop": (False, True)}
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16")
+PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_model_spec(spec) -> None:
+    """Catch what can be caught before loading: empty names, missing .gguf files and directories."""
+    from ..substrate.model import check_local_path
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("--model must be 'default', a hub id, a model directory or a .gguf file")
+    if spec.endswith(".gguf"):
+        if not Path(spec).expanduser().is_file():
+            raise FileNotFoundError(f"GGUF file not found: {spec}")
+        return
+    if spec != "default":
+        check_local_path(spec)
+
+
+def check_task(task) -> None:
+    from ..tasks import TASKS
+
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"--task must be one of {sorted(TASKS)} or a path to a .jsonl / .csv pairs file")
+    if task in TASKS:
+        return
+    path = Path(task)
+    if path.suffix.lower() not in PAIR_FILE_SUFFIXES:
+        raise ValueError(f"unknown task {task!r}: use one of {', '.join(sorted(TASKS))} (see `atpstar tasks`), "
+                         "or a path to your own pairs file ending in .jsonl or .csv")
+    if path.is_dir():
+        raise IsADirectoryError(f"{task} is a directory, not a pairs file (.jsonl or .csv)")
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {task}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read the pairs file {task}: permission denied")
+
+
+def parse_methods(methods) -> list[str]:
+    """``"atp*,acp"`` or a list -> a list of known, available method names (duplicates dropped)."""
+    from ..methods import METHODS
+
+    items = methods.split(",") if isinstance(methods, str) else list(methods or [])
+    names = list(dict.fromkeys(m.strip().lower() for m in items if str(m).strip()))
+    if not names:
+        raise ValueError(f"no method given; use one or more of {', '.join(METHOD_NAMES)}")
+    for name in names:
+        if name not in METHOD_HELP:
+            raise ValueError(f"unknown method {name!r}; use one of {', '.join(METHOD_NAMES)} "
+                             "(several, comma-separated: the first one's ranking is verified)")
+        if name not in ATP_FLAGS and name not in METHODS:
+            raise ValueError(f"method {name!r} is not available in this version of atpstar")
+    return names
+
+
+def parse_kinds(kinds) -> list:
+    from ..types import NodeKind
+
+    return NodeKind.parse(kinds)
+
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(nodes?|n|s|sec|seconds?)?\s*$", re.IGNORECASE)
+
+
+def parse_budget(text):
+    """``None``/``"0"``/``"none"`` -> None (no verification); ``"100"`` -> ("forward", 100.0) forward-pass
+    equivalents per pair; ``"50nodes"`` -> ("nodes", 50); ``"60s"`` -> ("seconds", 60.0)."""
+    if text is None or str(text).strip().lower() in ("none", "0", "0.0", "off"):
+        return None
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise ValueError(f"cannot read the verification budget {text!r}: give forward-pass equivalents per pair "
+                         "(e.g. 100), a number of nodes (e.g. 50nodes), seconds (e.g. 60s), or 0 for none")
+    value, unit = float(m.group(1)), (m.group(2) or "").lower()
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the verification budget must be > 0 (or 0 for no verification), got {text!r}")
+    if unit.startswith("n"):
+        if value != int(value):
+            raise ValueError(f"a budget in nodes must be a whole number, got {text!r}")
+        return ("nodes", int(value))
+    if unit.startswith("s"):
+        return ("seconds", value)
+    return ("forward", value)
+
+
+def budget_object(parsed):
+    """The parsed budget as what :func:`atpstar.verify.verify` takes."""
+    from ..verify.loop import Budget
+
+    if parsed is None:
+        return None
+    kind, value = parsed
+    return Budget(**{kind: value})
+
+
+STOP_DEFAULTS = {"window": 20, "relative": 0.01}
+
+
+def parse_stop(text):
+    """``None``/``"none"`` -> None; ``"small-effects"`` -> SmallEffects(window=20, relative=0.01);
+    ``"small-effects:window=30,threshold=0.05"`` -> those settings."""
+    if text is None or str(text).strip().lower() in ("", "none", "off"):
+        return None
+    from ..verify.stopping import SmallEffects
+
+    name, _, args = str(text).strip().partition(":")
+    if name.strip().lower() not in ("small-effects", "small"):
+        raise ValueError(f"unknown stop rule {name!r}; use small-effects[:window=W,threshold=T,relative=R] "
+                         "(stop once the last W verified nodes all had a small effect) or none")
+    values = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in ("window", "threshold", "relative"):
+            raise ValueError(f"stop rule setting {item!r}: use window=W, threshold=T or relative=R")
+        try:
+            values[key.strip()] = int(value) if key.strip() == "window" else float(value)
+        except ValueError:
+            raise ValueError(f"stop rule setting {item!r}: {value!r} is not a number") from None
+    if not values.keys() & {"threshold", "relative"}:
+        values.setdefault("relative", STOP_DEFAULTS["relative"])
+    values.setdefault("window", STOP_DEFAULTS["window"])
+    return SmallEffects(**values)
+
+
+def check_diagnostic(samples, p, delta) -> None:
+    """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
+    import inspect
+
+    from ..diagnose.diagnostic import check_options, diagnose
+
+    if samples is not None:
+        check_int("samples", samples, 2)
+    if p is not None and not (isinstance(p, (int, float)) and 0 < p < 1):
+        raise ValueError(f"p (the chance that a node is in a random subset) must be in (0, 1), got {p!r}")
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise ValueError(f"delta (the bound fails with probability at most delta) must be in (0, 1), got {delta!r}")
+    defaults = {k: v.default for k, v in inspect.signature(diagnose).parameters.items()}
+    try:
+        check_options(defaults["samples"] if samples is None else samples, defaults["p"] if p is None else p, delta,
+                      defaults["bound"])
+    except ValueError as err:
+        raise ValueError(str(err).replace("raise samples", "raise --samples").replace("raise p", "raise --p")) from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    name = str(device).lower()
+    if name not in DEVICES and not re.fullmatch(r"cuda:\d+", name):
+        raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu (or auto)")
+    return name
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def versions() -> dict:
+    """Versions of Python and of the packages that decide the numbers."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("atpstar", "torch", "transformers", "numpy", "pandas", "pyarrow", "matplotlib"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out

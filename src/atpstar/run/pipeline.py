@@ -1,0 +1,170 @@
+"""The whole method as one resumable run: prompt pairs → estimate → verify → diagnose → run folder.
+
+Python users call it like the command line does::
+
+    from atpstar.run.pipeline import RunConfig, run, resume
+    folder = run(RunConfig(model="default", task="ioi", pairs=8, methods=["atp*"], diagnose=True), "runs/ioi")
+    folder.nodes.head()            # the node table (see atpstar.run.folder)
+    resume("runs/ioi")             # after Ctrl-C or a crash: finished stages are skipped
+
+Each stage writes its result into the folder as soon as it finishes (``stages/``), and the long
+ones (exact patching, verification) checkpoint as they go (``checkpoints/``); a resumed run loads
+every finished stage and continues the unfinished one where its checkpoint left it. The prompt
+pairs are saved too, so a resumed run never depends on the task data or pairs file again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import options as opts
+from .folder import FORMAT, NODES_CSV, NODES_PARQUET, REPORT, RunDir, RunFolder, load_run
+
+
+@dataclass
+class RunConfig:
+    """Every option of a run (all recorded in run.json). See ``atpstar run --help`` for each one."""
+
+    model: str = "default"
+    task: str = "ioi"
+    pairs: int | None = None
+    """Pairs to build (built-in tasks; default 8) or to keep from a pairs file (default: all)."""
+    methods: list = field(default_factory=lambda: ["atp*"])
+    """Methods to run; the first one's ranking is verified. With ``acp`` among them (exact patching of
+    every node) the run has ground truth, and the report draws each method's recall-vs-cost curve."""
+    kinds: str = "all"
+    verify_budget: str | None = "100"
+    """Forward-pass equivalents per pair (``"100"``), verified nodes (``"50nodes"``), seconds (``"60s"``),
+    or ``"0"``/``None``: no verification."""
+    stop: str | None = None
+    """``"small-effects[:window=W,threshold=T,relative=R]"`` or None."""
+    diagnose: bool = False
+    samples: int | None = None
+    p: float | None = None
+    delta: float = 0.05
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    batch_size: int | None = None
+    checkpoint_every: float = 30.0
+    """Seconds between checkpoint saves of exact patching and verification."""
+
+    def validate(self) -> "RunConfig":
+        """Check every option before any work (raises ValueError saying what to do)."""
+        opts.check_model_spec(self.model)
+        opts.check_task(self.task)
+        if self.pairs is not None:
+            opts.check_int("pairs", self.pairs, 1)
+        self.methods = opts.parse_methods(self.methods)
+        opts.parse_kinds(self.kinds)
+        budget = opts.budget_object(opts.parse_budget(self.verify_budget))  # Budget checks its own range
+        stop = opts.parse_stop(self.stop)
+        if self.diagnose and budget is None and stop is None:
+            raise ValueError("--diagnose bounds the nodes left unverified, so it needs verification: give "
+                             "--verify-budget (> 0) or --stop")
+        opts.check_diagnostic(self.samples, self.p, self.delta)
+        opts.resolve_device(self.device)
+        opts.torch_dtype(self.dtype)
+        opts.check_int("seed", self.seed, 0)
+        if self.batch_size is not None:
+            opts.check_int("batch_size", self.batch_size, 1)
+        if not (isinstance(self.checkpoint_every, (int, float)) and self.checkpoint_every >= 0):
+            raise ValueError(f"checkpoint_every must be seconds >= 0, got {self.checkpoint_every!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def prepare(out, force: bool = False) -> RunDir:
+    """Create the run folder, refusing to overwrite: an existing folder is reused only if it is empty,
+    or (``force=True``) if it is an atpstar run folder, whose files are then deleted."""
+    folder = RunDir(out)
+    path = folder.path
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {path} is a file; give a folder path for the run")
+    if path.is_dir() and any(path.iterdir()):
+        if not folder.is_run():
+            raise FileExistsError(f"{path} exists and is not an atpstar run folder; choose another --out "
+                                  "(nothing was written)")
+        if not force:
+            raise FileExistsError(f"{path} already holds a run: continue it with `atpstar resume {path}`, "
+                                  "or pass --force to delete it and start over")
+        _clear(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{time.time_ns()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write the run folder {path}: {err.strerror or err}; choose another --out") from None
+    return folder
+
+
+def _clear(folder: RunDir) -> None:
+    for name in ("stages", "checkpoints"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for name in ("run.json", NODES_PARQUET, NODES_CSV, REPORT):
+        (folder / name).unlink(missing_ok=True)
+
+
+def run(config: RunConfig, out, progress: bool = True, force: bool = False, echo=None) -> RunFolder:
+    """Run the pipeline into the folder ``out`` (created; see :func:`prepare`) and return it loaded."""
+    config.validate()
+    fresh = not Path(out).exists() or (Path(out).is_dir() and not any(Path(out).iterdir()))
+    folder = prepare(out, force)
+    meta = {"format": FORMAT, "status": "new", "config": config.to_dict(), "versions": opts.versions(),
+            "stages": {}}
+    folder.write_meta(meta)
+    try:
+        return _execute(folder, meta, progress, echo)
+    except Exception:
+        if fresh and not any((folder / "stages").glob("*")):  # failed before any result (bad input): leave no folder
+            shutil.rmtree(folder.path, ignore_errors=True)
+        raise
+
+
+def resume(out, progress: bool = True, echo=None, batch_size: int | None = None) -> RunFolder:
+    """Continue the run in ``out`` (interrupted, crashed or finished) with no finished work redone.
+    ``batch_size`` replaces the run's (it changes memory use, not results: e.g. after running out of memory)."""
+    folder = RunDir(out)
+    meta = folder.read_meta()
+    if batch_size is not None:
+        meta.setdefault("config", {})["batch_size"] = batch_size
+    RunConfig.from_dict(meta.get("config", {})).validate()
+    return _execute(folder, meta, progress, echo)
+
+
+def _execute(folder: RunDir, meta: dict, progress: bool, echo) -> RunFolder:
+    from .stages import STAGES, Context, report
+
+    ctx = Context(RunConfig.from_dict(meta["config"]), folder, meta, progress, echo or (lambda msg: None))
+    meta["status"] = "running"
+    meta.pop("error", None)
+    folder.write_meta(meta)
+    try:
+        for stage in STAGES:
+            stage(ctx)
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        folder.write_meta(meta)
+        raise
+    except BaseException as err:
+        meta["status"] = "failed"
+        meta["error"] = f"{type(err).__name__}: {err}"
+        folder.write_meta(meta)
+        raise
+    meta["status"] = "done"
+    folder.write_meta(meta)
+    report(ctx)
+    return load_run(folder.path)
+
+
+__all__ = ["RunConfig", "load_run", "prepare", "resume", "run"]

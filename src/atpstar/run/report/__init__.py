@@ -1,0 +1,35 @@
+"""The HTML report of a run folder: ``write_report(DIR)`` writes ``DIR/report.html`` from the folder's
+files alone (``atpstar report DIR`` does the same). The page is self-contained: figures are inline
+PNG images drawn with matplotlib, styles and the table-sorting script are inline, and it makes no
+network request, so it opens offline and can be mailed as one file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..folder import NODES_PARQUET, REPORT, RunDir, atomic_write
+from .page import SECTIONS, build
+
+__all__ = ["SECTIONS", "build", "write_report"]
+
+
+def write_report(run_dir) -> Path:
+    """Build ``report.html`` in the run folder ``run_dir`` and return its path."""
+    folder = RunDir(run_dir)
+    meta = folder.read_meta()
+    if not (folder / NODES_PARQUET).is_file():
+        raise ValueError(f"{folder.path} has no node table yet (the run did not get that far): "
+                         f"finish it with `atpstar resume {folder.path}` first")
+    nodes = pd.read_parquet(folder / NODES_PARQUET)
+    diagnosis = suspects = None
+    if folder.done("diagnosis.json"):
+        diagnosis = json.loads(folder.stage("diagnosis.json").read_text(encoding="utf-8"))
+    if folder.done("suspects.parquet"):
+        suspects = pd.read_parquet(folder.stage("suspects.parquet"))
+    page = build(meta, nodes, diagnosis, suspects)
+    path = folder / REPORT
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return path

@@ -1,0 +1,179 @@
+"""The report as one self-contained HTML page: styles, script and figures inline, no network requests."""
+
+from __future__ import annotations
+
+import html
+import math
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from ..folder import method_slug
+from . import data, figures
+
+SECTIONS = ("summary", "diagnostic", "top-nodes", "heatmaps", "positions", "scatter", "recall")
+
+
+def asset(name: str) -> str:
+    return resources.files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def section(ident: str, title: str, body: str) -> str:
+    return f'<section id="{ident}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+def facts(items) -> str:
+    rows = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items)
+    return f'<dl class="facts">{rows}</dl>'
+
+
+def html_table(frame: pd.DataFrame, ident: str, sortable: bool = True, text_cols=("name", "kind", "token")) -> str:
+    """A table with one ``<th data-col=...>`` per column; numeric cells carry their raw value for sorting."""
+    head = "".join(f'<th data-col="{esc(c)}" class="{"t" if c in text_cols else ""}">{esc(c)}</th>' for c in frame.columns)
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for col, value in zip(frame.columns, row):
+            if col in text_cols:
+                cells.append(f'<td class="t">{esc(repr(value) if col == "token" else value)}</td>')
+                continue
+            sign = ""
+            if col.startswith("effect") and isinstance(value, (float, np.floating)) and math.isfinite(value):
+                sign = ' class="pos"' if value > 0 else ' class="neg"' if value < 0 else ""
+            raw = "" if isinstance(value, (float, np.floating)) and not math.isfinite(value) else value
+            cells.append(f'<td data-v="{esc(raw)}"{sign}>{esc(fmt(value))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    cls = "sortable" if sortable else ""
+    return (f'<div class="scroll"><table id="{ident}" class="{cls}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>\n' + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def token_chips(tokens: list[str], strength: np.ndarray) -> str:
+    """The display prompt's tokens, shaded by the largest score at their position."""
+    top = float(np.nanmax(strength)) if np.isfinite(strength).any() else 0.0
+    chips = []
+    for i, tok in enumerate(tokens):
+        level = float(strength[i]) / top if top > 0 and i < len(strength) and np.isfinite(strength[i]) else 0.0
+        chips.append(f'<span class="tok" style="background: rgba(230, 85, 13, {0.85 * level:.2f})" '
+                     f'title="position {i}: max score {fmt(float(strength[i]) if i < len(strength) else None)}">'
+                     f'{esc(tok)}<small>{i}</small></span>')
+    return '<div class="tokens">' + "".join(chips) + "</div>"
+
+
+def summary(meta: dict, nodes: pd.DataFrame) -> str:
+    cfg, model, st = meta["config"], meta.get("model", {}), meta["stages"]
+    pairs = st.get("pairs", {})
+    example = pairs.get("texts", [[]])[0] if pairs.get("texts") else []
+    verify = st.get("verify")
+    items = [
+        ("model", esc(model.get("description", cfg["model"]))),
+        ("weights sha256", f'<code>{esc(model.get("weights_sha256", "?")[:16])}…</code>'),
+        ("task", esc(cfg["task"])),
+        ("prompt pairs", esc(f'{pairs.get("n", "?")} (token lengths {pairs.get("lengths")}), metric {pairs.get("metric")}')),
+        ("example pair", esc(" / ".join(repr(t) for t in example)) if example else "—"),
+        ("methods", esc(", ".join(cfg["methods"]) + " (the first one's ranking is verified)")),
+        ("node kinds", esc(cfg["kinds"])),
+        ("nodes ranked", f"{len(nodes):,}"),
+        ("verified", esc(f'{verify["nodes"]:,} nodes; stopped: {verify["stopped"]}') if verify else "not run"),
+        ("seed", esc(cfg["seed"])),
+        ("status", esc(meta.get("status"))),
+    ]
+    costs = meta.get("costs", {})
+    rows = "".join(f"<tr><td class='t'>{esc(name)}</td><td>{fmt(c.get('per_pair'))}</td><td>{fmt(c.get('seconds'))}</td></tr>"
+                   for name, c in costs.items())
+    cost_table = ("<h3>Cost</h3><table><thead><tr><th class='t'>stage</th><th>forward-pass equivalents per pair</th>"
+                  f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>") if rows else ""
+    return facts(items) + cost_table
+
+
+def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None) -> str:
+    if diagnosis is None:
+        return '<p class="note">The diagnostic was not run (add <code>--diagnose</code>).</p>'
+    theta = diagnosis.get("theta")
+    body = (f'<p>θ = <span class="theta">{esc(fmt(theta) or "∞")}</span> at δ = {esc(fmt(diagnosis.get("delta")))}: '
+            "no unverified node's |effect| should exceed θ, except with probability δ.</p>"
+            f'<p class="statement">{esc(diagnosis.get("statement", ""))}</p>')
+    if suspects is not None and len(suspects):
+        body += ("<details><summary>The unverified nodes most likely to be large (verify these next)</summary>"
+                 + html_table(suspects.head(20), "suspects") + "</details>")
+    return body
+
+
+def build(meta: dict, nodes: pd.DataFrame, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None) -> str:
+    """The whole page."""
+    methods = meta["config"]["methods"]
+    tokens = meta["stages"].get("pairs", {}).get("tokens", [])
+    parts = [section("summary", "Run", summary(meta, nodes)),
+             section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
+             top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
+             position_section(nodes, methods[0], tokens), scatter_section(nodes, methods[0]),
+             recall_section(nodes, methods, meta)]
+    title = f'atpstar: {meta["config"]["task"]} on {meta.get("model", {}).get("name", meta["config"]["model"])}'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<link rel="icon" href="data:,"><title>{esc(title)}</title><style>{asset("style.css")}</style></head>\n'
+            f'<body><h1>{esc(title)}</h1><p class="sub">AtP* run report — which components cause the behaviour, '
+            "checked by exact patching</p>\n" + "\n".join(parts)
+            + f'\n<script>{asset("sort.js")}</script>\n</body></html>\n')
+
+
+def image(alt: str, uri: str) -> str:
+    return f'<img alt="{esc(alt)}" src="{uri}">'
+
+
+def top_nodes(nodes: pd.DataFrame, methods: list[str]) -> str:
+    top = data.top_table(nodes, methods)
+    return section("top-nodes", f"Top {len(top)} nodes of the {methods[0]} ranking",
+                   '<p class="note">Click a column to sort. effect_exact: verified by exact activation patching '
+                   "(empty: not verified). rank 1 = top of the ranking.</p>" + html_table(top, "top-nodes-table"))
+
+
+def heatmap_section(nodes: pd.DataFrame, primary: str, tokens: list[str]) -> str:
+    score = f"score_{method_slug(primary)}"
+    maps = {k: data.heatmap(nodes, k, score, by="pos" if k == "neuron" else "unit") for k in data.kinds_in(nodes)}
+    return section("heatmaps", "Where the effects are (layer × head, per node kind)",
+                   image("heatmaps", figures.heatmaps(maps, f"max {primary} score over positions", tokens)))
+
+
+def position_section(nodes: pd.DataFrame, primary: str, tokens: list[str]) -> str:
+    n_pos = max(len(tokens), int(nodes["pos"].max()) + 1 if len(nodes) else 0)
+    per_pos = data.by_position(nodes, f"score_{method_slug(primary)}", n_pos)
+    strength = per_pos.max(axis=0).to_numpy(dtype=float)
+    return section("positions", "Per position (the display prompt's tokens)", token_chips(tokens, strength)
+                   + image("positions", figures.positions(per_pos, tokens, f"max {primary} score per kind and position")))
+
+
+def scatter_section(nodes: pd.DataFrame, primary: str) -> str:
+    points = data.scatter(nodes, primary)
+    body = (image("scatter", figures.scatter(points, f"effect_{method_slug(primary)}", primary)) if len(points)
+            else '<p class="note">No verified nodes (give <code>--verify-budget</code>).</p>')
+    return section("scatter", "Estimate against verified effect", body)
+
+
+def recall_section(nodes: pd.DataFrame, methods: list[str], meta: dict) -> str:
+    est_cost = {m: meta["stages"].get(f"estimate:{m}", {}).get("per_pair", 0.0) for m in methods}
+    curves = data.recall_curves(nodes, methods, est_cost)
+    if not curves:
+        body = ('<p class="note">No ground truth in this run: add <code>acp</code> to <code>--method</code> (exact '
+                "patching of every node) to draw each method's recall-vs-cost curve.</p>")
+    else:
+        body = ('<p class="note">The exact effects of every node (acp) give the true ranking; each curve is the cost '
+                "of following a method's ranking (its estimation cost + one forward pass per verified node) until "
+                "the true top-j nodes are all verified. The oracle verifies exactly the top j.</p>"
+                + image("recall", figures.recall(curves, max(int(c[1][-1]) for c in curves.values()))))
+    return section("recall", "Recall against cost", body)

@@ -1,0 +1,234 @@
+"""The stages of a run (:mod:`atpstar.run.pipeline`), in order. Each one skips itself when its result is
+already in the run folder, so that running them all again resumes an interrupted run."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import options as opts
+from ..checkpoint import load_checked
+from ..cost import Cost
+from .folder import NODES_CSV, NODES_PARQUET, RunDir, atomic_write, display_tokens, load_pairs
+from .folder import load_scores, method_slug, node_table, save_frame, save_pairs, save_scores
+
+DEFAULT_PAIRS = 8
+
+
+@dataclass
+class Context:
+    """What the stages share: the options, the folder, run.json's contents and the loaded objects."""
+
+    cfg: object
+    folder: RunDir
+    meta: dict
+    progress: bool
+    echo: object
+    model: object = None
+    pairs: object = None
+    scores: dict = field(default_factory=dict)
+    verification: object = None
+    verified: object = None
+    diagnosis: object = None
+
+    def say(self, message: str) -> None:
+        self.echo(message)
+
+    def record(self, stage: str, **info) -> None:
+        """Store a finished stage's facts in run.json (written at once)."""
+        self.meta["stages"][stage] = {**self.meta["stages"].get(stage, {}), **info, "done": True}
+        self.folder.write_meta(self.meta)
+
+    def done(self, stage: str) -> bool:
+        return bool(self.meta["stages"].get(stage, {}).get("done"))
+
+
+def weights_sha256(model) -> str:
+    """SHA-256 of every tensor of the model's state dict (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.hf.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load(ctx: Context) -> None:
+    from ..substrate.model import load_model
+
+    cfg = ctx.cfg
+    device = opts.resolve_device(cfg.device)
+    ctx.say(f"loading model {cfg.model} ({cfg.dtype} on {device})...")
+    t0 = time.perf_counter()
+    ctx.model = load_model(cfg.model, dtype=opts.torch_dtype(cfg.dtype), device=device)
+    digest = weights_sha256(ctx.model)
+    saved = ctx.meta.get("model", {}).get("weights_sha256")
+    if saved and saved != digest:
+        raise ValueError(f"the weights of model {cfg.model!r} differ from those this run started with "
+                         f"(sha256 {saved[:12]}..., now {digest[:12]}...): resume with the same model, or start a new run")
+    ctx.meta["model"] = {"spec": cfg.model, "name": ctx.model.name, "description": ctx.model.describe(),
+                         "weights_sha256": digest, "device": device, "dtype": cfg.dtype}
+    ctx.say(f"model: {ctx.model.describe()} (loaded in {time.perf_counter() - t0:.1f}s)")
+
+
+def make_pairs(ctx: Context) -> None:
+    from .. import tasks
+
+    cfg, file = ctx.cfg, ctx.folder.stage("pairs.pt")
+    if file.is_file():
+        ctx.pairs = load_pairs(file)
+    else:
+        if cfg.task in tasks.TASKS:
+            pairs = tasks.TASKS[cfg.task](ctx.model, n=cfg.pairs or DEFAULT_PAIRS, seed=cfg.seed)
+        else:
+            loader = tasks.from_csv if cfg.task.lower().endswith(".csv") else tasks.from_jsonl
+            pairs = loader(cfg.task, ctx.model)
+            if cfg.pairs is not None and cfg.pairs < len(pairs):
+                pairs = pairs.select(range(cfg.pairs))
+        pairs.check_vocab(ctx.model.vocab_size)
+        save_pairs(pairs, file)
+        ctx.pairs = pairs
+    tokens, index = display_tokens(ctx.model, ctx.pairs)
+    lengths = ctx.pairs.lengths
+    ctx.record("pairs", n=len(ctx.pairs), lengths=[min(lengths), max(lengths)], metric=_metric_name(ctx.pairs),
+               texts=[list(t) for t in ctx.pairs.texts[:3]], tokens=tokens, display_pair=index)
+    example = f"; e.g. {ctx.pairs.texts[0][0]!r} vs {ctx.pairs.texts[0][1]!r}" if ctx.pairs.texts else ""
+    ctx.say(f"pairs: {len(ctx.pairs)} from {cfg.task} (metric {_metric_name(ctx.pairs)}){example}")
+
+
+def _metric_name(pairs) -> str:
+    from ..metrics import resolve
+
+    return resolve(None, pairs).name
+
+
+def estimate(ctx: Context) -> None:
+    for method in ctx.cfg.methods:
+        file = ctx.folder.stage(f"scores-{method_slug(method)}.pt")
+        if file.is_file():
+            ctx.scores[method] = load_scores(file)
+            continue
+        ctx.say(f"estimating with {method} over {ctx.cfg.kinds} nodes...")
+        scores = run_method(ctx, method)
+        save_scores(scores, file)
+        ctx.scores[method] = scores
+        cost = Cost.of(scores)
+        ctx.record(f"estimate:{method}", cost=cost.to_dict(), per_pair=cost.per_pair(), seconds=cost.seconds,
+                   nodes=sum(int(s.isfinite().sum()) for s in scores.score.values()), info=_plain(scores.info))
+        ctx.say(f"{method}: {ctx.meta['stages'][f'estimate:{method}']['nodes']:,} nodes in {cost.seconds:.1f}s "
+                f"({cost.per_pair():.1f} forward-pass equivalents per pair)")
+
+
+def run_method(ctx: Context, method: str):
+    from ..methods import METHODS, acp, atp
+
+    cfg = ctx.cfg
+    common = {"kinds": cfg.kinds, "progress": ctx.progress}
+    if method in opts.ATP_FLAGS:
+        qk_fix, graddrop = opts.ATP_FLAGS[method]
+        extra = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
+        return atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **common, **extra)
+    if method == "acp":
+        return acp(ctx.model, ctx.pairs, batch_size=cfg.batch_size, checkpoint=ctx.folder.checkpoint("acp.ckpt"),
+                   checkpoint_every=cfg.checkpoint_every, **common)
+    fn = METHODS[method]
+    wanted = inspect.signature(fn).parameters
+    extra = {k: v for k, v in (("seed", cfg.seed), ("batch_size", cfg.batch_size)) if k in wanted and v is not None}
+    return fn(ctx.model, ctx.pairs, **common, **extra)
+
+
+def verify(ctx: Context) -> None:
+    cfg = ctx.cfg
+    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
+    if budget is None and stop is None:
+        return
+    file = ctx.folder.stage("verified.parquet")
+    if file.is_file() and (not cfg.diagnose or ctx.folder.done("diagnosis.json")):
+        import pandas as pd
+
+        ctx.verified = pd.read_parquet(file)
+        return
+    from ..verify.loop import verify as run_verify
+
+    primary = cfg.methods[0]
+    ctx.say(f"verifying the {primary} ranking by exact patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
+    checkpoint = ctx.folder.checkpoint("verify.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)  # a damaged file: a clear error, not torch's unpickling one
+    v = run_verify(ctx.model, ctx.pairs, ctx.scores[primary], budget=opts.budget_object(budget), stop=stop,
+                   checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
+                   progress=ctx.progress)
+    ctx.verification, ctx.verified = v, v.to_frame()
+    save_frame(ctx.verified, file)
+    ctx.record("verify", nodes=len(v.nodes), stopped=v.stopped, cost=v.cost.to_dict(), per_pair=v.cost.per_pair(),
+               seconds=v.cost.seconds, patched=v.patched, reused=v.reused, stop_index=v.stop_index)
+    ctx.say(f"verified {len(v.nodes):,} nodes in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
+
+
+def diagnose(ctx: Context) -> None:
+    cfg = ctx.cfg
+    if not cfg.diagnose or ctx.folder.done("diagnosis.json"):
+        return
+    if ctx.verification is None:
+        raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
+    from ..diagnose.diagnostic import diagnose as run_diagnose
+
+    ctx.say("diagnostic: bounding the effects of the unverified nodes...")
+    primary = ctx.cfg.methods[0]
+    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
+    estimates = ctx.scores[primary] if primary in opts.ATP_FLAGS else None  # AtP's prediction lowers the variance
+    checkpoint = ctx.folder.checkpoint("diagnose.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)
+    d = run_diagnose(ctx.model, ctx.pairs, ctx.verification, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
+                     checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
+                     progress=ctx.progress, **extra)
+    if d.suspects is not None:
+        save_frame(d.suspects, ctx.folder.stage("suspects.parquet"))
+    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    atomic_write(ctx.folder.stage("diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    ctx.meta["diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.record("diagnose", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
+    ctx.say(d.statement)
+
+
+def tables(ctx: Context) -> None:
+    ctx.say("writing the node table...")
+    tokens = ctx.meta["stages"]["pairs"]["tokens"]
+    frame = node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens)
+    save_frame(frame, ctx.folder / NODES_PARQUET)
+    atomic_write(ctx.folder / NODES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    ctx.meta["costs"] = costs(ctx.meta)
+    ctx.record("tables", rows=len(frame))
+
+
+def costs(meta: dict) -> dict:
+    """Forward-pass equivalents per pair and seconds of each stage, and of estimate + verify (+ diagnose)."""
+    out = {name: {"per_pair": info.get("per_pair"), "seconds": info.get("seconds")}
+           for name, info in meta["stages"].items() if "per_pair" in info}
+    out["total"] = {k: sum(v[k] or 0.0 for v in out.values()) for k in ("per_pair", "seconds")}
+    return out
+
+
+def report(ctx: Context) -> None:
+    """Not a stage: written after the run is marked done (``atpstar report DIR`` rebuilds it)."""
+    from .report import write_report
+
+    path = write_report(ctx.folder.path)
+    ctx.say(f"report: {path}")
+
+
+def _plain(value):
+    """JSON-safe copy (Costs, tensors and numpy numbers made plain)."""
+    from .folder import _jsonable
+
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+STAGES = (load, make_pairs, estimate, verify, diagnose, tables)

@@ -1,0 +1,16 @@
+"""The substrate: a Hugging Face causal LM made inspectable, and every run of it atpstar does.
+
+Model loading (:mod:`.model`, any hub id, directory or GGUF file), the per-architecture table
+(:mod:`.arch`), device and dtype placement (:mod:`.devices`), the registered attention function
+that exposes q, k, v, probabilities and head outputs (:mod:`.attention`), capture and patch of every
+node in one forward or backward (:mod:`.capture`), patched forward passes that skip unchanged layers
+and positions (:mod:`.patching`), cost-aware batches (:mod:`.batching`), node sets patched jointly
+(:mod:`.joint`) and the measured backward/forward ratio (:mod:`.timing`).
+Imports only the shared vocabulary (``atpstar.types``, ``nodes``, ``pairs``, ...).
+"""
+
+from .joint import JointPatcher, joint_patch
+from .model import Model, load_model
+from .timing import measure_backward_ratio
+
+__all__ = ["JointPatcher", "Model", "joint_patch", "load_model", "measure_backward_ratio"]

@@ -1,0 +1,167 @@
+"""Cost of verified recall (SPEC.md §9): what it costs, in forward-pass equivalents per prompt pair,
+to have verified the true top-k nodes by following a ranking.
+
+For a ranking and the exact truth (activation patching) over the same nodes, and every k = 1..K:
+
+- ``verified``: how many nodes must be verified in rank order until the k nodes of largest true
+  |mean effect| have all been verified (the largest rank among them, plus one);
+- ``cost`` = the method's estimation cost per pair + ``verified`` (one forward pass per verified
+  node per pair, the paper's unit). The oracle (ranking by the truth) has cost k;
+- the same for a relaxed target: ``ceil(relaxed * k)`` of the true top-k verified.
+
+**Ties in the truth** (equal |effect|, e.g. the many exact zeros of no-op patches): the true top-k
+is then not unique; every choice of k nodes with the k largest values is a valid top-k, and the
+cost is that of the cheapest one for this ranking (tied nodes are taken in ranking order). So a
+method is never charged for the order in which it lists nodes the truth cannot tell apart.
+
+Everything is vectorised (rank arrays, cumulative maxima; the relaxed target's order statistics in
+blocks of k): rankings of all of a model's nodes hold ~10^6 entries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..cost import Cost
+from .ranking import Ranking, as_ranking, check_unique
+
+
+def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0.9, kinds=None) -> pd.DataFrame:
+    """Cost of verifying the true top-k by following ``ranking``, for k = 1..``k``.
+
+    Args:
+        ranking: a Scores (ranked by score), a DataFrame with kind/layer/unit/pos in ranked order, a
+            NodeSet or node names in ranked order. Nodes whose score is NaN go last; NaN-scored
+            entries the truth does not have (a Scores' absent positions) are ignored.
+        truth: exact effects: a Scores from :func:`atpstar.acp` (|mean effect|), a
+            :class:`~atpstar.verify.Verification`, or a DataFrame with kind/layer/unit/pos and
+            ``effect`` (signed mean; its absolute value is used) or ``score`` (= |mean effect|).
+            Nodes with a NaN truth are not part of it.
+        k: the largest k (at most the number of truth nodes).
+        estimation_cost: the method's estimation cost: forward-pass equivalents per pair (a
+            number), a :class:`~atpstar.cost.Cost`, or a Scores whose ``info["cost"]`` to use;
+            None: 0 (e.g. the oracle).
+        relaxed: fraction of the top-k that the relaxed target needs verified, in (0, 1].
+        kinds: restrict ranking and truth to these node kinds (per-kind curves).
+
+    Returns:
+        DataFrame with one row per k: ``k``, ``cost``, ``cost_relaxed``, ``verified``,
+        ``verified_relaxed``, ``target_relaxed`` (= ceil(relaxed·k)), ``estimation``, ``oracle`` (= k)
+        and ``effect_k`` (the k-th largest true |mean effect|).
+    """
+    if not 0 < relaxed <= 1:
+        raise ValueError(f"relaxed must be a fraction in (0, 1], got {relaxed!r}")
+    estimation = _per_pair_cost(estimation_cost)
+    value, rank = _matched(ranking, truth, kinds)
+    n = len(value)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in 1..{n} (the number of truth nodes), got {k!r}")
+    order = np.lexsort((rank, -value))[:k]  # true top-k by |effect|; ties: in ranking order
+    top_rank = rank[order]
+    verified = np.maximum.accumulate(top_rank) + 1
+    ks = np.arange(1, k + 1)
+    target = np.maximum(1, np.ceil(relaxed * ks - 1e-9).astype(np.int64))
+    verified_relaxed = _prefix_order_statistic(top_rank, target) + 1
+    return pd.DataFrame({
+        "k": ks, "cost": estimation + verified, "cost_relaxed": estimation + verified_relaxed,
+        "verified": verified, "verified_relaxed": verified_relaxed, "target_relaxed": target,
+        "estimation": estimation, "oracle": ks, "effect_k": value[order],
+    })
+
+
+def _per_pair_cost(estimation_cost) -> float:
+    if estimation_cost is None:
+        return 0.0
+    if isinstance(estimation_cost, (int, float, np.floating, np.integer)) and not isinstance(estimation_cost, bool):
+        cost = float(estimation_cost)
+    else:
+        try:
+            cost = Cost.of(estimation_cost).per_pair()
+        except (ValueError, TypeError, AttributeError) as err:
+            raise TypeError(f"estimation_cost must be forward-pass equivalents per pair, a Cost or a Scores with "
+                            f"info['cost'], got {type(estimation_cost).__name__}: {err}") from None
+    if not cost >= 0:
+        raise ValueError(f"estimation_cost must be >= 0 forward-pass equivalents per pair, got {cost!r}")
+    return cost
+
+
+def _truth(truth, kinds):
+    """(NodeSet, |mean effect| float64 numpy) of the truth's nodes (NaN dropped)."""
+    if hasattr(truth, "per_pair") and hasattr(truth, "nodes") and hasattr(truth, "rank"):  # a Verification
+        ranked = as_ranking(Ranking(truth.nodes, truth.effect.abs(), truth.effect), kinds)
+        value = ranked.score
+    elif isinstance(truth, pd.DataFrame) or isinstance(getattr(truth, "score", None), dict):
+        if isinstance(truth, pd.DataFrame) and "effect" not in truth.columns and "score" not in truth.columns:
+            raise ValueError("truth table needs an 'effect' (exact signed mean effect) or 'score' (= |mean effect|) column")
+        ranked = as_ranking(truth, kinds)
+        use_effect = ranked.from_scores or "effect" in truth.columns
+        value = ranked.estimate.abs() if use_effect else ranked.score
+    else:
+        raise TypeError(f"truth must be exact effects: a Scores from acp, a Verification or a DataFrame with an "
+                        f"'effect' or 'score' column, got {type(truth).__name__}")
+    keep = value.isfinite()
+    return ranked.nodes.take(keep), value[keep].numpy()
+
+
+def _dims(*sets) -> tuple[int, int, int]:
+    def top(attr):
+        return max([int(getattr(s, attr).max()) + 1 for s in sets if len(s)] + [1])
+
+    if any(len(s) and min(int(t.min()) for t in (s.layer, s.unit, s.pos)) < 0 for s in sets):
+        raise ValueError("node layer, unit and position must be >= 0")
+    return top("layer"), top("unit"), top("pos")
+
+
+def _matched(ranking, truth, kinds):
+    """(|effect| per truth node, 0-based rank of that node in the ranking restricted to truth nodes)."""
+    truth_nodes, value = _truth(truth, kinds)
+    ranked = as_ranking(ranking, kinds)
+    if len(truth_nodes) == 0:
+        raise ValueError("the truth has no nodes (of these kinds) with a finite effect")
+    dims = _dims(truth_nodes, ranked.nodes)
+    t_ids, r_ids = truth_nodes.ids(dims), ranked.nodes.ids(dims)
+    check_unique(truth_nodes, t_ids, "the truth")
+    check_unique(ranked.nodes, r_ids, "the ranking")
+    r_sorted, r_order = torch.sort(r_ids)
+    at = torch.searchsorted(r_sorted, t_ids).clamp(max=max(len(r_ids) - 1, 0))
+    found = r_sorted[at] == t_ids if len(r_ids) else torch.zeros(len(t_ids), dtype=torch.bool)
+    if not found.all():
+        raise ValueError(_mismatch(truth_nodes, ~found, "the truth has", "the ranking lacks"))
+    position = r_order[at]  # each truth node's index in the ranking
+    in_truth = torch.zeros(len(r_ids), dtype=torch.bool)
+    in_truth[position] = True
+    scored = ranked.from_scores or (isinstance(ranking, pd.DataFrame) and "score" in ranking.columns)
+    extra = ~in_truth & (~ranked.score.isnan() if scored else torch.ones_like(in_truth))
+    if extra.any():  # a NaN-scored entry the truth lacks is a node that exists for no pair: ignored
+        raise ValueError(_mismatch(ranked.nodes, extra, "the ranking has", "the truth lacks"))
+    rank = torch.cumsum(in_truth.long(), 0) - 1  # rank among the ranking's truth nodes
+    return value, rank[position].numpy()
+
+
+def _mismatch(nodes, mask, has: str, lacks: str) -> str:
+    i = int(mask.nonzero()[0])
+    name = nodes.take(slice(i, i + 1)).to_nodes()[0].name
+    return (f"truth and ranking cover different nodes: {has} {int(mask.sum())} nodes {lacks} (e.g. {name}); "
+            "rank and score the same node set (same kinds, positions and layers), or pass kinds=")
+
+
+def _prefix_order_statistic(values: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """For each k: the ``target[k-1]``-th smallest of ``values[:k]`` (distinct integers), in blocks
+    of rows of a (k, value) count table so memory stays ~16 MB."""
+    n = len(values)
+    sorted_vals = np.sort(values)
+    comp = np.searchsorted(sorted_vals, values)  # values as a permutation of 0..n-1
+    out = np.empty(n, dtype=np.int64)
+    hist = np.zeros(n, dtype=np.int32)  # histogram of comp over the rows before this block
+    block = max(1, 2**22 // max(n, 1))
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        counts = np.zeros((hi - lo, n), dtype=np.int32)
+        counts[np.arange(hi - lo), comp[lo:hi]] = 1
+        counts = np.cumsum(counts, 0, out=counts) + hist  # row b: histogram of the first lo + b + 1 values
+        hist = counts[-1].copy()
+        below = np.cumsum(counts, 1, out=counts)  # row b, column j: how many of them are <= sorted_vals[j]
+        out[lo:hi] = sorted_vals[np.argmax(below >= target[lo:hi, None], axis=1)]
+    return out

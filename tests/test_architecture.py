@@ -1,0 +1,116 @@
+"""The rules of the house (docs/architecture.md), checked on the source: imports point down the stack,
+no import circle, no module over the size limit, and the old flat module paths still resolve."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import atpstar
+from atpstar._moved import MOVED, new_place
+
+SRC = Path(atpstar.__file__).parent
+MAX_LINES = 400
+
+# Each stage may import itself and any stage of a lower rank; equal ranks may not import each other.
+RANK = {"vocabulary": 0, "substrate": 1, "tasks": 2, "methods": 2, "edges": 3, "diagnose": 4, "verify": 5, "run": 6}
+
+
+def stage(module: str) -> str:
+    """``atpstar.verify.loop`` -> ``verify``; a top-level module is the shared vocabulary."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in RANK else "vocabulary"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """Every atpstar module ``name`` imports, at module level or inside a function."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found, known = set(), modules()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+            names = [f"{base}.{a.name}" for a in node.names]
+            targets = names if any(n in known for n in names) else [base]  # `from . import module` names the module
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t and t.startswith("atpstar"))
+    return {t for t in found if t in known and t != name}
+
+
+def test_imports_point_down_the_stack():
+    wrong = []
+    for name, path in modules().items():
+        if name in ("atpstar", "atpstar.__main__", "atpstar._moved"):
+            continue  # the front door re-exports every stage
+        for target in imports(name, path):
+            if target == "atpstar":
+                wrong.append(f"{name} imports the package root (import the module that defines the name)")
+                continue
+            a, b = stage(name), stage(target)
+            if a != b and RANK[b] >= RANK[a]:
+                wrong.append(f"{name} ({a}) imports {target} ({b})")
+    assert not wrong, "imports that point up or sideways:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_circle():
+    graph = {name: imports(name, path) for name, path in modules().items()}
+    # a package's __init__ importing its own modules is not a circle through them
+    edges = {n: {t for t in ts if not (n.startswith(t + ".") and (SRC.parent / t.replace(".", "/") / "__init__.py").exists())}
+             for n, ts in graph.items()}
+    state, stack, cycles = {}, [], []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for t in edges.get(n, ()):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(edges):
+        if n not in state:
+            visit(n)
+    assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_over_the_size_limit():
+    big = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines (split them by idea): {big}"
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_old_module_paths_resolve_to_the_new_module_with_a_warning(old):
+    new = importlib.import_module(new_place(f"atpstar.{old}"))
+    sys.modules.pop(f"atpstar.{old}", None)
+    with pytest.warns(DeprecationWarning, match=rf"atpstar\.{old} has moved to {new.__name__}"):
+        module = importlib.import_module(f"atpstar.{old}")
+    assert module is new
+    assert module.__spec__.name == new.__name__  # the real module keeps its own identity
+
+
+def test_names_inside_an_old_module_keep_working():
+    sys.modules.pop("atpstar.stopping", None), sys.modules.pop("atpstar.cli", None)
+    with pytest.warns(DeprecationWarning):
+        from atpstar.stopping import SmallEffects  # noqa: F401
+        from atpstar.cli import main
+    assert SmallEffects is atpstar.SmallEffects
+    assert main is atpstar.run.cli.main
