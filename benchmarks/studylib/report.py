@@ -18,15 +18,19 @@ from .plots import geo_mean_over_pairs
 from .rankings import ATP_VARIANTS, BASELINES
 
 OBSERVATIONS = "\n## Observations"
+TASK_ORDER = ("ioi", "city", "rand")
 NON_GRADIENT = ("Subsampling", "Blocks", "Hierarchical", "Iterative", "random")
 
 
 def load_results(root: Path) -> tuple[pd.DataFrame, dict]:
     """Every cached ``curves_<study>.csv.gz`` (with a ``study`` column; files from before the model
     option get the default model) and ``{study: timings}``."""
-    order = {"ioi": 0, "city": 1, "rand": 2}
-    paths = sorted(root.glob("curves_*.csv.gz"), key=lambda p: (p.name.count("_") > 1, "neuronpos" in p.name,
-                                                                  order.get(p.name.split("_")[-1].split(".")[0], 9), p.name))
+    def order(path: Path):  # default model first, then by node groups, then in the tasks' order
+        parts = path.name[len("curves_"):-len(".csv.gz")].split("_")
+        task = [i for i, t in enumerate(TASK_ORDER) if t in parts]
+        return (parts[0] not in TASK_ORDER, "neuronpos" in parts, task[0] if task else 9, path.name)
+
+    paths = sorted(root.glob("curves_*.csv.gz"), key=order)
     if not paths:
         raise SystemExit(f"no cached curves under {root}: run without --docs-only first")
     frames, timings = [], {}
@@ -144,8 +148,11 @@ def timing_table(timings: dict) -> str:
     rows = []
     for study, t in timings.items():
         total = sum(s["seconds"] for s in t.get("settings", []))
-        rows.append([t["model"], t["task"], ", ".join(t["groups"]), f"{t['backward_ratio']:.2f}", f"{total:.0f}"])
-    head = ["model", "task", "node groups", "backward/forward ratio", "all methods, all settings (s)"]
+        ran = sorted({m for b in t.get("baselines", []) for m in b} - {"setting", "group"})
+        rows.append([t["model"], t["task"], ", ".join(t["groups"]), ", ".join(ran), f"{t['backward_ratio']:.2f}",
+                     f"{total:.0f}"])
+    head = ["model", "task", "node groups", "joint-patching baselines run", "backward/forward ratio",
+            "all methods, all settings (s)"]
     est = pd.concat([pd.DataFrame(t.get("estimates", [])).assign(model=t["model"], task=t["task"], groups=", ".join(t["groups"]))
                      for t in timings.values()])
     base = pd.concat([pd.DataFrame(t.get("baselines", [])).assign(model=t["model"], task=t["task"])
