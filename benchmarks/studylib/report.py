@@ -185,8 +185,9 @@ def intro(curves: pd.DataFrame, timings: dict, args) -> str:
         "Iterative (distribution only) reads the cached exact per-pair effects instead of re-patching.\n\n"
         "Regenerate (the truth is cached; `--recompute` recomputes it):\n\n"
         "```\nOMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/study.py                      # SmolLM2: attention + final-position neurons\n"
-        "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/study.py --groups neuron_pos   # SmolLM2: sampled neurons, every position\n"
-        "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/study.py --model gemma3-270m --groups attn\n"
+        "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/study.py --groups neuron_pos --baselines Blocks,Hierarchical\n"
+        "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/study.py --model gemma3-270m --groups attn --pairs 2 "
+        "--baselines Blocks,Hierarchical\n"
         "PYTHONPATH=src python benchmarks/study.py --docs-only                             # this page, from the cached curves\n```\n"
     )
 
