@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, DTYPES, METHOD_HELP
+from ..options import DEVICES, DTYPES, LEVELS, METHOD_HELP
 
 DESCRIPTION = """\
 atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
@@ -26,8 +26,10 @@ examples:
   atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
+  atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges
 
-the run folder DIR holds run.json, nodes.parquet, nodes.csv, report.html, stages/ and checkpoints/;
+the run folder DIR holds run.json, nodes.parquet, nodes.csv (edges.parquet, edges.csv with --level edges
+or both), report.html, stages/ and checkpoints/;
 an existing DIR is never overwritten (continue it with `atpstar resume DIR`, or pass --force).""",
     "demo": """\
 examples:
@@ -72,10 +74,16 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     what.add_argument("--kinds", default=DEMO["kinds"] if demo else "all", metavar="K",
                       help="node kinds: q,k,v,head,neuron (comma-separated), 'attn' or 'all' (default %s)"
                       % (DEMO["kinds"] if demo else "all"))
+    what.add_argument("--level", default="nodes", choices=LEVELS,
+                      help="rank nodes (default), edges (writer -> reader at one position: a head's or MLP's write "
+                           "read by a later query, key, value, MLP or the logits; SPEC §11), or both; edges are "
+                           "ranked by the first method (an AtP variant), verified by exact edge patching and drawn "
+                           "as a circuit in the report")
     check = p.add_argument_group("verification and diagnostic")
     check.add_argument("--verify-budget", default=DEMO["verify_budget"] if demo else "100", metavar="B",
                        help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "
-                            "the clean and noise runs count 2), a node count (50nodes), seconds (60s), or 0 for none "
+                            "the clean and noise runs count 2), a node (or edge) count (50nodes, 50edges), seconds "
+                            "(60s), or 0 for none "
                             "(default %s)" % (DEMO["verify_budget"] if demo else "100"))
     check.add_argument("--stop", default=None, metavar="RULE",
                        help="stop verifying early: small-effects[:window=W,threshold=T,relative=R] stops once the "
