@@ -145,3 +145,31 @@ def test_transformerlens_hooks_of_edges():
         tl_hook("L3.mlp@2")
     with pytest.raises(ValueError, match="not a writer"):
         tl_edge_hooks("logits@1 -> L0.mlp@1", n_layers=2)
+
+
+def test_eap_graph_of_edge_scores_sums_every_position():
+    from types import SimpleNamespace
+
+    import torch
+
+    from atpstar.edges import EdgeGraph, EdgeScores
+    from atpstar.edges.export import eap_graph_of
+
+    model = SimpleNamespace(name="m", n_layers=2, n_heads=4, n_kv_heads=2,
+                            arch=SimpleNamespace(family="llama", parallel_residual=False))
+    graph = EdgeGraph.of(model)
+    effect = torch.randn(graph.n_writers, graph.n_readers, 3, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+    effect[~graph.valid] = torch.nan
+    scores = EdgeScores("atp*", graph, effect, effect.abs(), 1)
+    g = eap_graph_of(scores, d_model=8, circuit=5)
+    assert g["cfg"] == CFG
+    assert sum(v["in_graph"] for v in g["edges"].values()) == 5
+    w, r = graph.writer_names.index("L0.head.H1"), graph.reader_names.index("L1.q.H2")
+    assert g["edges"]["a0.h1->a1.h2<q>"]["score"] == pytest.approx(float(effect[w, r].sum()))
+    w, r = graph.writer_names.index("embed"), graph.reader_names.index("L1.k.G1")
+    assert g["edges"]["input->a1.h2<k>"]["score"] == pytest.approx(float(effect[w, r].sum()) / 2)
+    total = sum(v["score"] for v in g["edges"].values())
+    assert total == pytest.approx(float(effect.nansum()))  # every edge at every position, once
+    chosen = eap_graph_of(scores, 8, circuit=["L0.head.H1@2 -> L1.q.H2@2"])
+    assert [n for n, v in chosen["edges"].items() if v["in_graph"]] == ["a0.h1->a1.h2<q>"]

@@ -118,6 +118,20 @@ def test_both_levels_and_the_command_line(tiny_dir, tmp_path, planted, capsys): 
     assert "no node table" not in page and page.count("data:image/png;base64,") >= 3
     code = main(["report", str(out)])
     assert code == 0
+    # export: the verified edges form the EAP-IG graph's circuit
+    assert main(["export", str(out)]) == 0
+    graph = json.loads((out / "eap-graph.json").read_text())
+    assert set(graph) == {"cfg", "nodes", "edges"} and graph["cfg"]["d_model"] == 32
+    members = {n for n, v in graph["edges"].items() if v["in_graph"]}
+    from atpstar.edges.export import from_eap_graph
+    back = from_eap_graph(graph)
+    wanted = {n.replace("@", " ").split()[0] + " -> " + n.split("-> ")[1].split("@")[0] for n in folder.verified_edges["name"]}
+    assert set(back.loc[back["in_graph"], "name"]) == wanted and len(members) >= len(wanted)
+    assert main(["export", str(out), "--circuit", "top:3", "--out", str(tmp_path / "ioi_tiny" / "g.json")]) == 0
+    top3 = json.loads((tmp_path / "ioi_tiny" / "g.json").read_text())
+    assert from_eap_graph(top3)["in_graph"].sum() == 3  # our edges (a key/value group spans 2 EAP-IG edges)
+    assert main(["export", str(out), "--circuit", "top:x"]) == 2
+    assert "use verified, top:N" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

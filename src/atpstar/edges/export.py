@@ -37,8 +37,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["EAP_CFG_KEYS", "TLHook", "eap_config", "eap_edge_names", "from_eap_graph", "mib_folder_name",
-           "tl_edge_hooks", "tl_hook", "to_eap_graph", "write_eap_json"]
+__all__ = ["EAP_CFG_KEYS", "TLHook", "eap_config", "eap_edge_names", "eap_graph_of", "from_eap_graph", "mib_folder_name",
+           "tl_edge_hooks", "tl_hook", "to_eap_graph", "write_eap_json", "write_json"]
 
 EAP_CFG_KEYS = ("n_layers", "n_heads", "parallel_attn_mlp", "d_model")
 """The model facts EAP-IG's ``Graph.from_model`` reads from ``cfg``."""
@@ -171,11 +171,36 @@ def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph
     return {"cfg": out_cfg, "nodes": nodes, "edges": edges}
 
 
+def eap_graph_of(scores, d_model: int, circuit=None) -> dict:
+    """The EAP-IG graph of an :class:`~atpstar.edges.EdgeScores`: every edge's signed effect summed over
+    positions (``scores.group("positions")``, so no position is left out) as its score, and in the graph:
+    ``circuit`` = an int N (the N edges of largest |summed effect|), a collection of edge names
+    (``"L3.head.H5 -> L7.k.G1"``, ``@t`` ignored: that edge at any position puts it in), or None (all)."""
+    table = scores.group("positions")
+    g = scores.graph
+    cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": bool(g.parallel_residual),
+           "d_model": int(d_model), "n_key_value_heads": g.n_kv_heads}
+    if circuit is None:
+        member = np.ones(len(table), dtype=bool)
+    elif isinstance(circuit, (int, np.integer)) and not isinstance(circuit, bool):
+        member = np.zeros(len(table), dtype=bool)
+        member[np.argsort(-table["effect"].abs().to_numpy(), kind="stable")[: int(circuit)]] = True
+    else:
+        wanted = {tuple(_split(name)) for name in circuit}
+        member = np.array([(w, r) in wanted for w, r in zip(table["writer"], table["reader"])], dtype=bool)
+    return to_eap_graph(table.assign(in_circuit=member), cfg, value="effect", in_graph="in_circuit")
+
+
 def write_eap_json(table: pd.DataFrame, cfg: dict, path, **options) -> Path:
     """Write :func:`to_eap_graph` to ``path`` (EAP-IG's ``Graph.from_json`` and MIB's evaluation read it)."""
+    return write_json(to_eap_graph(table, cfg, **options), path)
+
+
+def write_json(graph: dict, path) -> Path:
+    """Write a graph dict as strict JSON (no NaN), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_eap_graph(table, cfg, **options)), encoding="utf-8")
+    path.write_text(json.dumps(graph, allow_nan=False), encoding="utf-8")
     return path
 
 

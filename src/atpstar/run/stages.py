@@ -270,7 +270,7 @@ def edges(ctx: Context) -> None:
         cost = Cost.of(scores)
         g = scores.graph
         ctx.record("edges", method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
-                   n_kv_heads=g.n_kv_heads, per_head=g.per_head, cost=cost.to_dict(), per_pair=cost.per_pair(),
+                   n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(), per_pair=cost.per_pair(),
                    seconds=cost.seconds)
         ctx.say(f"{method}: {ctx.meta['stages']['edges']['edges']:,} edges in {cost.seconds:.1f}s "
                 f"({cost.per_pair():.1f} forward-pass equivalents per pair)")

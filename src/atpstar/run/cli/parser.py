@@ -42,6 +42,14 @@ examples:
 examples:
   atpstar resume runs/ioi               # continues where the run stopped; finished stages are not redone
   atpstar resume runs/ioi --batch-size 1 --quiet     # e.g. after running out of memory""",
+    "export": """\
+examples:
+  atpstar export runs/ioi-edges                       # runs/ioi-edges/eap-graph.json: the verified edges in the graph
+  atpstar export runs/ioi-edges --circuit top:200 --out circuits/ioi_smollm2/graph.json
+
+writes EAP-IG's Graph.to_json format (nodes input, a{L}.h{H}, m{L}, logits; edges summed over positions,
+'score' = signed effect, 'in_graph' = the circuit), which EAP-IG's Graph.from_json and the MIB circuit
+track read (MIB wants one folder per task and model: circuits/TASK_MODEL/).""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
@@ -138,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace the run's batch size (memory only, results are the same), e.g. after running "
                              "out of memory")
     resume.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+    export = add("export", "write a run's edges as an EAP-IG / MIB circuit graph (JSON)")
+    export.add_argument("dir", metavar="DIR", help="a run folder made with --level edges or both")
+    export.add_argument("--out", default=None, metavar="FILE", help="the JSON file (default DIR/eap-graph.json)")
+    export.add_argument("--circuit", default=None, metavar="WHICH",
+                        help="which edges are in the graph: 'verified' (default when edges were verified), 'top:N' "
+                             "(the N edges of largest |effect| summed over positions; default top:100 otherwise), "
+                             "or 'all'")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
     tasks.add_argument("--quiet", action="store_true", help="no progress bars")
