@@ -155,3 +155,17 @@ def test_level_is_checked_in_python_too():
     with pytest.raises(ValueError, match="unknown level 'arcs'"):
         RunConfig(level="arcs").validate()
     assert RunConfig.from_dict({"task": "ioi"}).level == "nodes"  # run.json from before --level
+
+
+def test_edge_run_verifies_with_exact_edge_patching(tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+    """Planted estimates, real verification: the folder's effect_exact is edge_acp of the top edges."""
+    module = types.ModuleType("atpstar.edges.atp")
+    module.atp = planted_atp
+    monkeypatch.setitem(sys.modules, "atpstar.edges.atp", module)
+    folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="6edges"), tmp_path / "r", progress=False)
+    verified = folder.edges[folder.edges["verified"]]
+    assert verified["rank"].tolist() == list(range(1, 7))
+    from atpstar.edges.patching import edge_acp
+    exact = edge_acp(atpstar.load_model(tiny_dir), folder.pairs, verified["name"].tolist()).to_frame().set_index("name")
+    np.testing.assert_allclose(verified["effect_exact"], exact.loc[verified["name"], "effect"], rtol=1e-4, atol=2e-5)
+    assert folder.meta["stages"]["verify:edges"]["stopped"] == "budget"
