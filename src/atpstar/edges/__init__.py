@@ -7,6 +7,7 @@
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
   (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets);
+- :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
 - :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
 """
 
@@ -17,6 +18,9 @@ from .scores import EdgeScores, edge_frame
 
 __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "edge_acp", "edge_frame", "edge_patch", "heads_additive"]
 
-from .export import eap_config, from_eap_graph, tl_edge_hooks, tl_hook, to_eap_graph, write_eap_json  # noqa: E402
+from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
+                     to_eap_graph, write_eap_json)
+from .verify import EdgeVerification, verify_edges  # noqa: E402
 
-__all__ += ["eap_config", "from_eap_graph", "tl_edge_hooks", "tl_hook", "to_eap_graph", "write_eap_json"]
+__all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
+            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json"]
