@@ -7,16 +7,18 @@
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
   (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets);
-- :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
-- :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
+- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*.
 """
 
+from .atp import atp
 from .edgeset import EdgeSet
 from .graph import READER_KINDS, WRITER_KINDS, EdgeGraph, heads_additive
 from .patching import EdgePatcher, edge_acp, edge_patch
 from .scores import EdgeScores, edge_frame
 
-__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "edge_acp", "edge_frame", "edge_patch", "heads_additive"]
+edge_atp = atp
+
+__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "atp", "edge_acp", "edge_atp", "edge_frame", "edge_patch", "heads_additive"]
 
 from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
                      to_eap_graph, write_eap_json)
