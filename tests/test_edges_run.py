@@ -191,3 +191,16 @@ def test_the_readme_edge_example_runs(tiny_dir, tmp_path, monkeypatch, capsys): 
     assert "->" in capsys.readouterr().out
     graph = json.loads((tmp_path / "circuit.json").read_text())
     assert graph["cfg"]["n_layers"] == model.n_layers and any(v["in_graph"] for v in graph["edges"].values())
+
+
+def test_edge_run_with_the_engine(tiny_dir, tmp_path):  # noqa: F811
+    """No planting: the folder's edge scores are atpstar.edges.atp's (AtP*), its verified effects edge_acp's."""
+    folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="4edges"), tmp_path / "r", progress=False)
+    model = atpstar.load_model(tiny_dir)
+    again = atpstar.edges.atp(model, folder.pairs)
+    torch.testing.assert_close(folder.edge_scores.score, again.score.to(folder.edge_scores.score.dtype), equal_nan=True)
+    top = again.to_frame(top=4)
+    assert folder.edges["name"].head(4).tolist() == top["name"].tolist()
+    exact = atpstar.edges.edge_acp(model, folder.pairs, top["name"].tolist()).to_frame().set_index("name")
+    np.testing.assert_allclose(folder.edges["effect_exact"].head(4), exact.loc[top["name"], "effect"], rtol=1e-4, atol=2e-5)
+    assert folder.meta["stages"]["edges"]["method"] == "atp*" and folder.meta["costs"]["edges"]["per_pair"] > 0

@@ -265,9 +265,17 @@ def edges(ctx: Context) -> None:
         extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size))
                  if k in wanted and v is not None}
         scores = edge_atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **extra)
+        cost = Cost.of(scores)
+        if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
+            from dataclasses import replace
+
+            from ..substrate.timing import measure_backward_ratio
+
+            group = next(iter(ctx.pairs.groups()))
+            cost = replace(cost, backward_ratio=measure_backward_ratio(ctx.model, group.clean[:1]))
+            scores.info["cost"] = cost
         save_edge_scores(scores, file)
         ctx.edge_scores = scores
-        cost = Cost.of(scores)
         g = scores.graph
         ctx.record("edges", method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
                    n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(), per_pair=cost.per_pair(),
