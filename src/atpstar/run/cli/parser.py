@@ -26,7 +26,7 @@ examples:
   atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
-  atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges
+  atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges100
 
 the run folder DIR holds run.json, nodes.parquet, nodes.csv (edges.parquet, edges.csv with --level edges
 or both), report.html, stages/ and checkpoints/;
