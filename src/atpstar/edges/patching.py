@@ -21,6 +21,7 @@ from ..cost import Cost
 from ..metrics import resolve
 from ..pairs import PromptPairs, check_pairs
 from ..substrate.capture import run
+from ..substrate.batching import plan_batches
 from ..substrate.patching import auto_batch_size, check_batch_size
 from ..types import RESID
 from .edgeset import EdgeSet
@@ -111,7 +112,10 @@ class EdgePatcher:
         return out
 
     def _group(self, runs: EdgeRuns, edges: EdgeSet, set_of, edge_of, n_sets: int, out: Tensor, nan: bool, bar) -> None:
-        graph, group = self.graph, runs.group
+        """Rows (set, pair) of one length group. An entry whose writer delta is exactly 0 on that pair is
+        a no-op and is dropped; a row left without entries has effect 0 and costs nothing. Rows are
+        sorted by their lowest (position, reader layer) and batched cost-aware, as node patching is."""
+        graph, group, n_layers = self.graph, runs.group, self.model.n_layers
         n_group, n_tok = group.clean.shape
         own_pos = edges.pos - group.offset
         keep = own_pos[edge_of] >= 0
@@ -120,29 +124,37 @@ class EdgePatcher:
             missing[set_of[keep]] = False
             out[missing.nonzero().flatten()[:, None], group.index] = torch.nan
         set_of, edge_of = set_of[keep], edge_of[keep]
-        layer = graph.reader_layer[edges.reader[edge_of]]
+        # entries per (pair, entry), the no-ops dropped
+        pair = torch.arange(n_group).repeat_interleave(len(edge_of))
+        entry = torch.arange(len(edge_of)).repeat(n_group)
+        e = edge_of[entry]
+        live = (runs.deltas[pair, edges.writer[e], own_pos[e]] != 0).any(-1).cpu()
+        pair, e, row = pair[live], e[live], (set_of[entry] * n_group + pair)[live]
+        key = own_pos[e] * (n_layers + 1) + graph.reader_layer[edges.reader[e]]
         big = torch.iinfo(torch.long).max
-        key = torch.full((n_sets,), big).scatter_reduce(0, set_of, own_pos[edge_of] * (graph.n_layers + 1) + layer, "amin")
-        order = torch.argsort(key, stable=True)
-        order = order[key[order] < big]  # empty sets: effect 0, no forward pass
+        row_key = torch.full((n_sets * n_group,), big).scatter_reduce(0, row, key, "amin")
+        order = torch.argsort(row_key, stable=True)
+        order = order[row_key[order] < big]
+        rank = torch.empty(n_sets * n_group, dtype=torch.long)
+        rank[order] = torch.arange(len(order))
+        by_row = torch.argsort(rank[row], stable=True)
+        e, entry_rank = e[by_row], rank[row][by_row]
+        bounds = torch.searchsorted(entry_rank, torch.arange(len(order) + 1))
         size = self.batch_size or auto_batch_size(self.model, n_tok, self.memory_mb)
-        row_set, row_pair = order.repeat_interleave(n_group), torch.arange(n_group).repeat(len(order))
-        by_set = torch.argsort(set_of, stable=True)
-        set_of, edge_of = set_of[by_set], edge_of[by_set]
-        counts = torch.zeros(n_sets, dtype=torch.long).index_add_(0, set_of, torch.ones_like(set_of))
-        first = torch.cumsum(counts, 0) - counts
-        for lo in range(0, len(row_set), size):
-            sets, pair = row_set[lo:lo + size], row_pair[lo:lo + size]
-            n_of = counts[sets]
-            entry_row = torch.repeat_interleave(torch.arange(len(sets)), n_of)
-            entry = torch.repeat_interleave(first[sets], n_of) + torch.arange(int(n_of.sum())) - torch.repeat_interleave(
-                torch.cumsum(n_of, 0) - n_of, n_of)
-            e = edge_of[entry]
-            value, cost = self._patched(runs, edges.writer[e], edges.reader[e], own_pos[e], entry_row, pair)
-            out[sets, group.index[pair]] = (value - runs.base[pair]).double().cpu()
-            self.stats["forward_passes"] += len(sets)
+        first_key = row_key[order]
+        batches = plan_batches(first_key // (n_layers + 1), first_key % (n_layers + 1), n_layers + 1, n_tok, size, 1.0)
+        for batch in batches:
+            rows = order[batch]
+            lo, hi = int(bounds[batch.start]), int(bounds[batch.stop])
+            entry_row = entry_rank[lo:hi] - batch.start
+            sets, pairs = rows // n_group, rows % n_group
+            b = e[lo:hi]
+            value, cost = self._patched(runs, edges.writer[b], edges.reader[b], own_pos[b], entry_row, pairs)
+            out[sets, group.index[pairs]] = (value - runs.base[pairs]).double().cpu()
+            self.stats["forward_passes"] += len(rows)
             self.stats["forward_equivalents"] += cost
-            bar.update(len(sets))
+            bar.update(len(rows))
+        bar.update(n_sets * n_group - len(order))
 
     def _patched(self, runs: EdgeRuns, writer, reader, pos, entry_row, row_pair) -> tuple[Tensor, float]:
         """Metric of one batch (row r: pair ``row_pair[r]`` with its entries' reader deltas) and its cost."""
