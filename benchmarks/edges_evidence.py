@@ -94,6 +94,16 @@ def setting(args):
     return model, pairs, {k: truth.attn[k][idx] for k in ("q", "k", "v")}
 
 
+def setting_lengths(args) -> list[int]:
+    """Token lengths of the pairs (without loading a model)."""
+    if args.quick:
+        return [8, 8]
+    from studylib import truth as study_truth
+
+    lengths = study_truth.load("ioi").pairs.lengths
+    return lengths if args.pairs is None else [lengths[i] for i in args.pairs]
+
+
 def choose_readers(graph, node_truth: dict, n: int, n_pos: int) -> pd.DataFrame:
     """The top-n q/k/v nodes by |mean exact effect| as readers (name, pos), plus logits at the final position."""
     rows = []
@@ -171,7 +181,7 @@ def stage_estimates(model, pairs, graph, ids: np.ndarray, out: Path) -> dict:
         with np.load(path) as d:
             done = {k: d[k] for k in d.files}
     for method, (qk, gd) in VARIANTS.items():
-        if f"{method}_score" in done:
+        if f"{method}_global_rank" in done:
             continue
         t0 = time.perf_counter()
         est = E.atp(model, pairs, qk_fix=qk, graddrop=gd, graph=graph)
@@ -182,6 +192,9 @@ def stage_estimates(model, pairs, graph, ids: np.ndarray, out: Path) -> dict:
         done[f"{method}_score"], done[f"{method}_effect"] = score[ids].astype(np.float32), effect[ids].astype(np.float32)
         done[f"{method}_top_ids"], done[f"{method}_top_score"] = top, score[top].astype(np.float32)
         done[f"{method}_top_effect"] = effect[top].astype(np.float32)
+        ranked = np.sort(np.where(np.isfinite(score), score, -np.inf))  # every edge of the model, ascending
+        done[f"{method}_global_rank"] = len(ranked) - np.searchsorted(ranked, score[ids], side="right") + 1
+        done["n_model_edges"] = np.array(int(np.isfinite(score).sum()))
         done[f"{method}_cost"] = np.array([cost.forward, cost.backward, cost.pairs, seconds])
         print(f"[estimates] {method}: {seconds:.1f}s, forward {cost.forward:.1f}, backward {cost.backward:.1f}", flush=True)
         np.savez_compressed(path, **done)
@@ -238,6 +251,8 @@ def measure(args, what: str, model, pairs, node_truth) -> dict:
     else:
         readers = choose_readers(graph, {k: v[[args.timing_pair]] for k, v in node_truth.items()}, args.readers,
                                  pairs.max_len).iloc[:-1]  # attention readers only: same layers/positions both ways
+        readers = readers.assign(pos=readers.pos - (pairs.max_len - pair.max_len))  # the pair's own positions
+        readers = readers[readers.pos >= 0]
         if what == "edge_patch":
             edges = universe(graph, readers)
             pick = torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[: args.patches]
@@ -333,6 +348,12 @@ def curves(table: pd.DataFrame, est: dict, ratio: float, k: int) -> tuple[pd.Dat
     rand = np.mean([verified_needed(gen.permutation(len(value)), value, k) for _ in range(RANDOM_PERMUTATIONS)], 0)
     rows["random"] = rand
     estimation["random"] = estimation["oracle"] = 0.0
+    # the same with estimation costs from wall-clock time, calibrated on plain AtP (3 forwards + 1 backward)
+    per_equivalent = est["AtP_cost"][3] / est["AtP_cost"][2] / estimation["AtP"]
+    by_time = {m: est[f"{m}_cost"][3] / est[f"{m}_cost"][2] / per_equivalent for m in VARIANTS}
+    for method in VARIANTS:
+        rows[method + " (time)"] = rows[method] - estimation[method] + by_time[method]
+    estimation.update({m + " (time)": v for m, v in by_time.items()})
     return pd.DataFrame(rows), estimation
 
 
@@ -344,8 +365,23 @@ def misses(table: pd.DataFrame, est: dict, top_true: int = 20, cut: int = 100) -
     out.insert(0, "true_rank", np.arange(1, top_true + 1))
     for method in VARIANTS:
         out[method] = ranks_of(est[f"{method}_score"])[top] + 1
+    for method in VARIANTS:
+        out[method + " (all edges)"] = est[f"{method}_global_rank"][top]
     out["AtP_miss"] = out["AtP"] > cut
+    out["AtP_miss_all_edges"] = out["AtP (all edges)"] > cut
     return out
+
+
+def reader_sums(readers: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per reader: its node's exact effect, the sum of its edges' exact effects, its largest edge."""
+    rows = []
+    for name, pos, node in zip(readers.reader, readers.pos, readers.node_effect):
+        part = table[(table.reader == name) & (table.pos == pos)]
+        best = part.loc[part.exact.abs().idxmax()]
+        rows.append({"reader": f"{name}@{pos}", "node_effect": node, "edges": len(part),
+                     "sum_of_edges": float(part.exact.sum()), "largest_edge": best["name"],
+                     "largest_effect": float(best.exact)})
+    return pd.DataFrame(rows)
 
 
 def plot_curves(frame: pd.DataFrame, path: Path, n_edges: int, title: str) -> None:
@@ -354,64 +390,91 @@ def plot_curves(frame: pd.DataFrame, path: Path, n_edges: int, title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in ["oracle", *VARIANTS, "random"]:
-        ax.plot(frame.k, frame[method], label=method, color=COLORS[method], lw=1.6 if method != "oracle" else 1,
-                ls="--" if method in ("oracle", "random") else "-")
-    ax.set_yscale("log")
-    ax.set_xlabel("k (true top-k edges, by |mean exact effect|)")
-    ax.set_ylabel("forward-pass equivalents per pair")
-    ax.set_title(title, fontsize=9)
-    ax.axhline(n_edges, color="lightgray", lw=0.8)
-    ax.text(frame.k.iloc[-1], n_edges, f"all {n_edges} edges", fontsize=7, ha="right", va="bottom", color="gray")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, time_based in zip(axes, (False, True)):
+        for method in ["oracle", *VARIANTS, "random"]:
+            column = method + " (time)" if time_based and method in VARIANTS else method
+            ax.plot(frame.k, frame[column], label=method, color=COLORS[method], lw=1.6 if method != "oracle" else 1,
+                    ls="--" if method in ("oracle", "random") else "-")
+        ax.set_yscale("log")
+        ax.set_xlabel("k (true top-k edges, by |mean exact effect|)")
+        ax.set_ylabel("forward-pass equivalents per pair")
+        ax.set_title("estimation cost: " + ("wall-clock time, calibrated on AtP" if time_based else
+                                             "the engine's pass accounting"), fontsize=9)
+        ax.axhline(n_edges, color="lightgray", lw=0.8)
+        ax.text(frame.k.iloc[-1], n_edges, f"all {n_edges} edges", fontsize=7, ha="right", va="bottom", color="gray")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def plot_circuit(top: pd.DataFrame, graph, path: Path, tokens: list[str], title: str) -> None:
-    """The top verified edges as a layered graph: x = position, y = layer; writers below readers."""
+def plot_circuit(top: pd.DataFrame, graph, path: Path, labels: dict, title: str) -> None:
+    """The top verified edges as a layered graph: one column per position (x), layer (y); writers are
+    circles (embed at -1, a head's write at ℓ+0.35 spread by head, an MLP's write at ℓ+0.7), readers squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def y_writer(kind, layer):
-        return -1.0 if kind == "embed" else layer + (0.35 if kind in ("head", "attn") else 0.7)
+    columns = {p: i for i, p in enumerate(sorted(set(top.pos)))}
 
-    def y_reader(kind, layer):
-        return float(layer) if kind != "logits" else graph.n_layers + 0.2
+    def writer_xy(kind, layer, unit, pos):
+        x = columns[pos] - 0.35 + (0.075 * unit if kind == "head" else 0.0)
+        return x, (-1.0 if kind == "embed" else layer + (0.35 if kind in ("head", "attn") else 0.7))
 
-    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    def reader_xy(kind, layer, unit, pos):
+        x = columns[pos] + 0.4 + (0.0 if kind in ("logits", "mlp") else 0.05 * unit)
+        return x, (graph.n_layers + 0.3 if kind == "logits" else float(layer))
+
+    fig, ax = plt.subplots(figsize=(2.5 + 1.9 * len(columns), 7.5))
     nodes = {}
     span = max(abs(top.exact).max(), 1e-9)
     for row in top.itertuples():
-        wy, ry = y_writer(row.writer_kind, row.writer_layer), y_reader(row.reader_kind, row.reader_layer)
-        wx = row.pos + (0.12 * (row.writer_unit - graph.n_heads / 2) / graph.n_heads if row.writer_kind == "head" else 0)
-        rx = row.pos + (0.3 if row.reader_kind in ("q", "k", "v") else 0)
-        nodes[(row.writer, row.pos)] = (wx, wy, "writer")
-        nodes[(row.reader, row.pos)] = (rx, ry, "reader")
-        ax.annotate("", xy=(rx, ry), xytext=(wx, wy),
+        w = writer_xy(row.writer_kind, row.writer_layer, row.writer_unit, row.pos)
+        r = reader_xy(row.reader_kind, row.reader_layer, row.reader_unit, row.pos)
+        nodes[(row.writer, row.pos)] = (*w, "writer")
+        nodes[(row.reader, row.pos)] = (*r, "reader")
+        ax.annotate("", xy=r, xytext=w,
                     arrowprops=dict(arrowstyle="-|>", color="tab:red" if row.exact > 0 else "tab:blue",
-                                    lw=0.6 + 3.5 * abs(row.exact) / span, alpha=0.75, shrinkA=3, shrinkB=3,
-                                    connectionstyle="arc3,rad=0.15"))
+                                    lw=0.6 + 3.5 * abs(row.exact) / span, alpha=0.7, shrinkA=3, shrinkB=3,
+                                    connectionstyle="arc3,rad=-0.12"))
     for (name, pos), (x, y, role) in nodes.items():
-        ax.plot(x, y, "o" if role == "writer" else "s", ms=5, color="black" if role == "writer" else "tab:purple")
-        ax.text(x + 0.08, y, name.replace(".head", "").replace("L", "", 0), fontsize=6.5, va="center",
-                color="black" if role == "writer" else "tab:purple")
-    positions = sorted({p for _, p in nodes})
-    ax.set_xticks(positions)
-    ax.set_xticklabels([f"{p}\n{tokens[p]!r}" if p < len(tokens) else str(p) for p in positions], fontsize=7)
+        color = "black" if role == "writer" else "tab:purple"
+        ax.plot(x, y, "o" if role == "writer" else "s", ms=5, color=color)
+        label = name.replace(".head.", ".")
+        if ".H" in label and role == "writer":  # heads of one layer side by side: labels above/below, alternating
+            up = int(label.rsplit("H", 1)[1]) % 2
+            ax.annotate(label, (x, y), xytext=(0, 5 if up else -6), textcoords="offset points", ha="center",
+                        va="bottom" if up else "top", fontsize=5.5, color=color, rotation=30 if up else -30)
+        else:
+            ax.annotate(label, (x, y), xytext=(-4 if role == "writer" else 4, 0), textcoords="offset points",
+                        ha="right" if role == "writer" else "left", va="center", fontsize=6.5, color=color)
+    ax.set_xticks(list(columns.values()))
+    ax.set_xticklabels([f"pos {p}\n{labels.get(p, '')}" for p in columns], fontsize=7)
+    ax.set_xlim(-0.9, len(columns) - 0.1)
+    ax.set_ylim(-1.8, graph.n_layers + 1.2)
     ax.set_ylabel("layer (writers: circles, readers: squares; logits at the top)")
-    ax.set_xlabel("position (token of the clean prompt)")
-    ax.set_xlim(min(positions) - 0.6, max(positions) + 1.2)
     ax.set_title(title + "\n(red: exact effect > 0, blue: < 0; width ∝ |exact effect|)", fontsize=9)
-    ax.grid(alpha=0.2)
+    ax.grid(alpha=0.2, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def position_labels(model, pairs) -> dict:
+    """Aligned position -> the pairs' clean tokens there (distinct ones, joined by '/')."""
+    labels = {}
+    for clean in pairs.clean:
+        offset = pairs.max_len - len(clean)
+        for j, tok in enumerate(clean.tolist()):
+            text = repr(model.tokenizer.decode([int(tok)])).strip("'")
+            got = labels.setdefault(offset + j, [])
+            if text not in got:
+                got.append(text)
+    return {p: "/".join(v) for p, v in labels.items()}
 
 
 def stage_report(model, pairs, graph, readers, table, done, est, timing, out: Path, figs: Path, k: int) -> dict:
@@ -430,8 +493,7 @@ def stage_report(model, pairs, graph, readers, table, done, est, timing, out: Pa
                 f"{model.name}: cost of verified recall over {len(table)} edges into {len(readers)} readers, "
                 f"{len(pairs)} pairs")
     top = table.reindex(table.exact.abs().sort_values(ascending=False).index).head(25)
-    tokens = [model.tokenizer.decode([int(t)]) for t in pairs.clean[int(np.argmax(pairs.lengths))]]
-    plot_circuit(top, graph, figs / "circuit.png", tokens, f"{model.name}: the 25 largest verified edges")
+    plot_circuit(top, graph, figs / "circuit.png", position_labels(model, pairs), f"{model.name}: the 25 largest verified edges")
     cut = min(100, len(table) - 1)
     missed = miss[miss.AtP_miss]
     summary = {
@@ -441,6 +503,11 @@ def stage_report(model, pairs, graph, readers, table, done, est, timing, out: Pa
                     for kk in (1, 5, 10, 20, 50, 100) if kk <= k},
         "atp_misses_top20_outside_top100": int(len(missed)),
         "recovered_by": {m: int((missed[m] <= cut).sum()) for m in ("AtP+QKfix", "AtP+GradDrop", "AtP*")},
+        "n_model_edges": int(est["n_model_edges"]),
+        "atp_misses_top20_outside_top100_of_all_edges": int(miss.AtP_miss_all_edges.sum()),
+        "recovered_by_all_edges": {m: int((miss[miss.AtP_miss_all_edges][m + " (all edges)"] <= cut).sum())
+                                   for m in ("AtP+QKfix", "AtP+GradDrop", "AtP*")},
+        "readers": reader_sums(readers, table).to_dict("records"),
         "truth_seconds": float(sum(v[0] for kk, v in done.items() if kk.endswith("_seconds"))),
         "truth_patches": int(sum(v[1] for kk, v in done.items() if kk.endswith("_seconds"))),
     }
@@ -458,7 +525,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--readers", type=int, default=16, help="top q/k/v nodes taken as readers (plus logits)")
     ap.add_argument("--pairs", type=lambda s: [int(x) for x in s.split(",")], default=None, help="e.g. 0,1")
     ap.add_argument("--k", type=int, default=100, help="largest k of the recall-cost curves")
-    ap.add_argument("--timing-pair", type=int, default=1)
+    ap.add_argument("--timing-pair", type=int, default=None, help="pair of the timing (default: the longest)")
     ap.add_argument("--patches", type=int, default=300, help="edges patched in the per-patch timing")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -466,7 +533,9 @@ def main(argv=None) -> dict | None:
     if args.quick:
         args.readers = min(args.readers, 3)
         args.patches = min(args.patches, 40)
-        args.timing_pair = 0
+    if args.timing_pair is None:
+        lengths = setting_lengths(args)
+        args.timing_pair = int(np.argmax(lengths))
     if args.measure:
         return child(args)
     out = args.out or (Path("/tmp/edges_evidence_quick") if args.quick else OUT)
