@@ -8,7 +8,7 @@ from test_substrate import ZeroMLP, linear_after_node
 from torch import nn
 
 import atpstar
-from atpstar import qkfix
+from atpstar.methods import qkfix
 from atpstar.substrate.arch import get_module
 from atpstar.substrate.capture import Intervention, run
 from atpstar.methods.gradients import CleanRun

@@ -114,7 +114,7 @@ def test_edge_qk_fix_exact_on_saturated_heads_where_plain_atp_fails():
     assert int((p.abs() > p.abs()[top]).sum()) >= 1 and int((f.abs() > f.abs()[top]).sum()) == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_neox", "gpt2"])
 def test_edge_qk_fix_equals_brute_force_softmax(arch):
     """Σ (a' − a) g with a' the attention under the exact edge patch (hand hooks) and g = ∂L/∂a (autograd)."""
     model = atpstar.load_model(tiny_hf(arch), tokenizer=StubTokenizer(), dtype=torch.float64)
@@ -232,3 +232,61 @@ def test_planted_cancelling_edge_found_by_graddrop_not_plain_atp():
     assert float(dropped.score[index]) == pytest.approx(3.0, rel=1e-6)  # (|Î_0| + |Î_1|) / (L − 1) = (0 + 3) / 1
     rank = lambda s: int((s.score.nan_to_num(-1) > s.score[index]).sum())  # noqa: E731
     assert rank(dropped) < 5 and float(plain.score[index]) < 1e-9 * float(plain.score.nan_to_num().max())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_edge_graddrop_score_matches_detached_writes(arch):
+    """GradDrop edge score = (1/(L−1)) Σ_ℓ |Δw · ∂L^(−ℓ)/∂r_v|, the gradient taken at the MLP / logits readers'
+    private inputs in a model whose block-ℓ attention and MLP writes are detached (skip path kept)."""
+    from atpstar.edges.writes import write_deltas
+    from atpstar.substrate.arch import get_module
+
+    model = atpstar.load_model(tiny_hf(arch), tokenizer=StubTokenizer(), dtype=torch.float64)
+    pairs = random_pairs(lengths=(7,), seed=10)
+    graph = EdgeGraph.of(model)
+    est = atp(model, pairs, qk_fix=False, graddrop=True, graph=graph)
+    deltas = write_deltas(model, graph, pairs.clean[0][None], pairs.noise[0][None])[0][0]  # (W, T, d)
+    spec, L = HAND[arch], model.n_layers
+    norms = [_mod(block, spec["mlp_norm"]) for block in model.layers] + [_mod(model.hf, spec["final"])]
+    readers = [graph.reader_index([f"L{l}.mlp"])[0] for l in range(L)] + [graph.reader_index(["logits"])[0]]
+    terms = torch.zeros(graph.n_writers, len(readers), 7, dtype=torch.float64)
+    for drop in range(L):
+        copies = {}
+
+        def private(i):
+            def hook(m, a):
+                copies[i] = a[0].clone()
+                return (copies[i], *a[1:])
+            return hook
+
+        detach = lambda m, a, out: (out[0].detach(), *out[1:]) if isinstance(out, tuple) else out.detach()  # noqa: E731
+        block = model.layers[drop]
+        handles = [get_module(block, n).register_forward_hook(detach) for n in (model.arch.attn, model.arch.mlp)]
+        handles += [norm.register_forward_pre_hook(private(i)) for i, norm in enumerate(norms)]
+        try:
+            with torch.enable_grad():
+                emb = model.hf.get_input_embeddings()(pairs.clean[0][None]).detach().requires_grad_(True)
+                logits = model.hf(inputs_embeds=emb).logits[0, -1]
+                value = logits[pairs.answer[0]] - logits[pairs.distractor[0]]
+                grads = torch.autograd.grad(value, [copies[i] for i in range(len(norms))], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        for i, g in enumerate(grads):
+            if g is not None:
+                terms[:, i] += torch.einsum("wtd,td->wt", deltas.double(), g[0]).abs()
+    want = terms / (L - 1)
+    got = est.score[:, torch.stack(readers)]
+    valid = graph.valid[:, torch.stack(readers)]
+    assert want[valid].abs().max() > 1e-3
+    torch.testing.assert_close(got[valid].double(), want[valid], atol=1e-9, rtol=1e-7)
+
+
+def test_whole_attention_writer_is_the_sum_of_its_heads():
+    model, pairs = tiny_model("llama"), random_pairs(lengths=(7,), seed=11)
+    whole, heads = EdgeGraph.of(model, per_head=False), EdgeGraph.of(model)
+    a = atp(model, pairs, qk_fix=False, graddrop=False, graph=whole)
+    b = atp(model, pairs, qk_fix=False, graddrop=False, graph=heads)
+    w, hs = whole.writer_index(["L1.attn"])[0], heads.writer_index([f"L1.head.H{h}" for h in range(6)])
+    assert whole.reader_names == heads.reader_names
+    torch.testing.assert_close(a.effect[w], b.effect[hs].sum(0), atol=2e-6, rtol=1e-5, equal_nan=True)

@@ -235,3 +235,17 @@ def test_aligned_positions_and_sets():
     sets = patcher.effects(names, [torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), torch.tensor([2])])
     assert sets.shape == (3, 2) and (sets[1] == 0).all()
     torch.testing.assert_close(sets[2], patcher.single(names[2:])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_edge_patch_equals_hand_path_patch_on_smollm(smollm):
+    pairs = atpstar.tasks.ioi(smollm, n=1)
+    graph = EdgeGraph.of(smollm)
+    t = pairs.max_len - 1
+    names = [f"L3.head.H5@{t} -> L7.k.G1@{t}", f"L0.mlp@{t} -> L12.q.H4@{t}", f"embed@{t} -> L2.v.G2@{t}",
+             f"L20.head.H1@{t} -> L25.mlp@{t}", f"L29.mlp@{t} -> logits@{t}", f"L10.head.H0@{t} -> L10.mlp@{t}"]
+    got = edge_acp(smollm, pairs, names, per_pair=True).per_pair[0]
+    e = EdgeSet.from_names(graph, names)
+    want = torch.tensor([hand_edge(smollm, "llama", pairs, n) for n in names])
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got[e.writer, e.reader, e.pos], want, atol=1e-4, rtol=1e-3)

@@ -37,6 +37,45 @@ def _cli_error(capsys, argv, status=2) -> str:
     return err
 
 
+# --- the unclear answers of issue 13 --------------------------------------------------------------
+def test_a_plain_list_instead_of_prompt_pairs_says_how_to_build_them(tiny):
+    for call in (lambda: atpstar.atp(tiny, ["a", "b"], progress=False),
+                 lambda: atpstar.acp(tiny, ["a", "b"], kinds="head", progress=False),
+                 lambda: atpstar.verify(tiny, ("a", "b"), ["L0.head.H0@0"], progress=False),
+                 lambda: atpstar.diagnose(tiny, ["a"], ["L0.head.H0@0"], progress=False),
+                 lambda: atpstar.JointPatcher(tiny, "pairs.jsonl")):
+        with pytest.raises(TypeError, match=r"pairs must be atpstar.PromptPairs, got (list|tuple|str) .*"
+                                            r"atpstar.tasks.ioi\(model.*PromptPairs.from_strings"):
+            call()
+
+
+def test_one_node_name_where_a_node_set_is_expected_says_wrap_it_in_a_list(tiny):
+    pairs = random_pairs()
+    with pytest.raises(TypeError, match=r"single node 'L1.head.H0@0': wrap it in a list, e.g. \['L1.head.H0@0'\]"):
+        atpstar.diagnose(tiny, pairs, "L1.head.H0@0", samples=50, bound="normal", progress=False)
+    with pytest.raises(TypeError, match="single node"):
+        atpstar.acp(tiny, pairs, nodes="L1.head.H0@0", progress=False)
+    one = atpstar.acp(tiny, pairs, nodes=["L1.head.H0@0"], progress=False)  # the list form works
+    every = atpstar.acp(tiny, pairs, kinds="head", progress=False)
+    torch.testing.assert_close(one.effect["head"][1, 0, 0], every.effect["head"][1, 0, 0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_verification_or_diagnostic_checkpoint_via_the_python_api(tiny, tmp_path, damage):
+    pairs = random_pairs()
+    scores = atpstar.atp(tiny, pairs, kinds="head", progress=False)
+    for what, call in (("verify", lambda path: atpstar.verify(tiny, pairs, scores, budget=atpstar.Budget(nodes=3),
+                                                              checkpoint=path, progress=False)),
+                       ("diagnose", lambda path: atpstar.diagnose(tiny, pairs, ["L0.head.H0@0"], samples=40,
+                                                                  bound="normal", checkpoint=path, progress=False))):
+        path = tmp_path / f"{what}.ckpt"
+        call(path)
+        data = path.read_bytes()
+        path.write_bytes({"garbage": b"not a checkpoint" * 10, "truncated": data[: len(data) // 2]}[damage])
+        with pytest.raises(ValueError, match=f"{path}.* not a valid atpstar checkpoint.*delete it to start over"):
+            call(path)
+
+
 # --- the defects of issue 9 ----------------------------------------------------------------------
 @pytest.mark.parametrize("size", [0, -1, 2.5])
 def test_acp_refuses_a_batch_size_below_one(tiny, size):
@@ -163,6 +202,7 @@ BAD_CONFIGS = [
     ({"checkpoint_every": -1}, "checkpoint_every must be seconds >= 0"),
     ({"model": ""}, "--model must be"),
     ({"diagnose": True, "verify_budget": "0"}, "--diagnose .* needs verification"),
+    ({"diagnose": True, "verify_budget": "50nodes", "samples": 20}, "samples=20 is too few .* raise --samples"),
 ]
 
 
@@ -283,7 +323,7 @@ def test_cli_unwritable_out_and_existing_folders(capsys, tmp_path, tiny_dir):  #
 
 
 def test_cli_out_of_memory_gives_advice(capsys, tmp_path, tiny_dir, monkeypatch):  # noqa: F811
-    from atpstar import stages
+    from atpstar.run import stages
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -296,7 +336,7 @@ def test_cli_out_of_memory_gives_advice(capsys, tmp_path, tiny_dir, monkeypatch)
 
 
 def test_cli_internal_errors_are_one_line_with_a_hint(capsys, tmp_path, tiny_dir, monkeypatch):  # noqa: F811
-    from atpstar import stages
+    from atpstar.run import stages
 
     monkeypatch.setattr(stages, "run_method", lambda *a, **k: 1 / 0)
     assert main(["run", "--model", tiny_dir, "--kinds", "head", "--out", str(tmp_path / "r"), "--quiet"]) == 1

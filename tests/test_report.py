@@ -111,7 +111,7 @@ def _browser(url: str, tmp_path: Path, *extra) -> tuple[str, str, set]:
     net = tmp_path / f"net{len(list(tmp_path.glob('net*')))}.json"
     proc = subprocess.run([CHROMIUM, *QUIET_BROWSER, "--enable-logging=stderr", "--v=0", f"--log-net-log={net}",
                            "--host-resolver-rules=MAP * ~NOTFOUND", *extra, "--dump-dom", url],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     urls = re.findall(r'"url":"([^"]+)"', net.read_text(errors="replace")) if net.exists() else []
     return proc.stdout, proc.stderr, {urlparse(u).netloc for u in urls if not u.startswith(("file:", "data:"))}
@@ -144,5 +144,5 @@ def test_report_can_be_rebuilt_and_screenshotted(folder, tmp_path):
     path = write_report(folder)
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *QUIET_BROWSER, "--hide-scrollbars", "--window-size=1200,2000", f"--screenshot={shot}",
-                    path.as_uri()], capture_output=True, timeout=120, check=True)
+                    path.as_uri()], capture_output=True, timeout=300, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000

@@ -12,7 +12,7 @@ from conftest import ARCH_NAMES, StubTokenizer, random_pairs, tiny_hf, tiny_mode
 from scipy.stats import spearmanr
 
 import atpstar
-from atpstar import qkfix
+from atpstar.methods import qkfix
 from atpstar.substrate.capture import Intervention, run
 from atpstar.substrate.devices import resolve_device, resolve_dtype
 from atpstar.methods.gradients import CleanRun
@@ -283,7 +283,7 @@ def test_plan_batches_covers_jobs_and_beats_one_batch_per_cell(overhead):
 def test_sparse_exact_patching_shares_forward_passes():
     """A sparse node set (each (position, layer) cell one node) runs in fewer forwards than cells, with
     the same effects as one patch per forward (float64)."""
-    from atpstar import batching
+    from atpstar.substrate import batching
 
     model = atpstar.load_model(tiny_hf("llama"), tokenizer=StubTokenizer(), dtype=torch.float64)
     pairs = random_pairs(lengths=(9,), seed=4)

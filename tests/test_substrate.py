@@ -36,7 +36,7 @@ def test_hooks_removed_when_body_raises(model):
         with Intervention(model, capture=frozenset({"neuron", "resid"})):
             1 / 0
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.layers)
-    from atpstar import attention
+    from atpstar.substrate import attention
 
     assert attention.active() is None
 

@@ -1,8 +1,20 @@
 """Edges (SPEC.md §11): AtP* on the computational graph, verified by exact edge patching.
 
+Public API::
+
+    graph = EdgeGraph.of(model, per_head=None)        # writers, readers, valid (W, R), name lookups
+    edges = EdgeSet.from_names(graph, ["L3.head.H5@12 -> L7.k.G1@12"])   # or EdgeSet.every / .parse
+    scores = atp(model, pairs, qk_fix=True, graddrop=True, metric=None, graph=None, per_pair=False)
+    exact = edge_acp(model, pairs, edges=None, metric=None, graph=None, batch_size=None, per_pair=False)
+    patcher = EdgePatcher(model, pairs, metric=None, graph=None, batch_size=None)
+    patcher.single(edges) -> (N, pairs);  patcher.effects(edges, sets) -> (sets, pairs)   # joint patches
+    scores.top(k), scores.to_frame(top=None), scores.edges(k), scores.group("positions", "heads")
+
+Modules, one idea each:
+
 - :mod:`.graph`: the vocabulary — writers (``embed``, ``L{ℓ}.head.H{h}`` or ``L{ℓ}.attn``, ``L{ℓ}.mlp``),
   readers (``L{ℓ}.q.H{h}``, ``L{ℓ}.k.G{g}``, ``L{ℓ}.v.G{g}``, ``L{ℓ}.mlp``, ``logits``), which edges exist;
-- :mod:`.edgeset`: sets of edges as tensors ``(writer, reader, pos)``, their names;
+- :mod:`.edgeset`: sets of edges as tensors ``(writer, reader, pos)``, their names and ids;
 - :mod:`.scores`: :class:`EdgeScores`, (W, R, T) tensors with rankings, tables and groupings;
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
@@ -18,4 +30,5 @@ from .scores import EdgeScores, edge_frame
 
 edge_atp = atp
 
-__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgeScores", "EdgeSet", "EdgePatcher", "atp", "edge_acp", "edge_atp", "edge_frame", "edge_patch", "heads_additive"]
+__all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScores", "EdgeSet", "atp", "edge_acp",
+           "edge_atp", "edge_frame", "edge_patch", "heads_additive"]

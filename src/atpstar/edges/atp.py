@@ -30,7 +30,7 @@ from ..methods.gradients import FULL
 from ..methods.qkfix_linear import QKFix
 from ..pairs import PromptPairs, check_pairs
 from ..types import PROBS
-from .graph import K, Q, EdgeGraph
+from .graph import K, MLP_IN, Q, V, EdgeGraph
 from .reader_grads import LOGITS_SITE, MLP_SITE, AttnReaders, clean_backward, queries_keys
 from .scores import EdgeScores
 from .writes import capture_writes
@@ -119,7 +119,7 @@ class _PairEstimate:
             readers, attn = graph.reader_index(["logits"]), None
         else:
             readers = (graph.reader_layer == layer).nonzero().flatten()
-            attn = AttnReaders(model, graph, layer)
+            attn = AttnReaders(model, graph, layer, kinds=(V,) if self.qk_fix else (Q, K, V))
         n_w = int((graph.writer_layer <= layer).sum())
         fix = self._qk_fix(layer, n_w) if self.qk_fix and attn is not None else None
         for stream in streams or [FULL]:
@@ -145,14 +145,14 @@ class _PairEstimate:
         proj = {p: self.grads.get((layer, f"reader_proj:{p}", stream)) for p in attn.weights}
         grads = torch.cat([attn.input_grads(proj, x), _as_reader(self.grads.get((layer, MLP_SITE, stream)), x)])
         kinds = self.graph.reader_kind[readers]
-        est = _dot(delta, grads)  # readers of the layer in graph order: q, k, v heads, then the MLP
+        linear = torch.isin(readers, attn.index) | (kinds == MLP_IN)  # the attention readers asked, and the MLP
+        est = delta.new_zeros(n_w, len(readers), delta.shape[1], dtype=torch.promote_types(delta.dtype, torch.float32))
+        est[:, linear] = _dot(delta, grads)  # readers of the layer in graph order: q, k, v heads, then the MLP
         if fix is not None:
             g = self.grads.get((layer, PROBS, stream))
             g = torch.zeros_like(fix.a if fix.a is not None else fix.d_query) if g is None else g
             g = g.expand(n_w, *g.shape[1:])
             n_before = int((self.graph.writer_layer < layer).sum())
-            est[:, kinds == Q] = 0
-            est[:, kinds == K] = 0
             est[:n_before, kinds == Q] = fix.query(g[:n_before]).to(est.dtype)
             est[:n_before, kinds == K] = fix.key(g[:n_before]).to(est.dtype)
         return est

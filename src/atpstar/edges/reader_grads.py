@@ -82,10 +82,11 @@ def clean_backward(model, ids: Tensor, pairs, metric, qk_fix: bool, graddrop: bo
 class AttnReaders:
     """The q/k/v readers of one layer: their projection columns and the map gradient -> reader input."""
 
-    def __init__(self, model, graph: EdgeGraph, layer: int):
+    def __init__(self, model, graph: EdgeGraph, layer: int, kinds=(0, 1, 2)):
         sites = sites_of(model)
         self.model, self.layer = model, layer
-        self.index = ((graph.reader_layer == layer) & (graph.reader_kind < MLP_IN)).nonzero().flatten()
+        wanted = torch.isin(graph.reader_kind, torch.tensor(kinds)) & (graph.reader_kind < MLP_IN)
+        self.index = ((graph.reader_layer == layer) & wanted).nonzero().flatten()
         kinds, units = graph.reader_kind[self.index].tolist(), graph.reader_unit[self.index].tolist()
         self.paths = [sites.proj[k] for k in kinds]
         cols = torch.tensor([column(model, READER_KINDS[k], u) for k, u in zip(kinds, units)])
@@ -139,11 +140,23 @@ class _QueriesKeys(Intervention):
 def queries_keys(backward: Backward, layer: int, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """Queries (B, H, T, D) and keys (B, KV, T, D) of block ``layer`` run on the residual stream ``hidden``
     (B, T, d), exactly through its norm, projections, rotary embedding and QK-norm."""
+    model = backward.model
     args, kwargs = backward.hooks.block_inputs[layer]
-    hooks = _QueriesKeys(backward.model, capture=frozenset({"q", "k"}))
+    hooks = _QueriesKeys(model, capture=frozenset({"q", "k"}))
+    sites = sites_of(model)
+    value = block_module(model, layer, sites.proj[2]) if sites.layout == "separate" else None
+    own = value.__dict__.get("forward") if value is not None else None  # accelerate wraps forward per instance
+    if value is not None:  # values are not needed: a zero value projection saves its matmul
+        out_features = weight(value).shape[0]
+        value.forward = lambda x: x.new_zeros(*x.shape[:-1], out_features)
     try:
         with torch.no_grad(), hooks:
-            backward.model.layers[layer](hidden, *args, **kwargs)
+            model.layers[layer](hidden, *args, **kwargs)
     except _Stop:
         pass
+    finally:
+        if value is not None:
+            del value.forward
+            if own is not None:
+                value.forward = own
     return hooks.cache[(layer, "q")], hooks.cache[(layer, "k")]
