@@ -1,0 +1,204 @@
+"""Exact edge patching (SPEC.md §11), the ground truth of every edge estimate.
+
+``I(u -> v) = L(M(xc | v's input at t <- x_v(t) + w_u(noise)(t) − w_u(clean)(t))) − L(M(xc))``: only
+reader v sees the change (:mod:`.reader_patch`). Several edges into one reader add their deltas;
+edges into different readers patch independently. Writes are captured once per pair; each batched
+clean forward gives every row its own reader deltas, computes only the blocks from the row's lowest
+reader (below: the clean residual stream) and the positions from the lowest patched position
+(before: the clean keys/values), as node patching does (:mod:`atpstar.substrate.patching`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..cost import Cost
+from ..metrics import resolve
+from ..pairs import PromptPairs, check_pairs
+from ..substrate.capture import run
+from ..substrate.batching import plan_batches
+from ..substrate.patching import auto_batch_size, check_batch_size
+from ..types import RESID
+from .edgeset import EdgeSet
+from .graph import EdgeGraph
+from .reader_patch import ReaderDeltas, ReaderPatch
+from .scores import EdgeScores
+from .writes import write_deltas
+
+
+@dataclass
+class EdgeRuns:
+    """One length group: writer deltas (G, W, T, d), the clean cache and the clean metric (G,)."""
+
+    group: object
+    deltas: Tensor
+    clean: dict
+    base: Tensor
+
+    @classmethod
+    def capture(cls, model, graph: EdgeGraph, group, metric) -> "EdgeRuns":
+        deltas, cache, logits = write_deltas(model, graph, group.clean, group.noise)
+        return cls(group, deltas, cache, metric(logits, group.pairs))
+
+
+class EdgePatcher:
+    """Exact single-edge and joint edge patches on every prompt pair, writes captured once.
+
+    Args: ``model``, ``pairs``, ``metric`` as for :func:`atpstar.acp`; ``graph`` (default
+    ``EdgeGraph.of(model)``); ``batch_size``: rows (patch × pair) per forward pass, default from
+    ``memory_mb``."""
+
+    def __init__(self, model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None,
+                 batch_size: int | None = None, memory_mb: float = 1024):
+        check_batch_size(batch_size)
+        check_pairs(pairs)
+        pairs.check_vocab(model.vocab_size)
+        self.model, self.pairs, self.metric = model, pairs, resolve(metric, pairs)
+        self.graph = graph or EdgeGraph.of(model)
+        self.batch_size, self.memory_mb = batch_size, memory_mb
+        start = time.perf_counter()
+        self.groups = [EdgeRuns.capture(model, self.graph, g, self.metric) for g in pairs.groups()]
+        self.stats = {"forward_passes": 4 * len(pairs), "forward_equivalents": 4.0 * len(pairs),
+                      "seconds": time.perf_counter() - start}
+
+    @property
+    def base(self) -> Tensor:
+        """(pairs,) clean metric."""
+        out = torch.empty(len(self.pairs), dtype=torch.float64)
+        for runs in self.groups:
+            out[runs.group.index] = runs.base.double().cpu()
+        return out
+
+    def edges(self, edges) -> EdgeSet:
+        return EdgeSet.parse(self.graph, edges, self.pairs.max_len)
+
+    def single(self, edges, progress: bool = False) -> Tensor:
+        """(N, pairs) float64 effect of patching each edge alone; NaN where a pair lacks the position."""
+        edge_set = self.edges(edges)
+        members = torch.arange(len(edge_set))
+        return self._effects(edge_set, members, torch.arange(len(edge_set)), len(edge_set), progress, nan=True)
+
+    def effects(self, edges, sets, progress: bool = False) -> Tensor:
+        """(sets, pairs) float64 effect of patching each edge set jointly. ``sets``: a (sets, N) bool
+        membership matrix over ``edges`` or a list of index tensors. An edge at a position a pair lacks
+        is left out of that pair's patch; an empty set has effect 0."""
+        edge_set = self.edges(edges)
+        if isinstance(sets, Tensor) and sets.dtype == torch.bool:
+            if sets.ndim != 2 or sets.shape[1] != len(edge_set):
+                raise ValueError(f"membership matrix must be (sets, {len(edge_set)}) bool, got {tuple(sets.shape)}")
+            set_of, edge_of = sets.nonzero(as_tuple=True)
+            n_sets = sets.shape[0]
+        else:
+            sets = [torch.as_tensor(s, dtype=torch.long) for s in sets]
+            set_of = torch.cat([torch.full((len(s),), i) for i, s in enumerate(sets)]) if sets else torch.zeros(0, dtype=torch.long)
+            edge_of = torch.cat(sets) if sets else torch.zeros(0, dtype=torch.long)
+            n_sets = len(sets)
+        return self._effects(edge_set, set_of, edge_of, n_sets, progress, nan=False)
+
+    def _effects(self, edges: EdgeSet, set_of: Tensor, edge_of: Tensor, n_sets: int, progress: bool, nan: bool) -> Tensor:
+        start = time.perf_counter()
+        out = torch.zeros(n_sets, len(self.pairs), dtype=torch.float64)
+        bar = tqdm(total=n_sets * len(self.pairs), desc="edge patching", unit="patch", disable=not progress, leave=False)
+        with torch.no_grad():
+            for runs in self.groups:
+                self._group(runs, edges, set_of, edge_of, n_sets, out, nan, bar)
+        bar.close()
+        self.stats["seconds"] += time.perf_counter() - start
+        return out
+
+    def _group(self, runs: EdgeRuns, edges: EdgeSet, set_of, edge_of, n_sets: int, out: Tensor, nan: bool, bar) -> None:
+        """Rows (set, pair) of one length group. An entry whose writer delta is exactly 0 on that pair is
+        a no-op and is dropped; a row left without entries has effect 0 and costs nothing. Rows are
+        sorted by their lowest (position, reader layer) and batched cost-aware, as node patching is."""
+        graph, group, n_layers = self.graph, runs.group, self.model.n_layers
+        n_group, n_tok = group.clean.shape
+        own_pos = edges.pos - group.offset
+        keep = own_pos[edge_of] >= 0
+        if nan:
+            missing = torch.ones(n_sets, dtype=torch.bool)
+            missing[set_of[keep]] = False
+            out[missing.nonzero().flatten()[:, None], group.index] = torch.nan
+        set_of, edge_of = set_of[keep], edge_of[keep]
+        # entries per (pair, entry), the no-ops dropped
+        pair = torch.arange(n_group).repeat_interleave(len(edge_of))
+        entry = torch.arange(len(edge_of)).repeat(n_group)
+        e = edge_of[entry]
+        live = (runs.deltas[pair, edges.writer[e], own_pos[e]] != 0).any(-1).cpu()
+        pair, e, row = pair[live], e[live], (set_of[entry] * n_group + pair)[live]
+        key = own_pos[e] * (n_layers + 1) + graph.reader_layer[edges.reader[e]]
+        big = torch.iinfo(torch.long).max
+        row_key = torch.full((n_sets * n_group,), big).scatter_reduce(0, row, key, "amin")
+        order = torch.argsort(row_key, stable=True)
+        order = order[row_key[order] < big]
+        rank = torch.empty(n_sets * n_group, dtype=torch.long)
+        rank[order] = torch.arange(len(order))
+        by_row = torch.argsort(rank[row], stable=True)
+        e, entry_rank = e[by_row], rank[row][by_row]
+        bounds = torch.searchsorted(entry_rank, torch.arange(len(order) + 1))
+        size = self.batch_size or auto_batch_size(self.model, n_tok, self.memory_mb)
+        first_key = row_key[order]
+        batches = plan_batches(first_key // (n_layers + 1), first_key % (n_layers + 1), n_layers + 1, n_tok, size, 1.0)
+        for batch in batches:
+            rows = order[batch]
+            lo, hi = int(bounds[batch.start]), int(bounds[batch.stop])
+            entry_row = entry_rank[lo:hi] - batch.start
+            sets, pairs = rows // n_group, rows % n_group
+            b = e[lo:hi]
+            value, cost = self._patched(runs, edges.writer[b], edges.reader[b], own_pos[b], entry_row, pairs)
+            out[sets, group.index[pairs]] = (value - runs.base[pairs]).double().cpu()
+            self.stats["forward_passes"] += len(rows)
+            self.stats["forward_equivalents"] += cost
+            bar.update(len(rows))
+        bar.update(n_sets * n_group - len(order))
+
+    def _patched(self, runs: EdgeRuns, writer, reader, pos, entry_row, row_pair) -> tuple[Tensor, float]:
+        """Metric of one batch (row r: pair ``row_pair[r]`` with its entries' reader deltas) and its cost."""
+        model, graph, group = self.model, self.graph, runs.group
+        n_layers, n_tok = model.n_layers, group.clean.shape[1]
+        layer0, pos0 = int(graph.reader_layer[reader].min()), int(pos.min())
+        deltas = ReaderDeltas.gather(graph, runs.deltas, row_pair, entry_row, writer, reader, pos, pos0)
+        start = runs.clean[(layer0, RESID)][row_pair, pos0:].contiguous() if layer0 else None
+        prefix = tuple([runs.clean[(l, s)][row_pair, :, :pos0] for l in range(n_layers)] for s in ("k", "v"))
+        hooks = ReaderPatch(model, skip_below=layer0, start=start, graph=graph, deltas=deltas)
+        value = self.metric(run(model, group.clean[row_pair], hooks, prefix=prefix), group.pairs.select(row_pair))
+        return value, len(row_pair) * (n_layers - min(layer0, n_layers)) * (n_tok - pos0) / (n_layers * n_tok)
+
+
+def edge_acp(model, pairs: PromptPairs, edges=None, metric=None, graph: EdgeGraph | None = None,
+             batch_size: int | None = None, per_pair: bool = False, progress: bool = False) -> EdgeScores:
+    """Exact effect of patching each edge alone (SPEC.md §11), per pair and averaged.
+
+    ``edges``: None (every edge at every position: W×R×T patches per pair, for small models), an
+    :class:`EdgeSet`, a list of names (``"L0.head.H1@3 -> L2.q.H0@3"``) or a table with writer, reader, pos.
+    Returns :class:`EdgeScores`: ``effect`` = mean effect, ``score`` = |mean effect| (NaN: not computed)."""
+    patcher = EdgePatcher(model, pairs, metric, graph, batch_size)
+    graph, n_pos = patcher.graph, pairs.max_len
+    edge_set = EdgeSet.every(graph, n_pos) if edges is None else patcher.edges(edges)
+    start = time.perf_counter()
+    values = patcher.single(edge_set, progress)  # (N, P)
+    shape = (graph.n_writers, graph.n_readers, n_pos)
+    effect = torch.full(shape, torch.nan, dtype=torch.float64)
+    index = (edge_set.writer, edge_set.reader, edge_set.pos)
+    effect[index] = values.nanmean(1)
+    full = None
+    if per_pair:
+        full = torch.full((len(pairs), *shape), torch.nan)
+        full[(slice(None), *index)] = values.t().float()
+    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
+    info = {"metric": patcher.metric.name, "cost": cost, "clean_metric": float(patcher.base.mean())}
+    return EdgeScores("edge_acp", graph, effect, effect.abs(), len(pairs), full, info)
+
+
+def edge_patch(model, pairs: PromptPairs, edges, sets=None, metric=None, graph: EdgeGraph | None = None,
+               batch_size: int | None = None) -> Tensor:
+    """(sets, pairs) effects of patching edge sets jointly (``sets`` over ``edges``; None: all edges as one set)."""
+    patcher = EdgePatcher(model, pairs, metric, graph, batch_size)
+    edge_set = patcher.edges(edges)
+    if sets is None:
+        sets = torch.ones(1, len(edge_set), dtype=torch.bool)
+    return patcher.effects(edge_set, sets)
