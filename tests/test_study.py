@@ -30,3 +30,28 @@ def test_study_quick_runs_end_to_end(tmp_path, smollm):
     pngs = {p.name for p in (tmp_path / "study").glob("*.png")}
     assert {"curves_ioi_single.png", "scatter_ioi_pair0_attn.png"} <= pngs
     assert (tmp_path / "results" / "truth_ioi.npz").exists()
+
+
+def test_neurons_at_every_position_truth_matches_full_patching(tmp_path):
+    """The sampled neuron truth (every position) equals the same nodes of a full acp run, survives a save
+    and load, and its frame rows are the nodes in the order the study's rankings are matched on."""
+    import atpstar
+    from atpstar import NodeKind
+    from conftest import random_pairs, tiny_model
+    from studylib import frames, neuronpos
+
+    model, pairs = tiny_model("llama"), random_pairs(lengths=(6, 8))
+    layers, units = neuronpos.sample(model, 2, 5, seed=3)
+    assert layers[0] == 0 and layers[-1] == model.n_layers - 1 and units.shape == (2, 5)
+    neuronpos.compute(model, "t", pairs, layers, units, root=tmp_path, progress=False)
+    truth = neuronpos.load("t", tmp_path)
+    full = atpstar.acp(model, pairs, kinds="neuron", per_pair=True, progress=False).per_pair[NodeKind.NEURON].numpy()
+    expected = np.stack([full[:, layer, unit] for layer, unit in zip(layers, units)], 1)  # (P, L, U, T)
+    assert np.allclose(truth.effects, expected, atol=1e-5, equal_nan=True)
+    frame = frames.truth_frame(model, truth, neuronpos.GROUP)
+    mean = np.nanmean(expected, axis=0)
+    for row in frame.sample(10, random_state=0).itertuples():
+        li, ui = list(layers).index(row.layer), list(units[list(layers).index(row.layer)]).index(row.unit)
+        assert row.effect == pytest.approx(mean[li, ui, row.pos], abs=1e-5)
+    single = frames.truth_frame(model, truth.subset([0]), neuronpos.GROUP)  # the 6-token pair: 6 positions
+    assert len(single) == 2 * 5 * 6 and set(frames.subsets(neuronpos.GROUP, single)["earlier"]["pos"]) == set(range(5))

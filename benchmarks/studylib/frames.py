@@ -1,8 +1,9 @@
 """Node universes of the study and the exact truth over them as tidy frames.
 
-Two node groups: ``attn`` (every q, k, v, head node at every layer and aligned position) and ``neuron``
-(every MLP neuron at the final position, the documented subset; see docs/study.md). Settings: each
-single prompt pair, and the distribution of all the task's pairs.
+Three node groups: ``attn`` (every q, k, v, head node at every layer and aligned position), ``neuron``
+(every MLP neuron at the final position) and ``neuron_pos`` (sampled neurons at every position, see
+:mod:`.neuronpos`); the subsets are documented in docs/study.md. Settings: each single prompt pair,
+and the distribution of all the task's pairs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from atpstar import NodeKind, NodeSet
 from atpstar.nodes import KIND_INDEX
 from atpstar.types import ALL_KINDS
 
+from . import neuronpos
 from .truth import ATTN, Truth, neuron_nodes
 
 KEY = ["kind", "layer", "unit", "pos"]
-GROUPS = ("attn", "neuron")
+GROUPS = ("attn", "neuron")  # the groups of truth.Truth; neuronpos.GROUP has its own truth file
 
 
 def settings(truth: Truth) -> list[tuple[str, Truth]]:
@@ -32,6 +34,8 @@ def universe(model, truth: Truth, group: str) -> NodeSet:
     n_pos = truth.pairs.max_len
     if group == "neuron":
         return neuron_nodes(model, n_pos)
+    if group == neuronpos.GROUP:
+        return neuronpos.nodes(truth.layers, truth.units, n_pos)
     return NodeSet.every(model, "attn", n_pos)
 
 
@@ -56,6 +60,9 @@ def per_pair_effects(truth: Truth, nodes: NodeSet, group: str) -> np.ndarray:
     layer, unit, pos = nodes.layer.numpy(), nodes.unit.numpy(), nodes.pos.numpy()
     if group == "neuron":
         return truth.neuron[:, layer, unit]
+    if group == neuronpos.GROUP:  # saved on the task's full length, right-aligned; nodes ordered as saved
+        effects = truth.effects[..., truth.effects.shape[-1] - truth.pairs.max_len:]
+        return effects.reshape(len(truth.pairs), -1).astype(np.float64)
     out = np.full((len(truth.pairs), len(nodes)), np.nan, dtype=np.float64)
     kind = nodes.kind.numpy()
     for name in ATTN:
@@ -84,4 +91,15 @@ def kinds_of(group: str) -> list[str]:
     return list(ATTN) if group == "attn" else ["neuron"]
 
 
-__all__ = ["GROUPS", "KEY", "kinds_of", "node_frame", "restrict", "settings", "truth_frame", "universe"]
+def subsets(group: str, truth: pd.DataFrame) -> dict:
+    """{label: the truth rows scored separately}: every node, then per attention kind, or for neurons at
+    every position the ones before the final position (where GradDrop's cancellation can matter)."""
+    out = {"all": truth}
+    if group == "attn":
+        out.update({kind: truth[truth["kind"] == kind] for kind in ATTN})
+    if group == neuronpos.GROUP:
+        out["earlier"] = truth[truth["pos"] < truth["pos"].max()]
+    return out
+
+
+__all__ = ["GROUPS", "KEY", "kinds_of", "node_frame", "restrict", "settings", "subsets", "truth_frame", "universe"]

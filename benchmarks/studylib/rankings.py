@@ -20,10 +20,11 @@ from .frames import KEY
 
 ATP_VARIANTS = {"AtP": (False, False), "AtP+QKfix": (True, False), "AtP+GradDrop": (False, True), "AtP*": (True, True)}
 BASELINES = {  # options per node group; documented in docs/study.md
-    "Subsampling": ("subsampling", {"attn": {"p": 0.02, "samples": 500}, "neuron": {"p": 0.005, "samples": 500}}),
-    "Blocks": ("blocks", {"attn": {"size": 16}, "neuron": {"size": 64}}),
-    "Hierarchical": ("hierarchical", {"attn": {"branching": 8, "threshold": 0.05, "relative": True},
-                                      "neuron": {"branching": 8, "threshold": 0.05, "relative": True}}),
+    "Subsampling": ("subsampling", {"attn": {"p": 0.02, "samples": 500}, "neuron": {"p": 0.005, "samples": 500},
+                                    "neuron_pos": {"p": 0.005, "samples": 500}}),
+    "Blocks": ("blocks", {"attn": {"size": 16}, "neuron": {"size": 64}, "neuron_pos": {"size": 64}}),
+    "Hierarchical": ("hierarchical", {g: {"branching": 8, "threshold": 0.05, "relative": True}
+                                      for g in ("attn", "neuron", "neuron_pos")}),
 }
 QUICK_BASELINES = {
     "Subsampling": ("subsampling", {"attn": {"p": 0.05, "samples": 40}, "neuron": {"p": 0.05, "samples": 40}}),
@@ -36,10 +37,11 @@ def frame_of(scores) -> pd.DataFrame:
     return scores.to_frame()[KEY + ["effect", "score"]]
 
 
-def atp_rankings(model, pairs, ratio: float, kinds) -> tuple[dict, dict]:
+def atp_rankings(model, pairs, ratio: float, kinds, variants=tuple(ATP_VARIANTS)) -> tuple[dict, dict]:
     """{variant: (frame, cost per pair)} and {variant: seconds}."""
     out, seconds = {}, {}
-    for label, (qk_fix, graddrop) in ATP_VARIANTS.items():
+    for label in variants:
+        qk_fix, graddrop = ATP_VARIANTS[label]
         start = time.perf_counter()
         scores = atpstar.atp(model, pairs, kinds=kinds, qk_fix=qk_fix, graddrop=graddrop, progress=False)
         seconds[label] = time.perf_counter() - start
@@ -47,9 +49,13 @@ def atp_rankings(model, pairs, ratio: float, kinds) -> tuple[dict, dict]:
     return out, seconds
 
 
-def baseline_rankings(model, pairs, nodes: pd.DataFrame, group: str, quick: bool, seed: int = 0) -> tuple[dict, dict]:
+def baseline_rankings(model, pairs, nodes: pd.DataFrame, group: str, quick: bool, seed: int = 0,
+                      only=None) -> tuple[dict, dict]:
+    """The joint-patching baselines (``only``: a subset of their labels) over ``nodes``."""
     out, seconds = {}, {}
     for label, (name, options) in (QUICK_BASELINES if quick else BASELINES).items():
+        if only is not None and label not in only:
+            continue
         start = time.perf_counter()
         scores = atpstar.METHODS[name](model, pairs, nodes=nodes, progress=False, seed=seed, **options[group])
         seconds[label] = time.perf_counter() - start

@@ -54,32 +54,54 @@ def neuron_nodes(model, n_pos: int) -> NodeSet:
                    torch.full((n,), n_pos - 1))
 
 
-def path_for(task: str, root: Path = ROOT) -> Path:
-    return root / f"truth_{task}.npz"
+def path_for(task: str, root: Path = ROOT, prefix: str = "") -> Path:
+    """``truth_<prefix><task>.npz``; the prefix names the model (none for the default model)."""
+    return root / f"truth_{prefix}{task}.npz"
 
 
 def compute(model, task: str, pairs: PromptPairs, neurons: bool = True, root: Path = ROOT,
-            layers: range | None = None, progress: bool = True) -> Truth:
-    """Exact per-pair effects (resumable through acp checkpoints), saved to ``path_for(task)``."""
+            layers: range | None = None, progress: bool = True, prefix: str = "") -> Truth:
+    """Exact per-pair effects (resumable through acp checkpoints), saved to ``path_for(task, root, prefix)``."""
     ckpt = root / "ckpt"
     seconds = {}
     t0 = time.perf_counter()
     nodes = NodeSet.every(model, "attn", pairs.max_len)
     if layers is not None:
         nodes = nodes.take(torch.isin(nodes.layer, torch.tensor(list(layers))))
-    exact = atpstar.acp(model, pairs, nodes=nodes, per_pair=True, progress=progress, checkpoint=ckpt / f"{task}_attn.ckpt")
+    exact = atpstar.acp(model, pairs, nodes=nodes, per_pair=True, progress=progress, checkpoint=ckpt / f"{prefix}{task}_attn.ckpt")
     seconds["attention"] = time.perf_counter() - t0
     attn = {k: exact.per_pair[NodeKind(k)].numpy().astype(np.float32) for k in ATTN}
     neuron = None
     if neurons:
         t0 = time.perf_counter()
         exact_n = atpstar.acp(model, pairs, nodes=neuron_nodes(model, pairs.max_len), per_pair=True,
-                              progress=progress, checkpoint=ckpt / f"{task}_neuron.ckpt")
+                              progress=progress, checkpoint=ckpt / f"{prefix}{task}_neuron.ckpt")
         seconds["neurons"] = time.perf_counter() - t0
         neuron = exact_n.per_pair[NodeKind.NEURON][..., -1].numpy().astype(np.float32)
     truth = Truth(task, pairs, attn, neuron, seconds)
-    save(truth, path_for(task, root))
+    save(truth, path_for(task, root, prefix))
     return truth
+
+
+def pair_arrays(pairs: PromptPairs) -> dict:
+    """The pairs as arrays for ``np.savez`` (token ids per pair, answers, distractors)."""
+    arrays = {"answer": pairs.answer.numpy(), "distractor": pairs.distractor.numpy()}
+    for i, (c, x) in enumerate(zip(pairs.clean, pairs.noise)):
+        arrays[f"clean_{i}"], arrays[f"noise_{i}"] = c.numpy(), x.numpy()
+    return arrays
+
+
+def pair_meta(pairs: PromptPairs) -> dict:
+    return {"n_pairs": len(pairs), "metric": pairs.metric if isinstance(pairs.metric, str) else None,
+            "texts": [list(t) for t in pairs.texts]}
+
+
+def pairs_from(data, meta: dict) -> PromptPairs:
+    n = meta["n_pairs"]
+    return PromptPairs.from_ids([data[f"clean_{i}"].tolist() for i in range(n)],
+                                [data[f"noise_{i}"].tolist() for i in range(n)],
+                                data["answer"].tolist(), data["distractor"].tolist(),
+                                metric=meta["metric"], texts=[tuple(t) for t in meta["texts"]])
 
 
 def save(truth: Truth, path: Path) -> None:
@@ -87,23 +109,14 @@ def save(truth: Truth, path: Path) -> None:
     arrays = {f"attn_{k}": v for k, v in truth.attn.items()}
     if truth.neuron is not None:
         arrays["neuron"] = truth.neuron
-    for i, (c, x) in enumerate(zip(truth.pairs.clean, truth.pairs.noise)):
-        arrays[f"clean_{i}"], arrays[f"noise_{i}"] = c.numpy(), x.numpy()
-    meta = {"task": truth.task, "n_pairs": len(truth.pairs), "seconds": truth.seconds,
-            "metric": truth.pairs.metric if isinstance(truth.pairs.metric, str) else None,
-            "texts": [list(t) for t in truth.pairs.texts]}
-    np.savez_compressed(path, answer=truth.pairs.answer.numpy(), distractor=truth.pairs.distractor.numpy(),
-                        meta=np.array(json.dumps(meta)), **arrays)
+    meta = {"task": truth.task, "seconds": truth.seconds, **pair_meta(truth.pairs)}
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **pair_arrays(truth.pairs), **arrays)
 
 
-def load(task: str, root: Path = ROOT) -> Truth:
-    with np.load(path_for(task, root)) as data:
+def load(task: str, root: Path = ROOT, prefix: str = "") -> Truth:
+    with np.load(path_for(task, root, prefix)) as data:
         meta = json.loads(str(data["meta"]))
-        n = meta["n_pairs"]
-        pairs = PromptPairs.from_ids([data[f"clean_{i}"].tolist() for i in range(n)],
-                                     [data[f"noise_{i}"].tolist() for i in range(n)],
-                                     data["answer"].tolist(), data["distractor"].tolist(),
-                                     metric=meta["metric"], texts=[tuple(t) for t in meta["texts"]])
+        pairs = pairs_from(data, meta)
         attn = {k: data[f"attn_{k}"] for k in ATTN}
         neuron = data["neuron"] if "neuron" in data else None
     return Truth(meta["task"], pairs, attn, neuron, meta["seconds"])

@@ -9,6 +9,8 @@ Public API::
     patcher = EdgePatcher(model, pairs, metric=None, graph=None, batch_size=None)
     patcher.single(edges) -> (N, pairs);  patcher.effects(edges, sets) -> (sets, pairs)   # joint patches
     scores.top(k), scores.to_frame(top=None), scores.edges(k), scores.group("positions", "heads")
+    checked = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=30), stop=None)   # exact, ranked order
+    to_eap_graph(table, cfg) / eap_graph_of(scores, d_model, circuit) / tl_hook(name) / tl_edge_hooks(edge)
 
 Modules, one idea each:
 
@@ -19,7 +21,9 @@ Modules, one idea each:
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
   (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets);
-- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*.
+- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*;
+- :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
+- :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
 """
 
 from .atp import atp
@@ -32,3 +36,10 @@ edge_atp = atp
 
 __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScores", "EdgeSet", "atp", "edge_acp",
            "edge_atp", "edge_frame", "edge_patch", "heads_additive"]
+
+from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
+                     to_eap_graph, write_eap_json)
+from .verify import EdgeVerification, verify_edges  # noqa: E402
+
+__all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
+            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json"]

@@ -95,6 +95,7 @@ class _PairEstimate:
         self.grads: dict = {}  # {(layer, site, stream): grad}
         self.norm = max(model.n_layers - 1, 1)
         self.forward_passes = 3.0
+        self.rerun_share = _query_key_share(model)
 
     def run(self) -> tuple[Tensor, Tensor]:
         keep = lambda layer, site, x: self.clean.__setitem__((layer, site), x)  # noqa: E731
@@ -162,7 +163,7 @@ class _PairEstimate:
         n_before = int((self.graph.writer_layer < layer).sum())
         x = self.backward.hooks.norm_inputs[layer]
         q_new, k_new = queries_keys(self.backward, layer, x + self.delta[:n_before])
-        self.forward_passes += n_before / self.model.n_layers
+        self.forward_passes += n_before * self.rerun_share / self.model.n_layers  # n_before re-runs of q, k only
         mask, scale, softcap = self.backward.hooks.meta[layer]
         q, k = self.clean[(layer, "q")], self.clean[(layer, "k")]
         if mask is not None:
@@ -183,3 +184,11 @@ def _dot(delta: Tensor, grads: Tensor | None) -> Tensor:
         return delta.new_zeros(delta.shape[0], 1, delta.shape[1])
     dtype = torch.promote_types(delta.dtype, torch.float32)
     return torch.einsum("wtd,rtd->wrt", delta.to(dtype), grads.to(dtype))
+
+
+def _query_key_share(model) -> float:
+    """The share of one block's weights that a query/key re-run multiplies by (its q and k projections),
+    so that the QK fix's per-writer re-runs are counted as the fraction of a forward pass they compute."""
+    qk = model.d_model * (model.n_heads + model.n_kv_heads) * model.d_head
+    block = sum(p.numel() for p in model.layers[0].parameters() if p.dim() > 1)
+    return min(1.0, qk / block)

@@ -5,7 +5,9 @@ Layout of ``DIR``::
     run.json          model id and weight hash, every option, seed, package versions, costs,
                       the diagnostic's statement, and which stages are finished
     nodes.parquet     the node table (also nodes.csv): one row per node, ranked by the first method
-    nodes.csv
+    nodes.csv         (runs at ``--level nodes`` or ``both``)
+    edges.parquet     the edge table (also edges.csv): the top edges of the first method's edge ranking
+    edges.csv         (runs at ``--level edges`` or ``both``; SPEC.md §11)
     report.html       the self-contained report (``atpstar report DIR`` rebuilds it)
     stages/           each finished stage's results (prompt pairs, each method's Scores, the
                       verification, the diagnostic); a resumed run skips every stage found here
@@ -32,6 +34,10 @@ from ..scores import Scores
 from ..types import ALL_KINDS, NodeKind
 
 RUN_JSON, NODES_PARQUET, NODES_CSV, REPORT = "run.json", "nodes.parquet", "nodes.csv", "report.html"
+EDGES_PARQUET, EDGES_CSV = "edges.parquet", "edges.csv"
+EDGE_ROWS = 100_000
+"""Rows of the edge table: the top of the ranking (a prompt has ~10^6 edges; the full (W, R, T) scores
+stay in ``stages/edge-scores-<method>.pt``)."""
 FORMAT = 1
 """Version of the run-folder layout, recorded in run.json."""
 
@@ -146,6 +152,52 @@ def save_frame(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+# --- edges -------------------------------------------------------------------------------------------
+_GRAPH_FIELDS = ("writer_names", "writer_layer", "writer_kind", "writer_unit", "reader_names", "reader_layer",
+                 "reader_kind", "reader_unit", "valid", "n_layers", "n_heads", "n_kv_heads", "per_head",
+                 "parallel_residual")
+
+
+def save_edge_scores(scores, path: Path) -> None:
+    """An EdgeScores (its graph included, so the folder reads back without the model) as plain tensors."""
+    state = {"method": scores.method, "n_pairs": scores.n_pairs, "effect": scores.effect, "score": scores.score,
+             "info": json.dumps(scores.info, default=_jsonable),
+             "graph": {k: getattr(scores.graph, k) for k in _GRAPH_FIELDS}}
+    if scores.per_pair is not None:
+        state["per_pair"] = scores.per_pair
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_edge_scores(path: Path):
+    from ..edges import EdgeGraph, EdgeScores
+
+    state = _load(path)
+    graph = dict(state["graph"])
+    graph["writer_names"], graph["reader_names"] = tuple(graph["writer_names"]), tuple(graph["reader_names"])
+    info = json.loads(state["info"])
+    if isinstance(info.get("cost"), dict):
+        info["cost"] = Cost.of(info)
+    return EdgeScores(state["method"], EdgeGraph(**graph), state["effect"], state["score"], state["n_pairs"],
+                      state.get("per_pair"), info)
+
+
+def edge_table(scores, verified: pd.DataFrame | None, tokens: list[str], rows: int = EDGE_ROWS) -> pd.DataFrame:
+    """The top ``rows`` edges of the ranking, best first: ``rank``, the tidy columns of
+    :meth:`EdgeScores.to_frame` (name, writer, reader, pos, writer_/reader_ layer, kind, unit, score,
+    effect), ``token`` (the display prompt's token at ``pos``), ``verified`` and ``effect_exact``."""
+    frame = scores.to_frame(top=rows)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    frame.insert(5, "token", [tokens[p] if 0 <= p < len(tokens) else "" for p in frame["pos"]])
+    frame["verified"] = False
+    frame["effect_exact"] = np.nan
+    if verified is not None and len(verified):
+        exact = verified.set_index("name")["effect_exact"]
+        hit = frame["name"].isin(exact.index)
+        frame.loc[hit, "verified"] = True
+        frame.loc[hit, "effect_exact"] = frame.loc[hit, "name"].map(exact).to_numpy(dtype=float)
+    return frame
+
+
 # --- the node table ------------------------------------------------------------------------------
 def method_slug(method: str) -> str:
     """A column / file-name form of a method name: ``atp*`` -> ``atpstar``."""
@@ -206,7 +258,9 @@ def display_tokens(model, pairs: PromptPairs) -> tuple[list[str], int]:
 class RunFolder:
     """A run folder read back: ``nodes`` (the node table), ``scores`` ({method: Scores}), ``verified``
     (the verified nodes in rank order, with exact per-node effects), ``diagnosis`` (dict) and
-    ``suspects`` (the diagnostic's table) where the run made them, ``pairs`` and ``meta`` (run.json)."""
+    ``suspects`` (the diagnostic's table) where the run made them, ``pairs`` and ``meta`` (run.json);
+    at ``--level edges``/``both``: ``edges`` (the edge table), ``edge_scores`` (the EdgeScores) and
+    ``verified_edges``."""
 
     path: Path
     meta: dict
@@ -216,6 +270,9 @@ class RunFolder:
     diagnosis: dict | None = None
     suspects: pd.DataFrame | None = None
     pairs: PromptPairs | None = None
+    edges: pd.DataFrame | None = None
+    edge_scores: object = None
+    verified_edges: pd.DataFrame | None = None
 
     @property
     def finished(self) -> bool:
@@ -223,7 +280,9 @@ class RunFolder:
 
     def __repr__(self) -> str:
         n = "?" if self.nodes is None else f"{len(self.nodes):,}"
-        return f"RunFolder({str(self.path)!r}, status={self.meta.get('status')}, nodes={n}, methods={list(self.scores)})"
+        e = "" if self.edges is None else f", edges={len(self.edges):,}"
+        return (f"RunFolder({str(self.path)!r}, status={self.meta.get('status')}, nodes={n}{e}, "
+                f"methods={list(self.scores)})")
 
 
 def load_run(path) -> RunFolder:
@@ -246,4 +305,11 @@ def load_run(path) -> RunFolder:
         out.suspects = pd.read_parquet(folder.stage("suspects.parquet"))
     if folder.done("pairs.pt"):
         out.pairs = load_pairs(folder.stage("pairs.pt"))
+    if (folder / EDGES_PARQUET).is_file():
+        out.edges = pd.read_parquet(folder / EDGES_PARQUET)
+    methods = meta.get("config", {}).get("methods", [])
+    if methods and folder.done(f"edge-scores-{method_slug(methods[0])}.pt"):
+        out.edge_scores = load_edge_scores(folder.stage(f"edge-scores-{method_slug(methods[0])}.pt"))
+    if folder.done("verified-edges.parquet"):
+        out.verified_edges = pd.read_parquet(folder.stage("verified-edges.parquet"))
     return out

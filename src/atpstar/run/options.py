@@ -24,6 +24,8 @@ METHOD_HELP = {
 }
 METHOD_NAMES = tuple(METHOD_HELP)
 ATP_FLAGS = {"atp*": (True, True), "atp": (False, False), "atp+qkfix": (True, False), "atp+graddrop": (False, True)}
+LEVELS = ("nodes", "edges", "both")
+"""What a run ranks: nodes (SPEC §1), edges between writers and readers (SPEC §11), or both."""
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16")
 PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -91,7 +93,7 @@ def parse_kinds(kinds) -> list:
     return NodeKind.parse(kinds)
 
 
-_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(nodes?|n|s|sec|seconds?)?\s*$", re.IGNORECASE)
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(nodes?|n|edges?|s|sec|seconds?)?\s*$", re.IGNORECASE)
 
 
 def parse_budget(text):
@@ -102,13 +104,14 @@ def parse_budget(text):
     m = _BUDGET.match(str(text))
     if not m:
         raise ValueError(f"cannot read the verification budget {text!r}: give forward-pass equivalents per pair "
-                         "(e.g. 100), a number of nodes (e.g. 50nodes), seconds (e.g. 60s), or 0 for none")
+                         "(e.g. 100), a number of nodes or edges (e.g. 50nodes, 50edges), seconds (e.g. 60s), "
+                         "or 0 for none")
     value, unit = float(m.group(1)), (m.group(2) or "").lower()
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"the verification budget must be > 0 (or 0 for no verification), got {text!r}")
-    if unit.startswith("n"):
+    if unit.startswith(("n", "e")):
         if value != int(value):
-            raise ValueError(f"a budget in nodes must be a whole number, got {text!r}")
+            raise ValueError(f"a budget in nodes or edges must be a whole number, got {text!r}")
         return ("nodes", int(value))
     if unit.startswith("s"):
         return ("seconds", value)
@@ -169,6 +172,20 @@ def parse_stop(text):
 THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.05}
 """``--stop theta`` without settings: θ below 10% of the largest verified effect; 300 subsets with p = 0.05
 (--samples, --p override them) (docs/diagnostic.md §9)."""
+
+
+def check_level(level, methods: list[str], diagnose: bool) -> str:
+    """``--level``: nodes, edges or both; edges are ranked by an AtP method and not diagnosed (yet)."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)} (nodes: components, edges: "
+                         "the connections between them, SPEC §11)")
+    if level != "nodes" and methods[0] not in ATP_FLAGS:
+        raise ValueError(f"--level {level}: edges are ranked by the first method, which must be one of "
+                         f"{', '.join(ATP_FLAGS)} (got {methods[0]!r}); put it first, e.g. --method atp*,{methods[0]}")
+    if level == "edges" and diagnose:
+        raise ValueError("--diagnose bounds unverified nodes, and --level edges ranks no nodes: use --level both "
+                         "(the diagnostic then runs on the nodes), or drop --diagnose")
+    return level
 
 
 def check_diagnostic(samples, p, delta) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import options as opts
-from .folder import FORMAT, NODES_CSV, NODES_PARQUET, REPORT, RunDir, RunFolder, load_run
+from .folder import EDGES_CSV, EDGES_PARQUET, FORMAT, NODES_CSV, NODES_PARQUET, REPORT, RunDir, RunFolder, load_run
 
 
 @dataclass
@@ -36,6 +36,8 @@ class RunConfig:
     """Methods to run; the first one's ranking is verified. With ``acp`` among them (exact patching of
     every node) the run has ground truth, and the report draws each method's recall-vs-cost curve."""
     kinds: str = "all"
+    level: str = "nodes"
+    """``nodes`` (SPEC §1), ``edges`` (writer -> reader at one position, SPEC §11) or ``both``."""
     verify_budget: str | None = "100"
     """Forward-pass equivalents per pair (``"100"``), verified nodes (``"50nodes"``), seconds (``"60s"``),
     or ``"0"``/``None``: no verification."""
@@ -60,6 +62,7 @@ class RunConfig:
             opts.check_int("pairs", self.pairs, 1)
         self.methods = opts.parse_methods(self.methods)
         opts.parse_kinds(self.kinds)
+        opts.check_level(self.level, self.methods, self.diagnose)
         budget = opts.budget_object(opts.parse_budget(self.verify_budget))  # Budget checks its own range
         stop = opts.parse_stop(self.stop)
         if self.diagnose and budget is None and stop is None:
@@ -111,7 +114,7 @@ def prepare(out, force: bool = False) -> RunDir:
 def _clear(folder: RunDir) -> None:
     for name in ("stages", "checkpoints"):
         shutil.rmtree(folder / name, ignore_errors=True)
-    for name in ("run.json", NODES_PARQUET, NODES_CSV, REPORT):
+    for name in ("run.json", NODES_PARQUET, NODES_CSV, EDGES_PARQUET, EDGES_CSV, REPORT):
         (folder / name).unlink(missing_ok=True)
 
 

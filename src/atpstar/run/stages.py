@@ -14,8 +14,9 @@ import torch
 from . import options as opts
 from ..checkpoint import load_checked
 from ..cost import Cost
-from .folder import NODES_CSV, NODES_PARQUET, RunDir, atomic_write, display_tokens, load_pairs
-from .folder import load_scores, method_slug, node_table, save_frame, save_pairs, save_scores
+from .folder import EDGES_CSV, EDGES_PARQUET, NODES_CSV, NODES_PARQUET, RunDir, atomic_write, display_tokens
+from .folder import edge_table, load_edge_scores, load_pairs, load_scores, method_slug, node_table, save_edge_scores
+from .folder import save_frame, save_pairs, save_scores
 
 DEFAULT_PAIRS = 8
 
@@ -37,6 +38,8 @@ class Context:
     diagnosis: object = None
     theta_rule: object = None
     """The ``--stop theta`` rule once verification ran: its subsets serve the diagnostic too."""
+    edge_scores: object = None
+    verified_edges: object = None
 
     def say(self, message: str) -> None:
         self.echo(message)
@@ -110,6 +113,8 @@ def _metric_name(pairs) -> str:
 
 
 def estimate(ctx: Context) -> None:
+    if ctx.cfg.level == "edges":
+        return
     for method in ctx.cfg.methods:
         file = ctx.folder.stage(f"scores-{method_slug(method)}.pt")
         if file.is_file():
@@ -146,6 +151,8 @@ def run_method(ctx: Context, method: str):
 
 def verify(ctx: Context) -> None:
     cfg = ctx.cfg
+    if cfg.level == "edges":
+        return
     budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
     if budget is None and stop is None:
         return
@@ -240,13 +247,22 @@ def diagnose(ctx: Context) -> None:
 
 
 def tables(ctx: Context) -> None:
-    ctx.say("writing the node table...")
     tokens = ctx.meta["stages"]["pairs"]["tokens"]
-    frame = node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens)
-    save_frame(frame, ctx.folder / NODES_PARQUET)
-    atomic_write(ctx.folder / NODES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    facts = {}
+    if ctx.cfg.level != "edges":
+        ctx.say("writing the node table...")
+        frame = node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens)
+        save_frame(frame, ctx.folder / NODES_PARQUET)
+        atomic_write(ctx.folder / NODES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+        facts["rows"] = len(frame)
+    if ctx.cfg.level != "nodes":
+        ctx.say("writing the edge table...")
+        frame = edge_table(ctx.edge_scores, ctx.verified_edges, tokens)
+        save_frame(frame, ctx.folder / EDGES_PARQUET)
+        atomic_write(ctx.folder / EDGES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+        facts["edge_rows"] = len(frame)
     ctx.meta["costs"] = costs(ctx.meta)
-    ctx.record("tables", rows=len(frame))
+    ctx.record("tables", **facts)
 
 
 def costs(meta: dict) -> dict:
@@ -272,4 +288,69 @@ def _plain(value):
     return json.loads(json.dumps(value, default=_jsonable))
 
 
-STAGES = (load, make_pairs, estimate, verify, diagnose, tables)
+def edges(ctx: Context) -> None:
+    """Edge AtP (the first method's variant) over every edge, then exact verification of the top edges."""
+    cfg = ctx.cfg
+    if cfg.level == "nodes":
+        return
+    method = cfg.methods[0]
+    file = ctx.folder.stage(f"edge-scores-{method_slug(method)}.pt")
+    if file.is_file():
+        ctx.edge_scores = load_edge_scores(file)
+    else:
+        from ..edges.atp import atp as edge_atp
+
+        ctx.say(f"estimating every edge with {method}...")
+        qk_fix, graddrop = opts.ATP_FLAGS[method]
+        wanted = inspect.signature(edge_atp).parameters
+        extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size))
+                 if k in wanted and v is not None}
+        scores = edge_atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **extra)
+        cost = Cost.of(scores)
+        if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
+            from dataclasses import replace
+
+            from ..substrate.timing import measure_backward_ratio
+
+            group = next(iter(ctx.pairs.groups()))
+            cost = replace(cost, backward_ratio=measure_backward_ratio(ctx.model, group.clean[:1]))
+            scores.info["cost"] = cost
+        save_edge_scores(scores, file)
+        ctx.edge_scores = scores
+        g = scores.graph
+        ctx.record("edges", method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
+                   n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(), per_pair=cost.per_pair(),
+                   seconds=cost.seconds)
+        ctx.say(f"{method}: {ctx.meta['stages']['edges']['edges']:,} edges in {cost.seconds:.1f}s "
+                f"({cost.per_pair():.1f} forward-pass equivalents per pair)")
+    verify_edges(ctx)
+
+
+def verify_edges(ctx: Context) -> None:
+    """Exact edge patching of the top of the edge ranking, under the run's budget and stop rule."""
+    import pandas as pd
+
+    cfg = ctx.cfg
+    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
+    file = ctx.folder.stage("verified-edges.parquet")
+    if budget is None and stop is None:
+        return
+    if file.is_file():
+        ctx.verified_edges = pd.read_parquet(file)
+        return
+    from ..edges.verify import verify_edges as run_verify
+
+    ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
+    v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
+                   batch_size=cfg.batch_size, progress=ctx.progress)
+    ctx.verified_edges = v.to_frame()
+    save_frame(ctx.verified_edges, file)
+    ctx.record("verify:edges", edges=len(v.to_frame()), stopped=v.stopped, cost=v.cost.to_dict(),
+               per_pair=v.cost.per_pair(), seconds=v.cost.seconds)
+    ctx.meta["stages"]["edges"]["verified"] = len(ctx.verified_edges)
+    ctx.meta["stages"]["edges"]["stopped"] = v.stopped
+    ctx.folder.write_meta(ctx.meta)
+    ctx.say(f"verified {len(ctx.verified_edges):,} edges in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
+
+
+STAGES = (load, make_pairs, estimate, verify, diagnose, edges, tables)

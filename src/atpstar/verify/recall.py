@@ -16,6 +16,11 @@ method is never charged for the order in which it lists nodes the truth cannot t
 
 Everything is vectorised (rank arrays, cumulative maxima; the relaxed target's order statistics in
 blocks of k): rankings of all of a model's nodes hold ~10^6 entries.
+
+**Edges** (SPEC.md §11) are units like nodes: a ranking may be an
+:class:`~atpstar.edges.EdgeScores` (ranked by score), an edge table (``name`` column, e.g. the run
+folder's ``edges.parquet``, in ranked order) or edge names in ranked order; the truth an
+EdgeScores of exact edge effects or an edge table with ``effect_exact``, ``effect`` or ``score``.
 """
 
 from __future__ import annotations
@@ -54,7 +59,12 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
     if not 0 < relaxed <= 1:
         raise ValueError(f"relaxed must be a fraction in (0, 1], got {relaxed!r}")
     estimation = _per_pair_cost(estimation_cost)
-    value, rank = _matched(ranking, truth, kinds)
+    if _is_edges(ranking) or _is_edges(truth):
+        if kinds is not None:
+            raise ValueError("kinds= selects node kinds; edge rankings take no kinds (filter the edge table instead)")
+        value, rank = _matched_edges(ranking, truth)
+    else:
+        value, rank = _matched(ranking, truth, kinds)
     n = len(value)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in 1..{n} (the number of truth nodes), got {k!r}")
@@ -165,3 +175,62 @@ def _prefix_order_statistic(values: np.ndarray, target: np.ndarray) -> np.ndarra
         below = np.cumsum(counts, 1, out=counts)  # row b, column j: how many of them are <= sorted_vals[j]
         out[lo:hi] = sorted_vals[np.argmax(below >= target[lo:hi, None], axis=1)]
     return out
+
+
+# --- edges ------------------------------------------------------------------------------------------
+def _is_edges(x) -> bool:
+    if hasattr(x, "graph") and hasattr(x, "ranked_ids"):  # an EdgeScores
+        return True
+    if isinstance(x, pd.DataFrame):
+        return "reader" in x.columns or ("name" in x.columns and "kind" not in x.columns
+                                          and x["name"].astype(str).str.contains("->").any())
+    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str) and "->" in x[0]
+
+
+def _edge_names(x, what: str) -> tuple[pd.Index, np.ndarray]:
+    """(edge names in ranked order, score or NaN) of an edge ranking, or (names, |effect|) of a truth."""
+    if hasattr(x, "graph") and hasattr(x, "ranked_ids"):
+        frame = x.to_frame()
+        return pd.Index(frame["name"]), frame["score"].to_numpy(dtype=float)
+    if isinstance(x, pd.DataFrame):
+        if "name" not in x.columns:
+            raise ValueError(f"{what}: an edge table needs a 'name' column ('L3.head.H5@12 -> L7.k.G1@12')")
+        if what == "the truth":
+            column = next((c for c in ("effect_exact", "effect") if c in x.columns), None)
+            if column is None and "score" not in x.columns:
+                raise ValueError("the truth's edge table needs 'effect_exact', 'effect' or 'score' (= |mean effect|)")
+            value = x[column].abs() if column else x["score"]
+        else:
+            value = x["score"] if "score" in x.columns else pd.Series(np.nan, index=x.index)
+        return pd.Index(x["name"].astype(str)), value.to_numpy(dtype=float)
+    names = [str(n).strip() for n in x]
+    return pd.Index(names), np.full(len(names), np.nan)
+
+
+def _matched_edges(ranking, truth):
+    """(|effect| per truth edge, 0-based rank of that edge in the ranking restricted to truth edges)."""
+    t_names, value = _edge_names(truth, "the truth")
+    keep = np.isfinite(value)
+    t_names, value = t_names[keep], value[keep]
+    r_names, r_score = _edge_names(ranking, "the ranking")
+    if len(t_names) == 0:
+        raise ValueError("the truth has no edges with a finite effect")
+    for names, who in ((t_names, "the truth"), (r_names, "the ranking")):
+        if not names.is_unique:
+            raise ValueError(f"{who} lists the edge {names[names.duplicated()][0]!r} more than once")
+    nan = np.isnan(r_score)
+    if nan.any() and not nan.all():  # NaN-scored entries go last, each part in its given order
+        order = np.concatenate([np.flatnonzero(~nan), np.flatnonzero(nan)])
+        r_names, r_score = r_names[order], r_score[order]
+    position = r_names.get_indexer(t_names)
+    if (position < 0).any():
+        raise ValueError(f"truth and ranking cover different edges: the truth has {int((position < 0).sum())} edges "
+                         f"the ranking lacks (e.g. {t_names[np.flatnonzero(position < 0)[0]]})")
+    in_truth = np.zeros(len(r_names), dtype=bool)
+    in_truth[position] = True
+    extra = ~in_truth & ~np.isnan(r_score) if not nan.all() else ~in_truth
+    if extra.any():
+        raise ValueError(f"truth and ranking cover different edges: the ranking has {int(extra.sum())} edges the "
+                         f"truth lacks (e.g. {r_names[np.flatnonzero(extra)[0]]}); rank and patch the same edges")
+    rank = np.cumsum(in_truth) - 1
+    return value, rank[position]

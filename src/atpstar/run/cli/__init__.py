@@ -27,13 +27,14 @@ def main(argv=None) -> int:
     from . import commands
 
     handler = {"run": commands.cmd_run, "demo": commands.cmd_demo, "resume": commands.cmd_resume,
-               "report": commands.cmd_report, "tasks": commands.cmd_tasks}[args.command]
+               "report": commands.cmd_report, "tasks": commands.cmd_tasks,
+               "export": commands.cmd_export}[args.command]
     folder = getattr(args, "out", None) or getattr(args, "dir", None)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: stop as cleanly as Ctrl-C does
     try:
         return handler(args)
     except KeyboardInterrupt:
-        where = f": continue with `atpstar resume {folder}`" if folder and args.command != "report" else ""
+        where = f": continue with `atpstar resume {folder}`" if folder and args.command not in ("report", "export") else ""
         print(f"\natpstar: interrupted; finished work is saved{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as err:  # noqa: BLE001 - every error ends in one message unless ATPSTAR_DEBUG is set

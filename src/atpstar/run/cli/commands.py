@@ -18,7 +18,7 @@ def config_from_args(args, task: str):
     from ..pipeline import RunConfig
 
     return RunConfig(model=args.model, task=task, pairs=args.pairs, methods=parse_methods(args.method),
-                     kinds=args.kinds, verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
+                     kinds=args.kinds, level=getattr(args, "level", "nodes"), verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
                      samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,
                      seed=args.seed, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
 
@@ -69,6 +69,33 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ...edges.export import eap_graph_of, write_json
+    from ..folder import load_run
+
+    folder = load_run(args.dir)
+    if folder.edge_scores is None:
+        raise ValueError(f"{args.dir} has no edge scores: make the run with --level edges (or both)")
+    verified = folder.verified_edges
+    which = args.circuit or ("verified" if verified is not None and len(verified) else "top:100")
+    if which == "verified":
+        if verified is None or not len(verified):
+            raise ValueError(f"{args.dir} verified no edges: use --circuit top:N")
+        circuit = verified["name"].tolist()
+    elif which == "all":
+        circuit = None
+    elif which.startswith("top:") and which[4:].isdigit() and int(which[4:]) > 0:
+        circuit = int(which[4:])
+    else:
+        raise ValueError(f"--circuit {which!r}: use verified, top:N (N > 0) or all")
+    d_model = folder.meta["stages"].get("edges", {}).get("d_model", 0)
+    graph = eap_graph_of(folder.edge_scores, d_model, circuit)
+    path = write_json(graph, args.out or Path(args.dir) / "eap-graph.json")
+    n = sum(e["in_graph"] for e in graph["edges"].values())
+    print(f"EAP-IG graph: {path} ({n:,} of {len(graph['edges']):,} edges in the graph: {which})")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from ... import load_model, tasks
     from ...metrics import resolve
@@ -94,24 +121,36 @@ def cmd_tasks(args) -> int:
 
 def print_summary(folder, top: int) -> None:
     """The top of the ranking with verified effects, the verification and diagnostic outcome, where things are."""
-    meta, nodes = folder.meta, folder.nodes
+    meta, nodes, edges = folder.meta, folder.nodes, folder.edges
     methods = meta["config"]["methods"]
     from ..folder import method_slug
 
     slug = method_slug(methods[0])
-    shown = nodes.head(top)[["rank", "name", "token", f"score_{slug}", f"effect_{slug}", "effect_exact"]]
-    print(f"top {len(shown)} of {len(nodes):,} nodes ranked by {methods[0]} "
-          "(effect_exact: verified by exact patching):")
-    print(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+    fmt = lambda x: f"{x:.4g}"  # noqa: E731
+    if nodes is not None:
+        shown = nodes.head(top)[["rank", "name", "token", f"score_{slug}", f"effect_{slug}", "effect_exact"]]
+        print(f"top {len(shown)} of {len(nodes):,} nodes ranked by {methods[0]} "
+              "(effect_exact: verified by exact patching):")
+        print(shown.to_string(index=False, float_format=fmt, na_rep="-"))
+    if edges is not None:
+        shown = edges.head(top)[["rank", "name", "token", "score", "effect", "effect_exact"]]
+        print(f"top {len(shown)} of {len(edges):,} edges ranked by {methods[0]} "
+              "(effect_exact: verified by exact edge patching):")
+        print(shown.to_string(index=False, float_format=fmt, na_rep="-"))
     stages = meta["stages"]
     if "verify" in stages:
         v = stages["verify"]
         print(f"verified {v['nodes']:,} nodes ({v['per_pair']:.1f} forward-pass equivalents per pair, "
+              f"{v['seconds']:.1f}s); stopped: {v['stopped']}")
+    if "verify:edges" in stages:
+        v = stages["verify:edges"]
+        print(f"verified {v['edges']:,} edges ({v['per_pair']:.1f} forward-pass equivalents per pair, "
               f"{v['seconds']:.1f}s); stopped: {v['stopped']}")
     if "diagnose" in stages:
         print(f"diagnostic: {stages['diagnose']['statement']}")
     total = meta.get("costs", {}).get("total", {})
     if total:
         print(f"total cost: {total['per_pair']:.1f} forward-pass equivalents per pair, {total['seconds']:.1f}s")
-    print(f"run folder: {folder.path} (nodes.parquet, nodes.csv, run.json)")
+    tables = [n for n, t in (("nodes", nodes), ("edges", edges)) if t is not None]
+    print(f"run folder: {folder.path} ({', '.join(f'{n}.parquet, {n}.csv' for n in tables)}, run.json)")
     print(f"report: {folder.path / 'report.html'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, DTYPES, METHOD_HELP
+from ..options import DEVICES, DTYPES, LEVELS, METHOD_HELP
 
 DESCRIPTION = """\
 atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
@@ -27,8 +27,10 @@ examples:
   atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --samples 300 --out runs/ioi-theta
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
+  atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges100
 
-the run folder DIR holds run.json, nodes.parquet, nodes.csv, report.html, stages/ and checkpoints/;
+the run folder DIR holds run.json, nodes.parquet, nodes.csv (edges.parquet, edges.csv with --level edges
+or both), report.html, stages/ and checkpoints/;
 an existing DIR is never overwritten (continue it with `atpstar resume DIR`, or pass --force).""",
     "demo": """\
 examples:
@@ -41,6 +43,14 @@ examples:
 examples:
   atpstar resume runs/ioi               # continues where the run stopped; finished stages are not redone
   atpstar resume runs/ioi --batch-size 1 --quiet     # e.g. after running out of memory""",
+    "export": """\
+examples:
+  atpstar export runs/ioi-edges                       # runs/ioi-edges/eap-graph.json: the verified edges in the graph
+  atpstar export runs/ioi-edges --circuit top:200 --out circuits/ioi_smollm2/graph.json
+
+writes EAP-IG's Graph.to_json format (nodes input, a{L}.h{H}, m{L}, logits; edges summed over positions,
+'score' = signed effect, 'in_graph' = the circuit), which EAP-IG's Graph.from_json and the MIB circuit
+track read (MIB wants one folder per task and model: circuits/TASK_MODEL/).""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
@@ -75,10 +85,16 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     what.add_argument("--kinds", default=DEMO["kinds"] if demo else "all", metavar="K",
                       help="node kinds: q,k,v,head,neuron (comma-separated), 'attn' or 'all' (default %s)"
                       % (DEMO["kinds"] if demo else "all"))
+    what.add_argument("--level", default="nodes", choices=LEVELS,
+                      help="rank nodes (default), edges (writer -> reader at one position: a head's or MLP's write "
+                           "read by a later query, key, value, MLP or the logits; SPEC §11), or both; edges are "
+                           "ranked by the first method (an AtP variant), verified by exact edge patching and drawn "
+                           "as a circuit in the report")
     check = p.add_argument_group("verification and diagnostic")
     check.add_argument("--verify-budget", default=DEMO["verify_budget"] if demo else "100", metavar="B",
                        help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "
-                            "the clean and noise runs count 2), a node count (50nodes), seconds (60s), or 0 for none "
+                            "the clean and noise runs count 2), a node (or edge) count (50nodes, 50edges), seconds "
+                            "(60s), or 0 for none "
                             "(default %s)" % (DEMO["verify_budget"] if demo else "100"))
     check.add_argument("--stop", default=DEMO["stop"] if demo else None, metavar="RULE",
                        help="stop verifying early: small-effects[:window=W,threshold=T,relative=R] stops once the "
@@ -137,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace the run's batch size (memory only, results are the same), e.g. after running "
                              "out of memory")
     resume.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+    export = add("export", "write a run's edges as an EAP-IG / MIB circuit graph (JSON)")
+    export.add_argument("dir", metavar="DIR", help="a run folder made with --level edges or both")
+    export.add_argument("--out", default=None, metavar="FILE", help="the JSON file (default DIR/eap-graph.json)")
+    export.add_argument("--circuit", default=None, metavar="WHICH",
+                        help="which edges are in the graph: 'verified' (default when edges were verified), 'top:N' "
+                             "(the N edges of largest |effect| summed over positions; default top:100 otherwise), "
+                             "or 'all'")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
     tasks.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..folder import NODES_PARQUET, REPORT, RunDir, atomic_write
+from ..folder import EDGES_PARQUET, NODES_PARQUET, REPORT, RunDir, atomic_write
 from .page import SECTIONS, build
 
 __all__ = ["SECTIONS", "build", "write_report"]
@@ -20,16 +20,18 @@ def write_report(run_dir) -> Path:
     """Build ``report.html`` in the run folder ``run_dir`` and return its path."""
     folder = RunDir(run_dir)
     meta = folder.read_meta()
-    if not (folder / NODES_PARQUET).is_file():
-        raise ValueError(f"{folder.path} has no node table yet (the run did not get that far): "
+    has_nodes, has_edges = (folder / NODES_PARQUET).is_file(), (folder / EDGES_PARQUET).is_file()
+    if not has_nodes and not has_edges:
+        raise ValueError(f"{folder.path} has no node or edge table yet (the run did not get that far): "
                          f"finish it with `atpstar resume {folder.path}` first")
-    nodes = pd.read_parquet(folder / NODES_PARQUET)
+    nodes = pd.read_parquet(folder / NODES_PARQUET) if has_nodes else None
+    edges = pd.read_parquet(folder / EDGES_PARQUET) if has_edges else None
     diagnosis = suspects = None
     if folder.done("diagnosis.json"):
         diagnosis = json.loads(folder.stage("diagnosis.json").read_text(encoding="utf-8"))
     if folder.done("suspects.parquet"):
         suspects = pd.read_parquet(folder.stage("suspects.parquet"))
-    page = build(meta, nodes, diagnosis, suspects)
+    page = build(meta, nodes, diagnosis, suspects, edges)
     path = folder / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from ..folder import method_slug
-from . import data, figures
+from . import circuit, data, figures
 
-SECTIONS = ("summary", "diagnostic", "theta-curve", "top-nodes", "heatmaps", "positions", "scatter", "recall")
+SECTIONS = ("summary", "diagnostic", "theta-curve", "top-nodes", "circuit", "heatmaps", "positions", "scatter", "recall")
+NODE_SECTIONS = {"top-nodes": "Top nodes", "heatmaps": "Where the effects are", "positions": "Per position",
+                 "scatter": "Estimate against verified effect", "recall": "Recall against cost"}
 
 
 def asset(name: str) -> str:
@@ -88,8 +90,12 @@ def summary(meta: dict, nodes: pd.DataFrame) -> str:
         ("example pair", esc(" / ".join(repr(t) for t in example)) if example else "—"),
         ("methods", esc(", ".join(cfg["methods"]) + " (the first one's ranking is verified)")),
         ("node kinds", esc(cfg["kinds"])),
-        ("nodes ranked", f"{len(nodes):,}"),
+        ("level", esc(cfg.get("level", "nodes"))),
+        ("nodes ranked", f"{len(nodes):,}" if nodes is not None else "—"),
         ("verified", esc(f'{verify["nodes"]:,} nodes; stopped: {verify["stopped"]}') if verify else "not run"),
+        *((("edges ranked", esc(f'{st["edges"].get("edges", 0):,} ({st["edges"].get("method")})')),
+           ("edges verified", esc(f'{st["edges"].get("verified", 0):,}; stopped: {st["edges"].get("stopped", "not run")}')))
+          if "edges" in st else ()),
         ("seed", esc(cfg["seed"])),
         ("status", esc(meta.get("status"))),
     ]
@@ -114,16 +120,22 @@ def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None) -> str:
     return body
 
 
-def build(meta: dict, nodes: pd.DataFrame, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None) -> str:
-    """The whole page."""
+def build(meta: dict, nodes: pd.DataFrame | None, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None,
+          edges: pd.DataFrame | None = None) -> str:
+    """The whole page. ``nodes`` is None in an edge-level run (``--level edges``), ``edges`` None in a
+    node-level one: their sections then say how to get them."""
     methods = meta["config"]["methods"]
     tokens = meta["stages"].get("pairs", {}).get("tokens", [])
+    node_parts = ([top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
+                   position_section(nodes, methods[0], tokens), scatter_section(nodes, methods[0]),
+                   recall_section(nodes, methods, meta)] if nodes is not None else
+                  [section(ident, title, '<p class="note">This run is at the edge level (<code>--level edges</code>): '
+                           "no node table. <code>--level both</code> ranks nodes and edges.</p>")
+                   for ident, title in NODE_SECTIONS.items()])
     parts = [section("summary", "Run", summary(meta, nodes)),
              section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
              theta_curve_section(diagnosis, meta),
-             top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
-             position_section(nodes, methods[0], tokens), scatter_section(nodes, methods[0]),
-             recall_section(nodes, methods, meta)]
+             node_parts[0], circuit_section(edges, meta), *node_parts[1:]]
     title = f'atpstar: {meta["config"]["task"]} on {meta.get("model", {}).get("name", meta["config"]["model"])}'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -197,3 +209,28 @@ def theta_curve_section(diagnosis: dict | None, meta: dict) -> str:
                 f"order; top axis: total cost ({primary} + the diagnostic's subsets + one forward pass per verified "
                 "node, per pair).</p>" + image("theta-curve", figures.theta_curve(history, base)))
     return section("theta-curve", "θ against verified nodes", body)
+
+
+CIRCUIT_TABLE_COLUMNS = ("rank", "name", "token", "score", "effect", "effect_exact")
+
+
+def circuit_section(edges: pd.DataFrame | None, meta: dict) -> str:
+    """The circuit figure (verified edges, else the top ones) beside the table of the top edges."""
+    title = "Circuit: the strongest edges (writer → reader)"
+    if edges is None:
+        return section("circuit", title, '<p class="note">This run ranked nodes only: add <code>--level edges</code> '
+                       "(or <code>both</code>) to rank the edges between them (writer → reader, SPEC §11) and draw "
+                       "the circuit.</p>")
+    facts_ = meta["stages"].get("edges", {})
+    gqa = bool(facts_.get("n_kv_heads")) and facts_.get("n_kv_heads") != facts_.get("n_heads")
+    chosen, column = circuit.circuit_edges(edges)
+    source = ("the verified edges with their exact effects" if column == "effect_exact"
+              else "the top of the ranking with its estimated effects (no edge was verified)")
+    note = (f'<p class="note">The figure draws {esc(source)}, summed over positions: layers bottom to top, '
+            "width = |effect|, green raises the metric, red lowers it; dashed lines enter a key, dotted a value. "
+            f"The table lists the top {min(len(edges), data.TOP_ROWS)} of {facts_.get('edges', len(edges)):,} edges "
+            "ranked; click a column to sort.</p>")
+    table = edges.head(data.TOP_ROWS)[[c for c in CIRCUIT_TABLE_COLUMNS if c in edges.columns]]
+    body = (note + '<div class="side">' + image("circuit", circuit.circuit_figure(edges, gqa=gqa))
+            + html_table(table, "circuit-table") + "</div>")
+    return section("circuit", title, body)
