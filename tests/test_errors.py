@@ -244,7 +244,7 @@ def test_resume_and_report_of_folders_that_are_not_runs(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"config": {}, "stages": {}, "status": "new"}))
     from atpstar.run.report import write_report
 
-    with pytest.raises(ValueError, match="no node table yet.*atpstar resume"):
+    with pytest.raises(ValueError, match="no node or edge table yet.*atpstar resume"):
         write_report(tmp_path)
 
 
