@@ -189,7 +189,7 @@ BAD_CONFIGS = [
     ({"verify_budget": "2"}, "cannot pay for the clean and noise runs"),
     ({"stop": "sometimes"}, "unknown stop rule 'sometimes'"),
     ({"stop": "small-effects:window=0"}, "window must be a positive integer"),
-    ({"stop": "small-effects:size=3"}, "use window=W, threshold=T or relative=R"),
+    ({"stop": "small-effects:size=3"}, "use window=..., threshold=..., relative=..."),
     ({"stop": "small-effects:relative=x"}, "'x' is not a number"),
     ({"delta": 1.5}, "delta .* must be in \\(0, 1\\)"),
     ({"samples": 1}, "samples must be an integer >= 2"),
