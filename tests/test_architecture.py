@@ -108,9 +108,9 @@ def test_old_module_paths_resolve_to_the_new_module_with_a_warning(old):
 
 
 def test_names_inside_an_old_module_keep_working():
-    sys.modules.pop("atpstar.stopping", None), sys.modules.pop("atpstar.cli", None)
+    sys.modules.pop("atpstar.recall", None), sys.modules.pop("atpstar.cli", None)
     with pytest.warns(DeprecationWarning):
-        from atpstar.stopping import SmallEffects  # noqa: F401
+        from atpstar.recall import recall_cost  # noqa: F401
         from atpstar.cli import main
-    assert SmallEffects is atpstar.SmallEffects
+    assert recall_cost is atpstar.recall_cost
     assert main is atpstar.run.cli.main

@@ -15,7 +15,7 @@ MOVED = {
     "attention": "substrate.attention", "capture": "substrate.capture", "patching": "substrate.patching",
     "batching": "substrate.batching", "joint": "substrate.joint",
     "qkfix": "methods.qkfix", "qkfix_linear": "methods.qkfix_linear",
-    "verify_patcher": "verify.patcher", "verify_store": "verify.store", "stopping": "verify.stopping",
+    "verify_patcher": "verify.patcher", "verify_store": "verify.store",
     "ranking": "verify.ranking", "recall": "verify.recall",
     "diagnostic": "diagnose.diagnostic", "diagnosis": "diagnose.diagnosis", "bound": "diagnose.bound",
     "pipeline": "run.pipeline", "stages": "run.stages", "options": "run.options", "runfolder": "run.folder",

@@ -21,6 +21,7 @@ from ..cost import Cost
 from ..metrics import resolve
 from ..pairs import PromptPairs, check_pairs
 from ..substrate.capture import run
+from ..substrate.joint import clean_base
 from ..substrate.batching import plan_batches
 from ..substrate.patching import auto_batch_size, check_batch_size
 from ..types import RESID
@@ -69,10 +70,7 @@ class EdgePatcher:
     @property
     def base(self) -> Tensor:
         """(pairs,) clean metric."""
-        out = torch.empty(len(self.pairs), dtype=torch.float64)
-        for runs in self.groups:
-            out[runs.group.index] = runs.base.double().cpu()
-        return out
+        return clean_base(self.groups, len(self.pairs))
 
     def edges(self, edges) -> EdgeSet:
         return EdgeSet.parse(self.graph, edges, self.pairs.max_len)

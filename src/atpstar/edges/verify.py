@@ -4,8 +4,8 @@
 budget is spent or a stop rule fires, like :func:`atpstar.verify` does for nodes. The budget and stop
 rules are the node pipeline's own objects, passed in (``atpstar.Budget``: ``forward``, ``seconds``,
 ``nodes`` = edges here; ``atpstar.SmallEffects`` or any rule with ``check(state, start)`` or
-``rule(state) -> reason``): this module reads their fields and never imports :mod:`atpstar.verify`,
-which sits above it.
+``rule(state) -> reason``, applied by the shared :func:`atpstar.stopping.first_stop`): this module
+reads the budget's fields and never imports :mod:`atpstar.verify`, which sits above it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..cost import Cost
 from ..pairs import PromptPairs
+from ..stopping import first_stop
 from .edgeset import EdgeSet
 from .graph import EdgeGraph
 from .patching import EdgePatcher
@@ -95,7 +96,7 @@ def verify_edges(model, pairs: PromptPairs, scores: EdgeScores, budget=None, sto
         parts.append(patcher.single(take, progress))
         done += len(take)
         state = _state(scores, order, ranked, parts, patcher, n_pairs, start, "", done)
-        found = _first_stop(rules, state, done - len(take))
+        found = first_stop(rules, state, done - len(take))
         if found is not None:
             stop_index, stopped = found
             break
@@ -110,18 +111,3 @@ def _state(scores, order, ranked, parts, patcher, n_pairs, start, stopped, n, st
     return EdgeVerification(scores.graph, order.take(slice(0, n)), per_pair, per_pair.nanmean(1),
                             scores.effect.flatten()[ids].double(), scores.score.flatten()[ids].double(), cost,
                             stopped, n if stop_index is None else stop_index)
-
-
-def _first_stop(rules, state, start: int):
-    """``(n, reason)`` of the rule that fires first (rules with ``check(state, start)`` give their exact
-    point; plain callables fire at the current length)."""
-    best = None
-    for rule in rules:
-        if hasattr(rule, "check"):
-            found = rule.check(state, start)
-        else:
-            reason = rule(state)
-            found = None if reason is None else (len(state), str(reason) or type(rule).__name__)
-        if found is not None and (best is None or found[0] < best[0]):
-            best = found
-    return best

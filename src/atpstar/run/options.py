@@ -139,7 +139,7 @@ def parse_stop(text):
     below R x the largest verified |effect|. Its subsets, p and delta come from --samples, --p, --delta."""
     if text is None or str(text).strip().lower() in ("", "none", "off"):
         return None
-    from ..verify.stopping import SmallEffects
+    from ..stopping import SmallEffects
 
     name, _, args = str(text).strip().partition(":")
     name = name.strip().lower()

@@ -49,10 +49,7 @@ class JointPatcher:
     @property
     def base(self) -> Tensor:
         """(pairs,) clean metric."""
-        out = torch.empty(len(self.pairs), dtype=torch.float64)
-        for runs in self.groups:
-            out[runs.group.index] = runs.base.double().cpu()
-        return out
+        return clean_base(self.groups, len(self.pairs))
 
     def nodes(self, nodes) -> NodeSet:
         """Parse and range-check a node set against the model, the prompts and the captured kinds."""
@@ -126,3 +123,11 @@ def joint_patch(model, pairs: PromptPairs, nodes, sets, metric=None, batch_size:
     node_set = NodeSet.parse(model, nodes, pairs.max_len)
     patcher = JointPatcher(model, pairs, node_set.kinds, metric, batch_size, memory_mb)
     return patcher.effects(node_set, sets, progress=progress)
+
+
+def clean_base(groups, n_pairs: int) -> Tensor:
+    """(pairs,) clean metric gathered from per-length groups of captured runs (``runs.group.index``, ``runs.base``)."""
+    out = torch.empty(n_pairs, dtype=torch.float64)
+    for runs in groups:
+        out[runs.group.index] = runs.base.double().cpu()
+    return out

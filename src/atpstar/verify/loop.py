@@ -5,7 +5,7 @@ Nodes are taken in rank order a *chunk* at a time; each chunk's (node, pair) pat
 batched forward passes exactly as in :func:`atpstar.acp` (same batching, same layer/position
 skipping, a node whose noise value equals its clean value is a free exact 0), with the clean and
 noise runs captured once per call. After each chunk the stop rules see the partial result; a rule
-with a vectorised ``check`` (e.g. :class:`~atpstar.verify.stopping.SmallEffects`) reports the exact node
+with a vectorised ``check`` (e.g. :class:`~atpstar.stopping.SmallEffects`) reports the exact node
 at which it fired, and the rest of the chunk, already paid for, is kept.
 
 Cost, two ways (:mod:`atpstar.cost`):
@@ -40,7 +40,7 @@ from ..nodes import NodeSet
 from ..pairs import check_pairs
 from ..substrate.patching import auto_batch_size, check_batch_size
 from .ranking import Ranking, as_ranking, check_unique
-from .stopping import SmallEffects, as_rules, first_stop
+from ..stopping import SmallEffects, as_rules, first_stop
 from ..types import ALL_KINDS
 from .patcher import ChunkPatcher
 from .store import VerifiedStore
@@ -177,7 +177,7 @@ def verify(model, pairs, ranking, budget=None, stop=None, metric=None, chunk: in
             DataFrame with kind/layer/unit/pos in ranked order (optional ``score``/``effect``
             columns: the ranking's score and estimate), node names, or a NodeSet.
         budget: a :class:`Budget`, or a number: forward-pass equivalents per pair (captures included).
-        stop: a stop rule or a list of them (see :mod:`atpstar.verify.stopping`), e.g. ``SmallEffects(window=20, relative=0.01)``.
+        stop: a stop rule or a list of them (see :mod:`atpstar.stopping`), e.g. ``SmallEffects(window=20, relative=0.01)``.
         chunk: nodes per step (the stop rules run after each); default: one full batch of patches.
         checkpoint: a file path: every verified node is kept there (per run: model, pairs, metric),
             and a rerun, even of another ranking, patches none of them again.

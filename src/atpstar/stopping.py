@@ -1,4 +1,5 @@
-"""Stop rules for :func:`atpstar.verify` (SPEC.md §7): when to stop verifying a ranking.
+"""Stop rules for :func:`atpstar.verify` and :func:`atpstar.edges.verify_edges` (SPEC.md §7): when to stop
+verifying a ranking (shared by node and edge verification, so it lives with the vocabulary).
 
 A rule is any callable ``rule(state) -> str | None``: ``state`` is the partial
 :class:`~atpstar.verify.Verification` (nodes verified so far, in rank order, with exact effects);
