@@ -114,6 +114,8 @@ def test_blocks_cover_every_edge_by_default_and_count_their_cost():
     graph = EdgeGraph.of(model)
     got = blocks(model, pairs, size=64, batch_size=7)
     assert torch.equal(got.score.isfinite(), graph.valid[..., None].expand_as(got.score))
+    for k in (1, 7, 64, 65, 200):  # members of a block tie: top(k) is still the head of the full ranking
+        assert got.top(k)["name"].tolist() == got.to_frame()["name"].head(k).tolist()
     cost = Cost.of(got)
     assert cost.pairs == 2 and cost.forward > 4 * 2  # the captures plus the patches
     # size 1 costs what the EdgePatcher spends on the same single-edge patches
