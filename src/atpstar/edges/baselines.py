@@ -5,7 +5,7 @@ Subsampling, Blocks and Hierarchical with the node estimators' own arithmetic
 :func:`~atpstar.methods.hierarchical.descend`), with edges in place of nodes and exact joint edge
 patches (:class:`~.patching.EdgePatcher`: several edges into one reader add their deltas, edges into
 different readers patch independently) in place of the JointPatcher. The options and what they mean
-are the node versions' (docs/baselines: ``p``, ``samples``, ``size``, ``order``, ``branching``,
+are the node versions' (SPEC §8, docs/study.md: ``p``, ``samples``, ``size``, ``order``, ``branching``,
 ``threshold``, ``relative``, ``seed``).
 
 **Scope**: every edge at every position (``edges=None``) or the given edges (names, an
