@@ -51,3 +51,16 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path):
     assert {"circuit.png", "recall_cost.png"} <= {p.name for p in (tmp_path / "figures").glob("*.png")}
     again = edges_evidence.main(["--quick", "--out", str(tmp_path), "--stage", "report"])  # from the caches
     assert again["cost_at"] == summary["cost_at"]
+    # the joint-patching baselines on the same universe and truth (benchmarks/edges_baselines_evidence.py)
+    import edges_baselines_evidence
+
+    frame = edges_baselines_evidence.main(["--quick", "--out", str(tmp_path)])
+    n_edges = sum(truth[k].shape[1] for k in truth.files if not k.endswith("_seconds"))
+    assert np.array_equal(frame["oracle"], frame["k"])
+    for method in ("Subsampling", "Blocks", "Hierarchical"):
+        assert (frame[method] >= frame["k"]).all() and (np.diff(frame[method]) >= 0).all(), method
+        assert (frame[method + " verified"] <= n_edges).all(), method
+    cached = np.load(tmp_path / "baselines.npz")
+    assert cached["Blocks_cost"][0] > 0 and (tmp_path / "figures" / "baselines_recall_cost.png").exists()
+    again = edges_baselines_evidence.main(["--quick", "--out", str(tmp_path)])  # from the cache
+    pd.testing.assert_frame_equal(again, frame)

@@ -17,6 +17,7 @@ import atpstar
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, EdgeScores
 from atpstar.run.cli import main
+from atpstar.run.folder import load_edge_scores
 from atpstar.run.pipeline import RunConfig, resume, run
 from atpstar.run.report import SECTIONS
 
@@ -137,6 +138,7 @@ def test_both_levels_and_the_command_line(tiny_dir, tmp_path, planted, capsys): 
 @pytest.mark.parametrize("argv, message", [
     (["--level", "arcs"], "invalid choice: 'arcs'"),
     (["--level", "edges", "--method", "acp"], "must be one of atp*"),
+    (["--level", "edges", "--method", "blocks,iterative"], "iterative ranks nodes only"),
     (["--level", "edges", "--diagnose"], "use --level both"),
 ])
 def test_bad_level_options_fail_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
@@ -204,3 +206,34 @@ def test_edge_run_with_the_engine(tiny_dir, tmp_path):  # noqa: F811
     exact = atpstar.edges.edge_acp(model, folder.pairs, top["name"].tolist()).to_frame().set_index("name")
     np.testing.assert_allclose(folder.edges["effect_exact"].head(4), exact.loc[top["name"], "effect"], rtol=1e-4, atol=2e-5)
     assert folder.meta["stages"]["edges"]["method"] == "atp*" and folder.meta["costs"]["edges"]["per_pair"] > 0
+
+
+def test_a_baseline_ranks_the_edges(tiny_dir, tmp_path):  # noqa: F811
+    """--level edges --method blocks,atp: Blocks' edge ranking is verified and tabled, AtP's edge scores are
+    kept beside it; both are the library's own results; resume recomputes nothing."""
+    out = tmp_path / "r"
+    code = main(["run", "--model", tiny_dir, "--pairs", "2", "--level", "edges", "--method", "blocks,atp",
+                 "--verify-budget", "5edges", "--out", str(out), "--quiet"])
+    assert code == 0
+    folder = atpstar.load_run(out)
+    model = atpstar.load_model(tiny_dir)
+    want = atpstar.edges.blocks(model, folder.pairs)
+    torch.testing.assert_close(folder.edge_scores.effect, want.effect, equal_nan=True)
+    assert folder.edges["name"].head(5).tolist() == want.to_frame(top=5)["name"].tolist()
+    assert folder.edges["verified"].sum() == 5
+    exact = atpstar.edges.edge_acp(model, folder.pairs, folder.edges["name"].head(5).tolist()).to_frame().set_index("name")
+    np.testing.assert_allclose(folder.edges["effect_exact"].head(5), exact.loc[folder.edges["name"].head(5), "effect"],
+                               rtol=1e-4, atol=2e-5)
+    stages = folder.meta["stages"]
+    assert stages["edges"]["method"] == "blocks" and stages["edges:atp"]["method"] == "atp"
+    assert stages["edges"]["per_pair"] > 0 and "edges:atp" in folder.meta["costs"]
+    kept = load_edge_scores(out / "stages" / "edge-scores-atp.pt")
+    torch.testing.assert_close(kept.score, atpstar.edges.atp(model, folder.pairs, qk_fix=False, graddrop=False).score
+                               .to(kept.score.dtype), equal_nan=True)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("edge-scores-*.pt")}
+    assert len(before) == 2
+    meta = json.loads((out / "run.json").read_text())
+    meta["status"] = "interrupted"
+    (out / "run.json").write_text(json.dumps(meta))
+    resume(out, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("edge-scores-*.pt")} == before

@@ -52,7 +52,9 @@ class EdgeScores:
         if k is None or k >= len(ok):
             order = torch.sort(values, descending=True, stable=True).indices
         else:
-            order = torch.topk(values, k).indices  # no stable ties in topk: resort the k by (score, index)
+            kth = values[torch.topk(values, k).indices].min()  # topk picks among ties at random: keep the
+            above = (values > kth).nonzero().flatten()  # lower indices of the k-th value, as the full sort does
+            order = torch.cat([above, (values == kth).nonzero().flatten()[: k - len(above)]])
             order = order[torch.sort(values[order], descending=True, stable=True).indices]
         return ok[order]
 

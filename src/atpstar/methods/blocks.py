@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..substrate.joint import JointPatcher
@@ -46,14 +47,25 @@ def blocks(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, size:
     start = time.perf_counter()
     node_set, key = sorted_scope(model, pairs, kinds, nodes, order)
     patcher = JointPatcher(model, pairs, node_set.kinds, metric, batch_size, memory_mb)
-    lo, hi = block_ranges(site_of(model, key, pairs.max_len), size)
-    with tqdm(total=len(lo), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
-        effect = range_effects(patcher, node_set, lo, hi, bar)
-    block, _ = expand(lo, hi)  # members are the sorted scope, in order
-    mean, mean_abs = effect.mean(1)[block], effect.abs().mean(1)[block]
-    info = {"metric": patcher.metric.name, "size": size, "order": order, "blocks": len(lo),
+    site = site_of(model, key, pairs.max_len)
+    with tqdm(desc="blocks", unit="block", disable=not progress, leave=False) as bar:
+        mean, mean_abs, n_blocks = block_means(patcher, node_set, site, size, bar)
+    info = {"metric": patcher.metric.name, "size": size, "order": order, "blocks": n_blocks,
             "patched_rows": patcher.stats["patched_rows"], "cost": joint_cost(patcher, pairs, start)}
     return to_scores("blocks", model, pairs, node_set, mean, mean.abs(), mean_abs, info)
+
+
+def block_means(patcher, units, site: Tensor, size: int, bar=None, **limits) -> tuple[Tensor, Tensor, int]:
+    """The estimator's core, for any units (nodes or edges) sorted so that a block is contiguous: blocks of
+    ``size`` consecutive units that never cross a change of ``site``, each patched jointly by
+    ``patcher.effects`` (:func:`~atpstar.methods.common.range_effects`, ``limits`` its chunk limits).
+    Returns each unit's block mean effect and mean |effect| over pairs ((N,) float64) and the number of blocks."""
+    lo, hi = block_ranges(site, size)
+    if bar is not None:
+        bar.total = len(lo)
+    effect = range_effects(patcher, units, lo, hi, bar, **limits)
+    block, _ = expand(lo, hi)  # members are the sorted units, in order
+    return effect.mean(1)[block], effect.abs().mean(1)[block], len(lo)
 
 
 def block_ranges(site, size: int):

@@ -127,12 +127,14 @@ def rank_score(*keys: Tensor) -> Tensor:
     return score
 
 
-def range_effects(patcher, nodes: NodeSet, lo: Tensor, hi: Tensor, bar=None) -> Tensor:
+def range_effects(patcher, nodes, lo: Tensor, hi: Tensor, bar=None, max_units: int = MAX_RANGE_NODES,
+                  max_cells: int = MAX_RANGE_CELLS) -> Tensor:
     """(sets, pairs) effects of patching each contiguous range ``nodes[lo[i]:hi[i]]`` jointly.
 
-    Ranges are handed to the JointPatcher in chunks whose node count and membership matrix stay
-    within :data:`MAX_RANGE_NODES` / :data:`MAX_RANGE_CELLS`, each chunk with only its own nodes,
-    so memory does not grow with the size of the scope."""
+    ``nodes``: any units with ``take`` (a NodeSet, an EdgeSet), ``patcher``: anything with
+    ``effects(units, members)`` and ``pairs`` (a JointPatcher, an EdgePatcher). Ranges are handed to
+    the patcher in chunks whose unit count and membership matrix stay within ``max_units`` /
+    ``max_cells``, each chunk with only its own units, so memory does not grow with the size of the scope."""
     length = hi - lo
     out = torch.empty(len(lo), len(patcher.pairs), dtype=torch.float64)
     cum = torch.cat([torch.zeros(1, dtype=torch.long), length.cumsum(0)])
@@ -140,7 +142,7 @@ def range_effects(patcher, nodes: NodeSet, lo: Tensor, hi: Tensor, bar=None) -> 
     while start < len(lo):
         k = torch.arange(1, min(len(lo) - start, MAX_RANGE_SETS) + 1)
         total = cum[start + k] - cum[start]
-        fits = ((total <= MAX_RANGE_NODES) & (k * total <= MAX_RANGE_CELLS)).sum()
+        fits = ((total <= max_units) & (k * total <= max_cells)).sum()
         end = start + max(1, int(fits))
         row, idx = expand(lo[start:end], hi[start:end])
         members = torch.zeros(end - start, len(row), dtype=torch.bool)

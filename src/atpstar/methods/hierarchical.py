@@ -51,23 +51,44 @@ def hierarchical(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None,
         seed: unused (deterministic); accepted for a uniform signature.
     """
     check_positive_int("branching", branching, 2, "children per split group")
-    _check_threshold(threshold, relative)
+    check_threshold(threshold, relative)
     start = time.perf_counter()
     node_set, key = sorted_scope(model, pairs, kinds, nodes, "unit")
     patcher = JointPatcher(model, pairs, node_set.kinds, metric, batch_size, memory_mb)
-    n = len(node_set)
-    unit_lo, unit_hi = runs(key // pairs.max_len)  # unit-major keys: key // n_pos names the unit
-    unit_of = torch.repeat_interleave(torch.arange(len(unit_lo)), unit_hi - unit_lo)
-    unit_start = torch.cat([unit_lo, torch.tensor([n])])
+    unit = key // pairs.max_len  # unit-major keys: key // n_pos names the unit
+    with tqdm(desc="hierarchical", unit="group", disable=not progress, leave=False) as bar:
+        effect, mean_abs, score, leaf, groups = descend(patcher, node_set, site_of(model, key, pairs.max_len), [unit],
+                                                        branching, threshold, relative, bar)
+    info = {"metric": patcher.metric.name, "branching": branching, "threshold": threshold, "relative": relative,
+            "groups": groups, "leaves": int(leaf.sum()), "patched_rows": patcher.stats["patched_rows"],
+            "cost": joint_cost(patcher, pairs, start)}
+    return to_scores("hierarchical", model, pairs, node_set, effect, score, mean_abs, info)
+
+
+def descend(patcher, units, site: Tensor, levels: list[Tensor], branching: int, threshold: float, relative: bool,
+            bar=None, **limits):
+    """The estimator's core, for any units (nodes or edges) sorted coarse to fine: level 0 patches one group per
+    run of ``site``; a group whose |mean effect| passes the threshold is :func:`split` by the coarsest of
+    ``levels`` ((N,) ids, each refining the previous one, equal ids contiguous) that it spans several
+    values of, else between units; ``patcher.effects`` patches each level's groups jointly
+    (:func:`~atpstar.methods.common.range_effects`, ``limits`` its chunk limits). Returns per unit
+    (float64, (N,)): the deepest group's (a leaf's exact) mean effect, its mean |effect| over pairs, the
+    ranking score (:func:`~atpstar.methods.common.rank_score` of: leaf, then leaves by |effect| and the
+    others by depth, then the others by |effect|), the leaf mask, and the groups patched per level."""
+    n = len(units)
+    tables = []
+    for ids in levels:
+        lo, hi = runs(ids)
+        tables.append((torch.repeat_interleave(torch.arange(len(lo)), hi - lo), torch.cat([lo, torch.tensor([n])])))
     depth = torch.zeros(n, dtype=torch.long)
     effect, mean_abs = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     leaf = torch.zeros(n, dtype=torch.bool)
-    lo, hi = runs(site_of(model, key, pairs.max_len))
+    lo, hi = runs(site)
     groups = []
-    bar = tqdm(desc="hierarchical", unit="group", disable=not progress, leave=False)
     while len(lo):
-        bar.total = (bar.total or 0) + len(lo)
-        per_pair = range_effects(patcher, node_set, lo, hi, bar)
+        if bar is not None:
+            bar.total = (bar.total or 0) + len(lo)
+        per_pair = range_effects(patcher, units, lo, hi, bar, **limits)
         mean = per_pair.mean(1)
         group, member = expand(lo, hi)
         depth[member] = len(groups)
@@ -76,36 +97,37 @@ def hierarchical(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None,
         leaf[lo[single]] = True
         limit = threshold * float(mean.abs().max()) if relative else threshold
         groups.append(len(lo))
-        descend = (mean.abs() > limit) & ~single
-        lo, hi = split(lo[descend], hi[descend], unit_of, unit_start, branching)
-    bar.close()
+        deeper = (mean.abs() > limit) & ~single
+        lo, hi = split(lo[deeper], hi[deeper], tables, branching)
     score = rank_score(leaf.double(), torch.where(leaf, effect.abs(), depth.double()),
                        torch.where(leaf, 0.0, effect.abs()))
-    info = {"metric": patcher.metric.name, "branching": branching, "threshold": threshold, "relative": relative,
-            "groups": groups, "leaves": int(leaf.sum()), "patched_rows": patcher.stats["patched_rows"],
-            "cost": joint_cost(patcher, pairs, start)}
-    return to_scores("hierarchical", model, pairs, node_set, effect, score, mean_abs, info)
+    return effect, mean_abs, score, leaf, groups
 
 
-def split(lo: Tensor, hi: Tensor, unit_of: Tensor, unit_start: Tensor, branching: int) -> tuple[Tensor, Tensor]:
-    """Children of groups ``[lo, hi)``: between units when a group spans several (groups hold whole
-    units then), else between positions; ``min(branching, units or nodes)`` nearly equal children."""
-    first_unit = unit_of[lo]
-    n_units = unit_of[hi - 1] - first_unit + 1
-    by_unit = n_units > 1
-    span = torch.where(by_unit, n_units, hi - lo)
+def split(lo: Tensor, hi: Tensor, tables: list[tuple[Tensor, Tensor]], branching: int) -> tuple[Tensor, Tensor]:
+    """Children of groups ``[lo, hi)``: between the runs of the coarsest level a group spans several runs
+    of (groups then hold whole runs), else between units; ``min(branching, runs or units)`` nearly equal
+    children. ``tables``: per level, coarse to fine, (run of each unit, start of each run + [N])."""
+    chosen = torch.full((len(lo),), -1)
+    span = hi - lo
+    for j, (run_of, _) in enumerate(tables):
+        many = (chosen < 0) & (run_of[hi - 1] > run_of[lo])
+        chosen[many] = j
+        span[many] = run_of[hi[many] - 1] - run_of[lo[many]] + 1
     k = span.clamp(max=branching)
     parent = torch.repeat_interleave(torch.arange(len(lo)), k)
     j = torch.arange(len(parent)) - torch.repeat_interleave(k.cumsum(0) - k, k)
     a, b = j * span[parent] // k[parent], (j + 1) * span[parent] // k[parent]
-    last = len(unit_start) - 1
-    unit_a = unit_start[(first_unit[parent] + a).clamp(max=last)]
-    unit_b = unit_start[(first_unit[parent] + b).clamp(max=last)]
-    by_unit = by_unit[parent]
-    return torch.where(by_unit, unit_a, lo[parent] + a), torch.where(by_unit, unit_b, lo[parent] + b)
+    new_lo, new_hi = lo[parent] + a, lo[parent] + b
+    for level, (run_of, run_start) in enumerate(tables):
+        sel = chosen[parent] == level
+        first, last = run_of[lo[parent[sel]]], len(run_start) - 1
+        new_lo[sel] = run_start[(first + a[sel]).clamp(max=last)]
+        new_hi[sel] = run_start[(first + b[sel]).clamp(max=last)]
+    return new_lo, new_hi
 
 
-def _check_threshold(threshold, relative: bool) -> None:
+def check_threshold(threshold, relative: bool) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
             or threshold < 0:
         raise ValueError(f"threshold must be a finite number >= 0 (descend into groups whose |effect| exceeds it), "

@@ -28,6 +28,7 @@ import math
 import time
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..substrate.joint import JointPatcher
@@ -52,39 +53,55 @@ def subsampling(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, 
         :class:`~atpstar.scores.Scores`: ``effect`` = the included-minus-excluded estimate, ``score`` =
         its magnitude; ``info["cost"]`` the forward-pass equivalents spent.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
-        raise ValueError(f"p must be a probability strictly between 0 and 1 (each node's chance to be in a subset), got {p!r}")
+    check_p(p, "node")
     check_positive_int("samples", samples, 2, "random subsets; the estimate needs subsets with and without each node")
     start = time.perf_counter()
     node_set, _ = sorted_scope(model, pairs, kinds, nodes)
     patcher = JointPatcher(model, pairs, node_set.kinds, metric, batch_size, memory_mb)
-    n = len(node_set)
-    gen = torch.Generator().manual_seed(seed)
-    sum_in = torch.zeros(n, dtype=torch.float64)
-    count_in = torch.zeros(n, dtype=torch.long)
-    total = torch.zeros((), dtype=torch.float64)
-    chunk = _chunk_size(n, p, pairs, samples, memory_mb)
+    chunk = chunk_size(len(node_set), p, pairs, samples, memory_mb)
     with tqdm(total=samples, desc="subsampling", unit="subset", disable=not progress, leave=False) as bar:
-        for lo in range(0, samples, chunk):
-            members = torch.rand(min(chunk, samples - lo), n, generator=gen) < p
-            effect = patcher.effects(node_set, members).mean(1)  # I(S): mean over pairs
-            row, col = members.nonzero(as_tuple=True)
-            sum_in.index_add_(0, col, effect[row])
-            count_in += torch.bincount(col, minlength=n)
-            total += effect.sum()
-            bar.update(len(members))
-    count_out = samples - count_in
-    ok = (count_in > 0) & (count_out > 0)
-    estimate = torch.where(ok, sum_in / count_in.clamp(min=1) - (total - sum_in) / count_out.clamp(min=1), torch.nan)
+        estimate, ok = subsample(patcher, node_set, p, samples, chunk, seed, bar)
     info = {"metric": patcher.metric.name, "p": p, "samples": samples, "seed": seed,
             "patched_rows": patcher.stats["patched_rows"], "unestimated": int((~ok).sum()),
             "cost": joint_cost(patcher, pairs, start)}
     return to_scores("subsampling", model, pairs, node_set, estimate, estimate.abs().nan_to_num(0.0), info=info)
 
 
-def _chunk_size(n_nodes: int, p: float, pairs: PromptPairs, samples: int, memory_mb: float) -> int:
-    """Subsets per chunk: a chunk's membership and the JointPatcher's work on it (~16 bytes per cell
-    plus 32 bytes per member entry and pair row) fit ``memory_mb``."""
+def subsample(patcher, units, p: float, samples: int, chunk: int, seed: int, bar=None) -> tuple[Tensor, Tensor]:
+    """The estimator's core, for any units (nodes or edges): ``samples`` random subsets of ``units`` (each
+    unit in with probability ``p``, drawn ``chunk`` subsets at a time from a generator seeded ``seed``),
+    patched jointly by ``patcher.effects(units, members)`` -> (subsets, pairs). Returns the (N,) float64
+    included-minus-excluded estimate (NaN where a unit was never in, or never out of, a subset) and the
+    (N,) mask of estimated units."""
+    n = len(units)
+    gen = torch.Generator().manual_seed(seed)
+    sum_in = torch.zeros(n, dtype=torch.float64)
+    count_in = torch.zeros(n, dtype=torch.long)
+    total = torch.zeros((), dtype=torch.float64)
+    for lo in range(0, samples, chunk):
+        members = torch.rand(min(chunk, samples - lo), n, generator=gen) < p
+        effect = patcher.effects(units, members).mean(1)  # I(S): mean over pairs
+        row, col = members.nonzero(as_tuple=True)
+        sum_in.index_add_(0, col, effect[row])
+        count_in += torch.bincount(col, minlength=n)
+        total += effect.sum()
+        if bar is not None:
+            bar.update(len(members))
+    count_out = samples - count_in
+    ok = (count_in > 0) & (count_out > 0)
+    estimate = torch.where(ok, sum_in / count_in.clamp(min=1) - (total - sum_in) / count_out.clamp(min=1), torch.nan)
+    return estimate, ok
+
+
+def check_p(p, unit: str) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+        raise ValueError(f"p must be a probability strictly between 0 and 1 (each {unit}'s chance to be in a subset), "
+                         f"got {p!r}")
+
+
+def chunk_size(n_units: int, p: float, pairs: PromptPairs, samples: int, memory_mb: float, entry_bytes: float = 32) -> int:
+    """Subsets per chunk: a chunk's membership and the patcher's work on it (~16 bytes per cell plus
+    ``entry_bytes`` per member entry and pair row) fit ``memory_mb``."""
     group = max(len(g.index) for g in pairs.groups())
-    per_cell = 16 + 32 * p * (group + 1)
-    return max(1, min(samples, math.floor(memory_mb * 2**20 / (n_nodes * per_cell))))
+    per_cell = 16 + entry_bytes * p * (group + 1)
+    return max(1, min(samples, math.floor(memory_mb * 2**20 / (n_units * per_cell))))

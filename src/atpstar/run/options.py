@@ -24,6 +24,8 @@ METHOD_HELP = {
 }
 METHOD_NAMES = tuple(METHOD_HELP)
 ATP_FLAGS = {"atp*": (True, True), "atp": (False, False), "atp+qkfix": (True, False), "atp+graddrop": (False, True)}
+EDGE_METHODS = (*ATP_FLAGS, "subsampling", "blocks", "hierarchical")
+"""The methods that rank edges (``--level edges|both``): edge AtP and its variants, the joint-patching baselines."""
 LEVELS = ("nodes", "edges", "both")
 """What a run ranks: nodes (SPEC §1), edges between writers and readers (SPEC §11), or both."""
 DEVICES = ("cpu", "cuda", "auto")
@@ -175,13 +177,18 @@ THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.05}
 
 
 def check_level(level, methods: list[str], diagnose: bool) -> str:
-    """``--level``: nodes, edges or both; edges are ranked by an AtP method and not diagnosed (yet)."""
+    """``--level``: nodes, edges or both; edges are ranked by the methods of :data:`EDGE_METHODS` (the first
+    one's ranking is verified) and not diagnosed (yet)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)} (nodes: components, edges: "
                          "the connections between them, SPEC §11)")
-    if level != "nodes" and methods[0] not in ATP_FLAGS:
+    if level != "nodes" and methods[0] not in EDGE_METHODS:
         raise ValueError(f"--level {level}: edges are ranked by the first method, which must be one of "
-                         f"{', '.join(ATP_FLAGS)} (got {methods[0]!r}); put it first, e.g. --method atp*,{methods[0]}")
+                         f"{', '.join(EDGE_METHODS)} (got {methods[0]!r}); put it first, e.g. --method atp*,{methods[0]}")
+    nodes_only = [m for m in methods if m not in EDGE_METHODS]
+    if level == "edges" and nodes_only:
+        raise ValueError(f"--level edges: {', '.join(nodes_only)} ranks nodes only (edges take {', '.join(EDGE_METHODS)}); "
+                         "drop it, or use --level both to run it on the nodes")
     if level == "edges" and diagnose:
         raise ValueError("--diagnose bounds unverified nodes, and --level edges ranks no nodes: use --level both "
                          "(the diagnostic then runs on the nodes), or drop --diagnose")

@@ -289,41 +289,55 @@ def _plain(value):
 
 
 def edges(ctx: Context) -> None:
-    """Edge AtP (the first method's variant) over every edge, then exact verification of the top edges."""
+    """Every edge ranked by each edge method of ``--method`` (an AtP variant or a joint-patching baseline,
+    ``opts.EDGE_METHODS``), then exact verification of the top of the first one's ranking; the others'
+    edge scores are kept (``edge-scores-<method>.pt``) for comparison."""
     cfg = ctx.cfg
     if cfg.level == "nodes":
         return
-    method = cfg.methods[0]
+    for i, method in enumerate(m for m in cfg.methods if m in opts.EDGE_METHODS):
+        scores = _edge_method(ctx, method, "edges" if i == 0 else f"edges:{method}")
+        if i == 0:
+            ctx.edge_scores = scores
+    verify_edges(ctx)
+
+
+def _edge_method(ctx: Context, method: str, stage: str):
+    """One method's EdgeScores over every edge: read back from the run folder, or estimated and saved."""
+    cfg = ctx.cfg
     file = ctx.folder.stage(f"edge-scores-{method_slug(method)}.pt")
     if file.is_file():
-        ctx.edge_scores = load_edge_scores(file)
-    else:
+        return load_edge_scores(file)
+    ctx.say(f"estimating every edge with {method}...")
+    if method in opts.ATP_FLAGS:
         from ..edges.atp import atp as edge_atp
 
-        ctx.say(f"estimating every edge with {method}...")
-        qk_fix, graddrop = opts.ATP_FLAGS[method]
-        wanted = inspect.signature(edge_atp).parameters
-        extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size))
-                 if k in wanted and v is not None}
-        scores = edge_atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **extra)
-        cost = Cost.of(scores)
-        if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
-            from dataclasses import replace
+        fn, flags = edge_atp, dict(zip(("qk_fix", "graddrop"), opts.ATP_FLAGS[method]))
+    else:
+        from ..edges.baselines import EDGE_BASELINES
 
-            from ..substrate.timing import measure_backward_ratio
+        fn, flags = EDGE_BASELINES[method], {}
+    wanted = inspect.signature(fn).parameters
+    extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size), ("seed", cfg.seed))
+             if k in wanted and v is not None}
+    scores = fn(ctx.model, ctx.pairs, **flags, **extra)
+    cost = Cost.of(scores)
+    if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
+        from dataclasses import replace
 
-            group = next(iter(ctx.pairs.groups()))
-            cost = replace(cost, backward_ratio=measure_backward_ratio(ctx.model, group.clean[:1]))
-            scores.info["cost"] = cost
-        save_edge_scores(scores, file)
-        ctx.edge_scores = scores
-        g = scores.graph
-        ctx.record("edges", method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
-                   n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(), per_pair=cost.per_pair(),
-                   seconds=cost.seconds)
-        ctx.say(f"{method}: {ctx.meta['stages']['edges']['edges']:,} edges in {cost.seconds:.1f}s "
-                f"({cost.per_pair():.1f} forward-pass equivalents per pair)")
-    verify_edges(ctx)
+        from ..substrate.timing import measure_backward_ratio
+
+        group = next(iter(ctx.pairs.groups()))
+        cost = replace(cost, backward_ratio=measure_backward_ratio(ctx.model, group.clean[:1]))
+        scores.info["cost"] = cost
+    save_edge_scores(scores, file)
+    g = scores.graph
+    ctx.record(stage, method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
+               n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(),
+               per_pair=cost.per_pair(), seconds=cost.seconds)
+    ctx.say(f"{method}: {ctx.meta['stages'][stage]['edges']:,} edges in {cost.seconds:.1f}s "
+            f"({cost.per_pair():.1f} forward-pass equivalents per pair)")
+    return scores
 
 
 def verify_edges(ctx: Context) -> None:
