@@ -13,6 +13,8 @@ raises, so a patch can never silently do nothing.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -241,7 +243,14 @@ def _prefix_kwargs(model: Model, ids: Tensor, prefix: tuple[list, list]) -> dict
     for layer, (k, v) in enumerate(zip(keys, values)):
         cache.update(k, v, layer)
     positions = torch.arange(start, end, device=ids.device).expand(ids.shape[0], -1)
-    return {"past_key_values": cache, "use_cache": True, "position_ids": positions}
+    return {_cache_argument(type(model.hf)): cache, "use_cache": True, "position_ids": positions}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(hf_class) -> str:
+    """The forward's name for a key/value cache: ``cache`` (transformers ≥ 5.24, which deprecates the
+    old name with a FutureWarning) or ``past_key_values`` (earlier releases)."""
+    return "cache" if "cache" in inspect.signature(hf_class.forward).parameters else "past_key_values"
 
 
 __all__ = ["Intervention", "MaskPatch", "Patch", "node_index", "run"]
