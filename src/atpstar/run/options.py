@@ -175,16 +175,14 @@ THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.05}
 
 
 def check_level(level, methods: list[str], diagnose: bool) -> str:
-    """``--level``: nodes, edges or both; edges are ranked by an AtP method and not diagnosed (yet)."""
+    """``--level``: nodes, edges or both; edges are ranked by an AtP method. ``--diagnose`` bounds the
+    unverified units of each level (nodes, edges, or both)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)} (nodes: components, edges: "
                          "the connections between them, SPEC §11)")
     if level != "nodes" and methods[0] not in ATP_FLAGS:
         raise ValueError(f"--level {level}: edges are ranked by the first method, which must be one of "
                          f"{', '.join(ATP_FLAGS)} (got {methods[0]!r}); put it first, e.g. --method atp*,{methods[0]}")
-    if level == "edges" and diagnose:
-        raise ValueError("--diagnose bounds unverified nodes, and --level edges ranks no nodes: use --level both "
-                         "(the diagnostic then runs on the nodes), or drop --diagnose")
     return level
 
 

@@ -213,6 +213,8 @@ def _from_theta_rule(ctx: Context):
 
 def diagnose(ctx: Context) -> None:
     cfg = ctx.cfg
+    if cfg.level == "edges":
+        return
     theta = ctx.theta_rule is not None and ctx.theta_rule.last is not None and ctx.verification is not None
     if not (cfg.diagnose or theta) or ctx.folder.done("diagnosis.json"):
         return
@@ -353,4 +355,35 @@ def verify_edges(ctx: Context) -> None:
     ctx.say(f"verified {len(ctx.verified_edges):,} edges in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
 
 
-STAGES = (load, make_pairs, estimate, verify, diagnose, edges, tables)
+def diagnose_edges(ctx: Context) -> None:
+    """``--diagnose`` at ``--level edges``/``both``: bound the unverified edges (every edge of the graph but
+    the verified ones), edge AtP*'s estimates subtracted; ``stages/edge-diagnosis.json`` and
+    ``stages/edge-suspects.parquet``. Resumable: the subsets' effects are checkpointed."""
+    cfg = ctx.cfg
+    if cfg.level == "nodes" or not cfg.diagnose or ctx.folder.done("edge-diagnosis.json"):
+        return
+    if ctx.verified_edges is None:
+        raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
+    from ..diagnose.edges import diagnose_edges as run_diagnose
+
+    frame = ctx.verified_edges
+    verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)
+                else frame["name"].tolist())
+    ctx.say("diagnostic: bounding the effects of the unverified edges...")
+    checkpoint = ctx.folder.checkpoint("diagnose-edges.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)
+    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
+    d = run_diagnose(ctx.model, ctx.pairs, verified, estimates=ctx.edge_scores, graph=ctx.edge_scores.graph,
+                     delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+                     batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+    save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
+    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    ctx.meta["edge_diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.record("diagnose:edges", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
+    ctx.say(d.statement)
+
+
+STAGES = (load, make_pairs, estimate, verify, diagnose, edges, diagnose_edges, tables)
