@@ -244,7 +244,7 @@ class EdgeDiagnosis(Diagnosis):
     UNIT = "edge"
 
     def _units(self) -> str:
-        return f"edges (into {', '.join(self.kinds)} readers)"
+        return f"edges into {', '.join(self.kinds)} readers"
 
     @staticmethod
     def _match(universe, units) -> tuple[Tensor, Tensor]:
