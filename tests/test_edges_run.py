@@ -139,7 +139,6 @@ def test_both_levels_and_the_command_line(tiny_dir, tmp_path, planted, capsys): 
     (["--level", "arcs"], "invalid choice: 'arcs'"),
     (["--level", "edges", "--method", "acp"], "must be one of atp*"),
     (["--level", "edges", "--method", "blocks,iterative"], "iterative ranks nodes only"),
-    (["--level", "edges", "--diagnose"], "use --level both"),
 ])
 def test_bad_level_options_fail_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
     import atpstar.substrate.model as model_module
@@ -237,3 +236,49 @@ def test_a_baseline_ranks_the_edges(tiny_dir, tmp_path):  # noqa: F811
     (out / "run.json").write_text(json.dumps(meta))
     resume(out, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("edge-scores-*.pt")} == before
+
+
+def test_edge_diagnostic_in_the_pipeline(tiny_dir, tmp_path, capsys):  # noqa: F811
+    """``--level both --diagnose``: nodes and edges are each diagnosed; the edge diagnosis is
+    stages/edge-diagnosis.json (+ edge-suspects.parquet), recorded in run.json and its costs, shown in the
+    report's circuit section, equal to a direct ``diagnose_edges`` call, and resumed from its checkpoint."""
+    from atpstar.diagnose import diagnose_edges
+
+    out = tmp_path / "both"
+    config = RunConfig(model=tiny_dir, pairs=2, kinds="head", level="both", verify_budget="6nodes", diagnose=True,
+                       samples=200, p=0.1)
+    folder = run(config, out, progress=False)
+    d = folder.edge_diagnosis
+    assert folder.diagnosis is not None and d is not None  # both levels diagnosed
+    assert d["units"] == "edges" and d["verified"] == 6 and d["samples"] == 200 and 0 < d["theta"] < float("inf")
+    assert d["estimates"] == "edge atp*" and "unverified edge" in d["statement"]
+    suspects = folder.edge_suspects
+    assert len(suspects) and suspects["name"].str.contains(" -> ").all()
+    assert suspects["name"].tolist() == [s["name"] for s in d["suspects"]]
+    meta = folder.meta
+    assert meta["stages"]["diagnose:edges"]["theta"] == d["theta"] and meta["edge_diagnostic"]["theta"] == d["theta"]
+    assert meta["costs"]["diagnose:edges"]["per_pair"] > 0
+    model = atpstar.load_model(tiny_dir)
+    direct = diagnose_edges(model, folder.pairs, folder.verified_edges[["writer", "reader", "pos"]],
+                            estimates=folder.edge_scores, samples=200, p=0.1, progress=False)
+    assert direct.theta == pytest.approx(d["theta"], rel=1e-6)
+    import re
+    page = (out / "report.html").read_text()
+    circuit = re.search(r'<section id="circuit">(.*?)</section>', page, re.S).group(1)
+    assert "Edge diagnostic" in circuit and 'id="edge-suspects"' in circuit
+    assert f"{d['theta']:.4g}" in circuit and "unverified edge" in circuit
+    node_part = re.search(r'<section id="diagnostic">(.*?)</section>', page, re.S).group(1)
+    assert "unverified node" in node_part and "unverified edge" not in node_part
+    # resume: the edge diagnosis redone from its checkpoint, no subset patched again
+    meta["status"] = "interrupted"
+    (out / "run.json").write_text(json.dumps(meta))
+    (out / "stages" / "edge-diagnosis.json").unlink()
+    again = resume(out, progress=False)
+    assert again.edge_diagnosis["resumed"] == 200 and again.edge_diagnosis["theta"] == pytest.approx(d["theta"])
+    assert again.meta["stages"]["diagnose:edges"]["per_pair"] == pytest.approx(4.0)  # the captures only
+    # the command line at --level edges
+    code = main(["run", "--model", tiny_dir, "--pairs", "2", "--level", "edges", "--verify-budget", "4edges",
+                 "--diagnose", "--samples", "100", "--p", "0.2", "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 0 and "edge diagnostic: Patched 100 random subsets" in capsys.readouterr().out
+    edge_only = atpstar.load_run(tmp_path / "e")
+    assert edge_only.diagnosis is None and edge_only.edge_diagnosis["verified"] == 4

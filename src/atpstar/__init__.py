@@ -8,7 +8,7 @@ runs), ``tasks/`` (prompt pairs), ``methods/`` (estimators), ``diagnose/``, ``ve
 
 from . import _moved, tasks
 from .cost import Cost
-from .diagnose import Diagnosis, ThetaBelow, diagnose
+from .diagnose import Diagnosis, EdgeDiagnosis, ThetaBelow, diagnose, diagnose_edges
 from . import edges
 from .edges import EdgeGraph, EdgeScores, EdgeSet
 from .methods import METHODS, acp, atp
@@ -24,6 +24,6 @@ from .verify import Budget, SmallEffects, Verification, recall_cost, verify
 _moved.install()
 
 __version__ = "0.1.0"
-__all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Budget", "Cost", "Diagnosis", "EdgeGraph", "EdgeScores", "EdgeSet", "JointPatcher", "Metric", "Model", "Node", "NodeKind",
-           "NodeSet", "PromptPairs", "Scores", "SmallEffects", "ThetaBelow", "Verification", "acp", "atp", "diagnose", "edges", "joint_patch", "load_model", "load_run",
+__all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Budget", "Cost", "Diagnosis", "EdgeDiagnosis", "EdgeGraph", "EdgeScores", "EdgeSet", "JointPatcher", "Metric", "Model", "Node", "NodeKind",
+           "NodeSet", "PromptPairs", "Scores", "SmallEffects", "ThetaBelow", "Verification", "acp", "atp", "diagnose", "diagnose_edges", "edges", "joint_patch", "load_model", "load_run",
            "measure_backward_ratio", "recall_cost", "tasks", "verify"]

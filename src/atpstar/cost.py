@@ -10,10 +10,7 @@ plus one unit per verified node, so that the oracle's cost of verifying the true
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
-
-import torch
 
 
 @dataclass

@@ -2,10 +2,13 @@
 
 :mod:`.diagnostic` patches random subsets of the unverified nodes jointly (``diagnose``, and the
 ``ThetaBelow`` stop rule), :mod:`.bound` turns the subsets' statistics into θ (pure math, no model),
-:mod:`.diagnosis` is the result. Imports the substrate and the vocabulary only.
+:mod:`.diagnosis` is the result; :mod:`.edges` (``diagnose_edges``) does the same for edges, and
+:mod:`.sampling` is the subset-patching loop and checkpoint both share. Imports the edges, the
+substrate and the vocabulary only.
 """
 
-from .diagnosis import Diagnosis
+from .diagnosis import Diagnosis, EdgeDiagnosis
 from .diagnostic import ThetaBelow, diagnose
+from .edges import diagnose_edges
 
-__all__ = ["Diagnosis", "ThetaBelow", "diagnose"]
+__all__ = ["Diagnosis", "EdgeDiagnosis", "ThetaBelow", "diagnose", "diagnose_edges"]

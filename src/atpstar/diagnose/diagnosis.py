@@ -35,10 +35,16 @@ class Design:
     """(N₀,) bool: verified since the subsets were drawn."""
 
 
-def _match(universe: NodeSet, nodes: NodeSet) -> tuple[Tensor, Tensor]:
-    """(hit, where): ``universe[i]`` is ``nodes[where[i]]`` when ``hit[i]``."""
-    def key(s):
-        return ((s.kind.long() * 4096 + s.layer) * 65536 + s.unit) * 65536 + s.pos
+def _node_key(s: NodeSet) -> Tensor:
+    return ((s.kind.long() * 4096 + s.layer) * 65536 + s.unit) * 65536 + s.pos
+
+
+def _edge_key(s) -> Tensor:
+    return (s.writer.long() * 65536 + s.reader) * 65536 + s.pos
+
+
+def _match(universe, nodes, key=_node_key) -> tuple[Tensor, Tensor]:
+    """(hit, where): ``universe[i]`` is ``nodes[where[i]]`` when ``hit[i]`` (units compared by ``key``)."""
     a, b = key(universe), key(nodes)
     order = torch.argsort(b)
     pos = torch.searchsorted(b[order], a).clamp(max=max(len(b) - 1, 0))
@@ -101,7 +107,7 @@ class Diagnosis:
             raise ValueError("this Diagnosis keeps no design (made by an older version or from a checkpoint summary)")
         nodes, effect = (verified.nodes, verified.effect) if hasattr(verified, "nodes") else verified
         d = self.design
-        hit, where = _match(d.nodes, nodes)
+        hit, where = self._match(d.nodes, nodes)
         estimate, done = d.estimate.clone(), d.verified.clone()
         estimate[hit] = torch.as_tensor(effect, dtype=torch.float64)[where[hit]].nan_to_num()
         done |= hit
@@ -120,6 +126,10 @@ class Diagnosis:
             samples=self.samples if stats is None else stats.samples,
             n_unverified=self.n_unverified - newly, n_verified=self.n_verified + newly, design=design,
             rebounds=self.rebounds + 1)
+
+    @staticmethod
+    def _match(universe, units) -> tuple[Tensor, Tensor]:
+        return _match(universe, units)
 
     @property
     def theta(self) -> float:
@@ -162,37 +172,46 @@ class Diagnosis:
             "z": s.z[order].numpy(), "upper": upper[order].numpy(), "included": s.count[order].numpy(),
         })
 
+    UNIT = "node"
+    """What the units are called in the statement ("node"; "edge" for :class:`EdgeDiagnosis`)."""
+
+    def _units(self) -> str:
+        """The unverified units in words, e.g. "attn, mlp nodes"."""
+        return f"{', '.join(self.kinds)} {self.UNIT}s"
+
     @property
     def statement(self) -> str:
         """One paragraph: what was patched, how many samples, the bound, and the assumptions."""
-        static = (f" ({self.n_static} further unverified nodes never change between clean and noise prompts, so their "
+        u = self.UNIT
+        static = (f" ({self.n_static} further unverified {u}s never change between clean and noise prompts, so their "
                   "effect is exactly 0)") if self.n_static else ""
         if self.stats is None:
-            return (f"None of the {self.n_unverified} unverified nodes ({', '.join(self.kinds)}) changes between the "
+            return (f"None of the {self.n_unverified} unverified {self._units()} changes between the "
                     f"clean and noise prompts of the {self.n_pairs} pairs, so every unverified effect is exactly 0: "
                     "θ = 0, no assumption needed.")
         n, theta = len(self.nodes), self.theta
         top = self.suspects.iloc[0]
         subtract = (f", subtracting from each subset's effect the sum of its members' {self.estimates} estimates"
                     if self.estimates else "")
-        kind = ("finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
-                "nodes)" if self.bound == "subgaussian" else
-                "finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
-                "nodes, each node's bound capped by the residual energy)" if self.bound == "capped" else
+        kind = (f"finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
+                f"{u}s)" if self.bound == "subgaussian" else
+                f"finite-sample (sub-Gaussian tails of the random design and a variance bound, union bound over the "
+                f"{u}s, each {u}'s bound capped by the residual energy)" if self.bound == "capped" else
                 "asymptotic (normal approximation with a Bonferroni correction; it may under-cover when a few "
                 "large effects dominate and p is small)")
         bound = (f"θ = {theta:.4g}" if math.isfinite(theta) else
-                 f"θ = inf ({self.stats.unobserved} nodes were never or always included; raise samples or p)")
+                 f"θ = inf ({self.stats.unobserved} {u}s were never or always included; raise samples or p)")
+        c = "c(e)" if u == "edge" else "c(n)"
         return (
-            f"Patched {self.samples} random subsets of the {n} unverified {', '.join(self.kinds)} nodes{static} jointly "
-            f"on each of {self.n_pairs} prompt pairs, each node included with probability p = {self.p:g} (about "
-            f"{self.p * n:.0f} nodes per subset){subtract}; cost {self.cost.per_pair():.0f} forward-pass equivalents "
-            f"per pair, {self.cost.seconds:.1f} s. With probability at least {1 - self.delta:g}, no unverified node "
-            f"has a mean effect |c(n)| larger than {bound}; the top suspect is {top['name']} (estimated effect "
+            f"Patched {self.samples} random subsets of the {n} unverified {self._units()}{static} jointly "
+            f"on each of {self.n_pairs} prompt pairs, each {u} included with probability p = {self.p:g} (about "
+            f"{self.p * n:.0f} {u}s per subset){subtract}; cost {self.cost.per_pair():.0f} forward-pass equivalents "
+            f"per pair, {self.cost.seconds:.1f} s. With probability at least {1 - self.delta:g}, no unverified {u} "
+            f"has a mean effect |{c}| larger than {bound}; the top suspect is {top['name']} (estimated effect "
             f"{top['effect']:.3g} ± {top['se']:.2g}). The bound is {kind}, and it assumes that effects add up "
-            f"within a subset of about {self.p * n:.0f} nodes: I(S) = sum of c(n) over n in S. Interactions break "
-            "it: nodes that saturate, cancel or amplify one another in the same subset make the included-minus-"
-            f"excluded statistic measure a node's average effect alongside a random {self.p:g}-fraction of the others "
+            f"within a subset of about {self.p * n:.0f} {u}s: I(S) = sum of {c} over {c[2]} in S. Interactions break "
+            f"it: {u}s that saturate, cancel or amplify one another in the same subset make the included-minus-"
+            f"excluded statistic measure {'an' if u[0] in 'aeiou' else 'a'} {u}'s average effect alongside a random {self.p:g}-fraction of the others "
             "rather than its effect alone, and the variance bound no longer applies; a smaller p (smaller subsets) "
             "limits interactions, and verifying the top suspects checks them."
         )
@@ -211,4 +230,48 @@ class Diagnosis:
 
     def __repr__(self) -> str:
         return (f"Diagnosis(theta={self.theta:.4g} at delta={self.delta:g}, {len(self.nodes)} unverified nodes, "
+                f"{self.samples} subsets, p={self.p:g}, {self.bound})")
+
+
+@dataclass(repr=False)
+class EdgeDiagnosis(Diagnosis):
+    """How large an unverified edge's mean effect |c(e)| can still be (SPEC.md §9 and §11): a
+    :class:`Diagnosis` whose units are edges (``nodes`` holds the sampled :class:`~atpstar.edges.EdgeSet`)."""
+
+    graph: object = None
+    """The :class:`~atpstar.edges.EdgeGraph` the edges index."""
+
+    UNIT = "edge"
+
+    def _units(self) -> str:
+        return f"edges into {', '.join(self.kinds)} readers"
+
+    @staticmethod
+    def _match(universe, units) -> tuple[Tensor, Tensor]:
+        return _match(universe, units, _edge_key)
+
+    def table(self, k: int | None = None) -> pd.DataFrame:
+        """Top ``k`` unverified edges (all: None) by their estimated |c(e)|. Columns: the edge columns of
+        :meth:`atpstar.edges.EdgeScores.to_frame` (name, writer, reader, pos, writer_/reader_ layer, kind,
+        unit; ``score`` = |ĉ|, ``effect`` = ĉ), then estimate, diff, se, z, upper, included as for nodes."""
+        from ..edges.scores import COLUMNS, edge_frame
+
+        extra = ["estimate", "diff", "se", "z", "upper", "included"]
+        if self.stats is None:
+            return pd.DataFrame(columns=[*COLUMNS, *extra])
+        s = self.stats
+        order = torch.argsort(s.effect.abs().nan_to_num(-1.0), descending=True, stable=True)[:k]
+        frame = edge_frame(self.graph, self.nodes.take(order), s.effect[order].abs(), s.effect[order])
+        for name, values in (("estimate", (s.effect - s.diff)[order]), ("diff", s.diff[order]), ("se", s.se[order]),
+                             ("z", s.z[order]), ("upper", s.upper(self.delta)[order]), ("included", s.count[order])):
+            frame[name] = values.numpy()
+        return frame
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out.update(units="edges", sampled_edges=out.pop("sampled_nodes"), readers=out.pop("kinds"))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"EdgeDiagnosis(theta={self.theta:.4g} at delta={self.delta:g}, {len(self.nodes)} unverified edges, "
                 f"{self.samples} subsets, p={self.p:g}, {self.bound})")

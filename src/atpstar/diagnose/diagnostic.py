@@ -17,22 +17,19 @@ regenerates the memberships and patches only the subsets still missing.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import distributed
-from .bound import (BOUNDS, SubsetSums, check_probability, members_dot, memberships, min_samples, node_stats,
-                    spent_delta, subset_seed)
-from ..checkpoint import fingerprint, load_checked, run_key
+from .bound import (BOUNDS, SubsetSums, check_probability, memberships, min_samples, node_stats, spent_delta,
+                    subset_seed)
+from ..checkpoint import fingerprint, run_key
 from ..cost import Cost
 from .diagnosis import Design, Diagnosis
+from .sampling import Store, sample, store_key
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
@@ -89,9 +86,9 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     sums = SubsetSums(len(nodes))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
     if len(nodes):
-        store = _Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
+        store = Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
         resumed = min(len(store.effects), samples)
-        effects = _sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
+        effects = sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
     stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(nodes) else None
     design = Design(nodes, torch.zeros(len(nodes), dtype=torch.float64) if estimate is None else estimate.clone(),
                     presence, effects.mean(1) if len(nodes) else effects.new_zeros(0),
@@ -177,101 +174,8 @@ def _name(estimates) -> str | None:
     return None if estimates is None else str(getattr(estimates, "method", "estimates"))
 
 
-def _sample(patcher: JointPatcher, nodes: NodeSet, sums: SubsetSums, store: "_Store", estimate, presence: Tensor,
-            samples: int, p: float, seed: int, memory_mb: float, progress: bool) -> Tensor:
-    """Patch (or reload) ``samples`` subsets; accumulate ``sums``; return the (J, pairs) effects."""
-    chunk = int(max(1, min(256, memory_mb * 2**20 // (16 * len(nodes)))))  # membership + JointPatcher's masks
-    predict = None if estimate is None else estimate * presence  # a subset's predicted mean over pairs
-    out = []
-    with tqdm(total=samples, desc="diagnostic", unit="subset", disable=not progress, leave=False) as bar:
-        try:
-            for lo in range(0, samples, chunk):
-                members = memberships(len(nodes), p, seed, lo, min(chunk, samples - lo))
-                have = max(0, min(len(store.effects) - lo, len(members)))
-                effects = store.effects[lo:lo + have]
-                if have < len(members):
-                    fresh = _patch(patcher, nodes, members[have:], lo + have, samples)
-                    effects = torch.cat([effects, fresh]) if have else fresh
-                    store.append(fresh)
-                y = effects.mean(1) - (0 if predict is None else members_dot(members, predict))
-                sums.add(members, y)
-                out.append(effects)
-                bar.update(len(members))
-        finally:
-            store.save(force=True)
-    return torch.cat(out)
-
-
-def _patch(patcher: JointPatcher, nodes: NodeSet, members: Tensor, first: int, samples: int) -> Tensor:
-    """(B, pairs) joint effects; a non-finite metric raises an error naming the subset and its size."""
-    try:
-        effects = _sharded_effects(patcher, nodes, members)
-    except FloatingPointError:
-        effects = None
-    if effects is not None and bool(torch.isfinite(effects).all()):
-        return effects
-    for row in range(len(members)):  # find the culprit (error path only)
-        try:
-            one = patcher.effects(nodes, members[row:row + 1])
-            bad = not bool(torch.isfinite(one).all())
-        except FloatingPointError:
-            bad = True
-        if bad:
-            raise FloatingPointError(
-                f"the metric is NaN or infinite when subset {first + row} of {samples} ({int(members[row].sum())} "
-                f"unverified nodes, each included with probability p) is patched jointly: the bound would be NaN. "
-                "Check the metric on heavily patched inputs (e.g. a log-probability that underflows), or lower p")
-    raise FloatingPointError(f"the metric is NaN or infinite on a joint patch of subsets {first}..{first + len(members) - 1}")
-
-
-def _sharded_effects(patcher: JointPatcher, nodes: NodeSet, members: Tensor) -> Tensor:
-    """(B, pairs) joint effects; under torch.distributed each process patches every world()-th subset
-    and the rows are all-reduced, so every process holds the whole table (one process: no change).
-    A non-finite metric on any process becomes NaN rows here and is reported after the reduction."""
-    if not distributed.active():
-        return patcher.effects(nodes, members)
-    rows = distributed.shard(torch.arange(len(members)))
-    out = torch.zeros(len(members), len(patcher.pairs), dtype=torch.float64)
-    if len(rows):
-        try:
-            out[rows] = patcher.effects(nodes, members[rows])
-        except FloatingPointError:
-            out[rows] = float("inf")  # surfaces as a non-finite entry after the reduction, on every rank
-    return distributed.all_reduce(out)  # each row was filled by exactly one process
-
-
 def _key(model, pairs, nodes: NodeSet, metric, p: float, seed: int) -> str:
-    base = fingerprint(model, pairs, nodes, metric)
-    return hashlib.sha256(f"{base}|diagnostic|p={p!r}|seed={seed}".encode()).hexdigest()
-
-
-class _Store:
-    """The per-subset effects of one diagnostic run, saved atomically to ``path`` (None: kept in memory)."""
-
-    def __init__(self, path, key: str, every: float):
-        self.path, self.key, self.every = (Path(path) if path else None), key, every
-        self.effects = torch.zeros(0, 0, dtype=torch.float64)
-        self.saved_at, self.dirty = time.monotonic(), False
-        if self.path is not None and self.path.exists():
-            state = load_checked(self.path)
-            if state.get("key") != key:
-                raise ValueError(f"checkpoint {self.path} belongs to a different diagnostic (model, pairs, unverified "
-                                 "nodes, metric, p or seed differ); delete it or pass another checkpoint path")
-            self.effects = state["effects"]
-
-    def append(self, effects: Tensor) -> None:
-        self.effects = effects.clone() if len(self.effects) == 0 else torch.cat([self.effects, effects])
-        self.dirty = True
-        self.save()
-
-    def save(self, force: bool = False) -> None:
-        if self.path is None or not self.dirty or (not force and time.monotonic() - self.saved_at < self.every):
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        torch.save({"key": self.key, "effects": self.effects}, tmp)
-        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written checkpoint
-        self.saved_at, self.dirty = time.monotonic(), False
+    return store_key(fingerprint(model, pairs, nodes, metric), p, seed)
 
 
 class ThetaBelow:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checkpoint import run_key
 from ..cost import Cost
 from ..pairs import PromptPairs
 from ..stopping import first_stop
@@ -48,6 +49,10 @@ class EdgeVerification:
     stopped: str
     """``"budget"``, ``"exhausted"`` or a stop rule's reason."""
     stop_index: int
+    ranking: EdgeSet | None = None
+    """Every edge the ranking scored, best first (the universe of the edge diagnostic)."""
+    key: str | None = None
+    """Identity of (model, pairs, metric) (:func:`atpstar.checkpoint.run_key`): whose edges these are."""
 
     def __len__(self) -> int:
         return len(self.edges)
@@ -110,4 +115,5 @@ def _state(scores, order, ranked, parts, patcher, n_pairs, start, stopped, n, st
     cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=n_pairs, seconds=time.perf_counter() - start)
     return EdgeVerification(scores.graph, order.take(slice(0, n)), per_pair, per_pair.nanmean(1),
                             scores.effect.flatten()[ids].double(), scores.score.flatten()[ids].double(), cost,
-                            stopped, n if stop_index is None else stop_index)
+                            stopped, n if stop_index is None else stop_index, order,
+                            run_key(patcher.model, patcher.pairs, patcher.metric))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..substrate.capture import Intervention, run
-from ..types import PROBS, RESID
+from ..types import RESID
 
 FULL = 0
 """Stream id of the ordinary gradient. GradDrop streams are numbered by their dropped layer 1..L-1."""

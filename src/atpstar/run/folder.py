@@ -260,7 +260,7 @@ class RunFolder:
     (the verified nodes in rank order, with exact per-node effects), ``diagnosis`` (dict) and
     ``suspects`` (the diagnostic's table) where the run made them, ``pairs`` and ``meta`` (run.json);
     at ``--level edges``/``both``: ``edges`` (the edge table), ``edge_scores`` (the EdgeScores) and
-    ``verified_edges``."""
+    ``verified_edges``; with ``--diagnose``, ``edge_diagnosis`` (dict) and ``edge_suspects``."""
 
     path: Path
     meta: dict
@@ -273,6 +273,8 @@ class RunFolder:
     edges: pd.DataFrame | None = None
     edge_scores: object = None
     verified_edges: pd.DataFrame | None = None
+    edge_diagnosis: dict | None = None
+    edge_suspects: pd.DataFrame | None = None
 
     @property
     def finished(self) -> bool:
@@ -312,4 +314,8 @@ def load_run(path) -> RunFolder:
         out.edge_scores = load_edge_scores(folder.stage(f"edge-scores-{method_slug(methods[0])}.pt"))
     if folder.done("verified-edges.parquet"):
         out.verified_edges = pd.read_parquet(folder.stage("verified-edges.parquet"))
+    if folder.done("edge-diagnosis.json"):
+        out.edge_diagnosis = json.loads(folder.stage("edge-diagnosis.json").read_text(encoding="utf-8"))
+    if folder.done("edge-suspects.parquet"):
+        out.edge_suspects = pd.read_parquet(folder.stage("edge-suspects.parquet"))
     return out

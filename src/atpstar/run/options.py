@@ -178,7 +178,7 @@ THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.05}
 
 def check_level(level, methods: list[str], diagnose: bool) -> str:
     """``--level``: nodes, edges or both; edges are ranked by the methods of :data:`EDGE_METHODS` (the first
-    one's ranking is verified) and not diagnosed (yet)."""
+    one's ranking is verified). ``--diagnose`` bounds the unverified units of each level (nodes, edges, or both)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)} (nodes: components, edges: "
                          "the connections between them, SPEC §11)")
@@ -189,9 +189,6 @@ def check_level(level, methods: list[str], diagnose: bool) -> str:
     if level == "edges" and nodes_only:
         raise ValueError(f"--level edges: {', '.join(nodes_only)} ranks nodes only (edges take {', '.join(EDGE_METHODS)}); "
                          "drop it, or use --level both to run it on the nodes")
-    if level == "edges" and diagnose:
-        raise ValueError("--diagnose bounds unverified nodes, and --level edges ranks no nodes: use --level both "
-                         "(the diagnostic then runs on the nodes), or drop --diagnose")
     return level
 
 

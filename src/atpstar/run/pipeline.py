@@ -146,14 +146,15 @@ def resume(out, progress: bool = True, echo=None, batch_size: int | None = None)
 
 
 def _execute(folder: RunDir, meta: dict, progress: bool, echo) -> RunFolder:
-    from .stages import STAGES, Context, report
+    from .edge_stages import diagnose_edges, edges
+    from .stages import NODE_STAGES, Context, report, tables
 
     ctx = Context(RunConfig.from_dict(meta["config"]), folder, meta, progress, echo or (lambda msg: None))
     meta["status"] = "running"
     meta.pop("error", None)
     folder.write_meta(meta)
     try:
-        for stage in STAGES:
+        for stage in (*NODE_STAGES, edges, diagnose_edges, tables):
             stage(ctx)
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

@@ -148,6 +148,8 @@ def print_summary(folder, top: int) -> None:
               f"{v['seconds']:.1f}s); stopped: {v['stopped']}")
     if "diagnose" in stages:
         print(f"diagnostic: {stages['diagnose']['statement']}")
+    if "diagnose:edges" in stages:
+        print(f"edge diagnostic: {stages['diagnose:edges']['statement']}")
     total = meta.get("costs", {}).get("total", {})
     if total:
         print(f"total cost: {total['per_pair']:.1f} forward-pass equivalents per pair, {total['seconds']:.1f}s")

@@ -109,11 +109,12 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                            help="skip the diagnostic (the demo runs it by default)")
     else:
         check.add_argument("--diagnose", action="store_true",
-                           help="bound the effects of the unverified nodes (random joint patches)")
+                           help="bound the effects of the unverified nodes (and, with --level edges or both, "
+                                "edges) by random joint patches")
     check.add_argument("--samples", type=int, default=DEMO["samples"] if demo else None, metavar="S",
                        help="diagnostic: random subsets to patch (default %s)" % (DEMO["samples"] if demo else 1000))
     check.add_argument("--p", type=float, default=DEMO["p"] if demo else None, metavar="P",
-                       help="diagnostic: chance of each unverified node to be in a subset (default %s)"
+                       help="diagnostic: chance of each unverified node (edge) to be in a subset (default %s)"
                        % (DEMO["p"] if demo else 0.05))
     check.add_argument("--delta", type=float, default=0.05, metavar="D",
                        help="diagnostic: the bound may fail with probability D (default 0.05)")

@@ -31,7 +31,12 @@ def write_report(run_dir) -> Path:
         diagnosis = json.loads(folder.stage("diagnosis.json").read_text(encoding="utf-8"))
     if folder.done("suspects.parquet"):
         suspects = pd.read_parquet(folder.stage("suspects.parquet"))
-    page = build(meta, nodes, diagnosis, suspects, edges)
+    edge_diagnosis = edge_suspects = None
+    if folder.done("edge-diagnosis.json"):
+        edge_diagnosis = json.loads(folder.stage("edge-diagnosis.json").read_text(encoding="utf-8"))
+    if folder.done("edge-suspects.parquet"):
+        edge_suspects = pd.read_parquet(folder.stage("edge-suspects.parquet"))
+    page = build(meta, nodes, diagnosis, suspects, edges, edge_diagnosis, edge_suspects)
     path = folder / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

@@ -107,23 +107,32 @@ def summary(meta: dict, nodes: pd.DataFrame) -> str:
     return facts(items) + cost_table
 
 
-def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None) -> str:
+def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None, unit: str = "node") -> str:
     if diagnosis is None:
-        return '<p class="note">The diagnostic was not run (add <code>--diagnose</code>).</p>'
+        return f'<p class="note">The {unit} diagnostic was not run (add <code>--diagnose</code>).</p>'
     theta = diagnosis.get("theta")
+    ident = "suspects" if unit == "node" else f"{unit}-suspects"
     body = (f'<p>θ = <span class="theta">{esc(fmt(theta) or "∞")}</span> at δ = {esc(fmt(diagnosis.get("delta")))}: '
-            "no unverified node's |effect| should exceed θ, except with probability δ.</p>"
+            f"no unverified {unit}'s |effect| should exceed θ, except with probability δ.</p>"
             f'<p class="statement">{esc(diagnosis.get("statement", ""))}</p>')
     if suspects is not None and len(suspects):
-        body += ("<details><summary>The unverified nodes most likely to be large (verify these next)</summary>"
-                 + html_table(suspects.head(20), "suspects") + "</details>")
+        columns = [c for c in suspects.columns if c not in EDGE_SUSPECT_HIDDEN]
+        body += (f"<details><summary>The unverified {unit}s most likely to be large (verify these next)</summary>"
+                 + html_table(suspects.head(20)[columns], ident) + "</details>")
     return body
 
 
+EDGE_SUSPECT_HIDDEN = ("writer", "reader", "writer_layer", "writer_kind", "writer_unit", "reader_layer", "reader_kind", "reader_unit",
+                       "score")
+"""Edge suspect columns left out of the report's table (the name says them)."""
+
+
 def build(meta: dict, nodes: pd.DataFrame | None, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None,
-          edges: pd.DataFrame | None = None) -> str:
+          edges: pd.DataFrame | None = None, edge_diagnosis: dict | None = None,
+          edge_suspects: pd.DataFrame | None = None) -> str:
     """The whole page. ``nodes`` is None in an edge-level run (``--level edges``), ``edges`` None in a
-    node-level one: their sections then say how to get them."""
+    node-level one: their sections then say how to get them. The edge diagnostic's statement is shown in
+    the circuit section."""
     methods = meta["config"]["methods"]
     tokens = meta["stages"].get("pairs", {}).get("tokens", [])
     node_parts = ([top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
@@ -135,7 +144,7 @@ def build(meta: dict, nodes: pd.DataFrame | None, diagnosis: dict | None = None,
     parts = [section("summary", "Run", summary(meta, nodes)),
              section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
              theta_curve_section(diagnosis, meta),
-             node_parts[0], circuit_section(edges, meta), *node_parts[1:]]
+             node_parts[0], circuit_section(edges, meta, edge_diagnosis, edge_suspects), *node_parts[1:]]
     title = f'atpstar: {meta["config"]["task"]} on {meta.get("model", {}).get("name", meta["config"]["model"])}'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -214,8 +223,10 @@ def theta_curve_section(diagnosis: dict | None, meta: dict) -> str:
 CIRCUIT_TABLE_COLUMNS = ("rank", "name", "token", "score", "effect", "effect_exact")
 
 
-def circuit_section(edges: pd.DataFrame | None, meta: dict) -> str:
-    """The circuit figure (verified edges, else the top ones) beside the table of the top edges."""
+def circuit_section(edges: pd.DataFrame | None, meta: dict, edge_diagnosis: dict | None = None,
+                    edge_suspects: pd.DataFrame | None = None) -> str:
+    """The circuit figure (verified edges, else the top ones) beside the table of the top edges, then the
+    edge diagnostic (θ for the unverified edges) when the run made one."""
     title = "Circuit: the strongest edges (writer → reader)"
     if edges is None:
         return section("circuit", title, '<p class="note">This run ranked nodes only: add <code>--level edges</code> '
@@ -233,4 +244,6 @@ def circuit_section(edges: pd.DataFrame | None, meta: dict) -> str:
     table = edges.head(data.TOP_ROWS)[[c for c in CIRCUIT_TABLE_COLUMNS if c in edges.columns]]
     body = (note + '<div class="side">' + image("circuit", circuit.circuit_figure(edges, gqa=gqa))
             + html_table(table, "circuit-table") + "</div>")
+    body += ('<div class="edge-diagnostic"><h3>Edge diagnostic: how large can a missed edge be?</h3>'
+             + diagnostic(edge_diagnosis, edge_suspects, unit="edge") + "</div>")
     return section("circuit", title, body)

@@ -1,0 +1,165 @@
+"""The false-negative diagnostic on edges (SPEC.md §9 and §11): how large can an unverified edge's effect be?
+
+After verifying the top of an edge ranking (:func:`atpstar.edges.verify_edges`), :func:`diagnose_edges`
+patches random subsets of the *unverified* edges jointly (:class:`~atpstar.edges.patching.EdgePatcher`:
+several edges into one reader add their writer deltas, edges into different readers patch
+independently), optionally subtracts each subset's predicted effect (the sum of its members' edge
+AtP* estimates), and turns the included-minus-excluded statistics into "with probability ≥ 1 − δ no
+unverified edge has |c(e)| > θ". The statistics (:mod:`.bound`), the sampling loop and its checkpoint
+(:mod:`.sampling`) and the result (:class:`~atpstar.diagnose.diagnosis.EdgeDiagnosis`) are the node
+diagnostic's own; only the units differ (docs/edges.md, docs/diagnostic.md).
+
+Edges whose writer's noise write equals its clean write on every pair (at that position) have effect
+exactly 0: they are left out of the subsets and of the union bound (``static``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..checkpoint import fingerprint, run_key
+from ..cost import Cost
+from ..edges.edgeset import EdgeSet
+from ..edges.graph import READER_KINDS, EdgeGraph
+from ..edges.patching import EdgePatcher
+from ..metrics import resolve
+from ..pairs import check_pairs
+from .bound import SubsetSums, node_stats
+from .diagnosis import Design, EdgeDiagnosis
+from .diagnostic import _name, check_options
+from .sampling import Store, sample, store_key
+
+__all__ = ["EdgeDiagnosis", "diagnose_edges"]
+
+
+def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: int = 1000, p: float = 0.05,
+                   delta: float = 0.05, seed: int = 0, metric=None, graph: EdgeGraph | None = None, checkpoint=None,
+                   progress: bool = True, bound: str = "subgaussian", batch_size: int | None = None,
+                   memory_mb: float = 1024, checkpoint_every: float = 30.0) -> EdgeDiagnosis:
+    """Bound the edge effects that edge verification may have missed.
+
+    Args:
+        model, pairs, metric: as for :func:`atpstar.edges.edge_acp`.
+        verified: an :class:`~atpstar.edges.EdgeVerification` (the edges its ranking scored are the
+            universe, its ``edges`` the verified ones; it must belong to this model, these pairs and this
+            metric), or the verified edges themselves (names, an edge table with writer, reader, pos, an
+            EdgeSet; None or empty: nothing verified), the universe then being every edge of the graph.
+        estimates: optional :class:`~atpstar.edges.EdgeScores` (e.g. :func:`atpstar.edges.atp`): each
+            subset's predicted effect, the sum of its members' signed mean estimates, is subtracted.
+        edges: restrict the universe to these edges (an EdgeSet, names or an edge table), e.g. the edges
+            into a few readers; verified edges among them are left out.
+        samples, p, delta, seed, checkpoint, bound, batch_size: as for :func:`atpstar.diagnose`, with
+            edges as the units (each edge in a subset with probability ``p``).
+        graph: the :class:`~atpstar.edges.EdgeGraph` (default: the verification's, else ``EdgeGraph.of(model)``).
+
+    Returns:
+        :class:`~atpstar.diagnose.diagnosis.EdgeDiagnosis`: ``theta``, ``theta_at(δ)``, ``prob_exceeds(θ)``,
+        ``suspects`` (edge names, writer, reader, pos, effect, se, upper, ...), ``statement``, ``cost``,
+        ``to_dict()`` and ``rebound(more_verified)``.
+    """
+    start = time.perf_counter()
+    check_options(samples, p, delta, bound)
+    check_pairs(pairs)
+    metric = resolve(metric, pairs)
+    n_pos = pairs.max_len
+    graph = graph or getattr(verified, "graph", None) or EdgeGraph.of(model)
+    _check_estimates(estimates, graph, n_pos)
+    universe, done = _universe(model, pairs, verified, graph, metric)
+    if edges is not None:
+        wanted = EdgeSet.parse(graph, edges, n_pos)
+        universe = universe.take(torch.isin(universe.ids(graph, n_pos), wanted.ids(graph, n_pos)))
+    left = universe.take(~torch.isin(universe.ids(graph, n_pos), done.ids(graph, n_pos)))
+    if len(left) == 0:
+        raise ValueError(f"no unverified edge is left ({len(universe)} edges in the universe, all verified): "
+                         "nothing to bound")
+    patcher = EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb)
+    live = _moving(patcher, left)
+    units = left.take(live)
+    presence = _presence(pairs, units)
+    estimate = None if estimates is None else estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num()
+    sums = SubsetSums(len(units))
+    effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
+    if len(units):
+        store = Store(distributed.rank_path(checkpoint), _key(model, pairs, graph, units, metric, p, seed),
+                      checkpoint_every, unit="edge")
+        resumed = min(len(store.effects), samples)
+        effects = sample(patcher, units, sums, store, estimate, presence, samples, p, seed, memory_mb, progress,
+                         unit="edge")
+    stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(units) else None
+    design = Design(units, torch.zeros(len(units), dtype=torch.float64) if estimate is None else estimate.clone(),
+                    presence, effects.mean(1) if len(units) else effects.new_zeros(0),
+                    torch.zeros(len(units), dtype=torch.bool))
+    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
+    readers = sorted({int(k) for k in graph.reader_kind[universe.reader].unique()})
+    return EdgeDiagnosis(
+        delta=delta, p=p, samples=samples, bound=bound, nodes=units, stats=stats, n_unverified=len(left),
+        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=_name(estimates),
+        subset_effects=effects, kinds=[READER_KINDS[k] for k in readers], n_pairs=len(pairs), cost=cost,
+        resumed=resumed, seed=seed, design=design, graph=graph)
+
+
+def _check_estimates(estimates, graph: EdgeGraph, n_pos: int) -> None:
+    if estimates is None:
+        return
+    effect = getattr(estimates, "effect", None)
+    if not isinstance(effect, Tensor) or not hasattr(estimates, "graph"):
+        got = type(estimates).__name__
+        hint = (" (node estimates: atpstar.atp gives one number per node, not per edge)"
+                if isinstance(effect, dict) else "")
+        raise TypeError(f"estimates must be an EdgeScores, e.g. atpstar.edges.atp(model, pairs), got {got}{hint}")
+    if tuple(effect.shape) != (graph.n_writers, graph.n_readers, n_pos):
+        raise ValueError(f"edge estimates have shape {tuple(effect.shape)}, but this graph and these prompts have "
+                         f"({graph.n_writers}, {graph.n_readers}, {n_pos}) (writers, readers, positions): compute "
+                         "them on the same model, graph and pairs")
+
+
+def _universe(model, pairs, verified, graph: EdgeGraph, metric) -> tuple[EdgeSet, EdgeSet]:
+    """(every edge the bound is about, the verified ones)."""
+    n_pos = pairs.max_len
+    if hasattr(verified, "edges") and hasattr(verified, "effect") and isinstance(getattr(verified, "edges"), EdgeSet):
+        key = getattr(verified, "key", None)
+        if key is not None and key != run_key(model, pairs, metric):
+            raise ValueError("the edge verification belongs to a different run (another model, prompt pairs or "
+                             "metric): diagnose with the model, pairs and metric it was verified on")
+        ranking = getattr(verified, "ranking", None)
+        universe = EdgeSet.every(graph, n_pos) if ranking is None else ranking
+        universe.check(graph)
+        universe.check_positions(graph, n_pos)
+        return universe, verified.edges
+    universe = EdgeSet.every(graph, n_pos)
+    empty = verified is None or (hasattr(verified, "__len__") and len(verified) == 0)
+    done = universe.take(slice(0, 0)) if empty else EdgeSet.parse(graph, verified, n_pos)
+    return universe, done
+
+
+def _moving(patcher: EdgePatcher, edges: EdgeSet) -> Tensor:
+    """(N,) bool: the edge's writer writes differently on the clean and noise prompt of some pair, at its position."""
+    out = torch.zeros(len(edges), dtype=torch.bool)
+    for runs in patcher.groups:
+        moved = (runs.deltas != 0).any(-1).any(0).cpu()  # (W, T) of this length group
+        own_pos = edges.pos - runs.group.offset
+        here = own_pos >= 0
+        out[here] |= moved[edges.writer[here], own_pos[here]]
+    return out
+
+
+def _presence(pairs, edges: EdgeSet) -> Tensor:
+    """(N,) fraction of the pairs whose prompts have the edge's position."""
+    count = torch.zeros(len(edges), dtype=torch.float64)
+    for group in pairs.groups():
+        count += len(group.index) * (edges.pos >= group.offset).double()
+    return count / len(pairs)
+
+
+def _key(model, pairs, graph: EdgeGraph, edges: EdgeSet, metric, p: float, seed: int) -> str:
+    digest = hashlib.sha256(fingerprint(model, pairs, None, metric).encode())
+    digest.update(f"|per_head={graph.per_head}|".encode())
+    for tensor in (edges.writer, edges.reader, edges.pos):
+        digest.update(tensor.numpy().tobytes())
+        digest.update(b"|")
+    return store_key(digest.hexdigest(), p, seed, "edge-diagnostic")

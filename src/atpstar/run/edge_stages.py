@@ -1,0 +1,127 @@
+"""The run's edge stages (SPEC §11): edge scores of every edge-capable method, exact verification of the
+first one's top edges, and the false-negative diagnostic on the unverified edges. Same contract as the node
+stages of :mod:`.stages`: each takes the run's Context, skips what the run folder already holds, records its
+cost."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+from . import options as opts
+from ..checkpoint import load_checked
+from ..cost import Cost
+from .folder import atomic_write, load_edge_scores, method_slug, save_edge_scores, save_frame
+from .stages import Context, _plain
+
+
+def edges(ctx: Context) -> None:
+    """Every edge ranked by each edge method of ``--method`` (an AtP variant or a joint-patching baseline,
+    ``opts.EDGE_METHODS``), then exact verification of the top of the first one's ranking; the others'
+    edge scores are kept (``edge-scores-<method>.pt``) for comparison."""
+    cfg = ctx.cfg
+    if cfg.level == "nodes":
+        return
+    for i, method in enumerate(m for m in cfg.methods if m in opts.EDGE_METHODS):
+        scores = _edge_method(ctx, method, "edges" if i == 0 else f"edges:{method}")
+        if i == 0:
+            ctx.edge_scores = scores
+    verify_edges(ctx)
+
+
+def _edge_method(ctx: Context, method: str, stage: str):
+    """One method's EdgeScores over every edge: read back from the run folder, or estimated and saved."""
+    cfg = ctx.cfg
+    file = ctx.folder.stage(f"edge-scores-{method_slug(method)}.pt")
+    if file.is_file():
+        return load_edge_scores(file)
+    ctx.say(f"estimating every edge with {method}...")
+    if method in opts.ATP_FLAGS:
+        from ..edges.atp import atp as edge_atp
+
+        fn, flags = edge_atp, dict(zip(("qk_fix", "graddrop"), opts.ATP_FLAGS[method]))
+    else:
+        from ..edges.baselines import EDGE_BASELINES
+
+        fn, flags = EDGE_BASELINES[method], {}
+    wanted = inspect.signature(fn).parameters
+    extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size), ("seed", cfg.seed))
+             if k in wanted and v is not None}
+    scores = fn(ctx.model, ctx.pairs, **flags, **extra)
+    cost = Cost.of(scores)
+    if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
+        from dataclasses import replace
+
+        from ..substrate.timing import measure_backward_ratio
+
+        group = next(iter(ctx.pairs.groups()))
+        cost = replace(cost, backward_ratio=measure_backward_ratio(ctx.model, group.clean[:1]))
+        scores.info["cost"] = cost
+    save_edge_scores(scores, file)
+    g = scores.graph
+    ctx.record(stage, method=method, edges=int(scores.score.isfinite().sum()), n_heads=g.n_heads,
+               n_kv_heads=g.n_kv_heads, per_head=g.per_head, d_model=ctx.model.d_model, cost=cost.to_dict(),
+               per_pair=cost.per_pair(), seconds=cost.seconds)
+    ctx.say(f"{method}: {ctx.meta['stages'][stage]['edges']:,} edges in {cost.seconds:.1f}s "
+            f"({cost.per_pair():.1f} forward-pass equivalents per pair)")
+    return scores
+
+
+def verify_edges(ctx: Context) -> None:
+    """Exact edge patching of the top of the edge ranking, under the run's budget and stop rule."""
+    import pandas as pd
+
+    cfg = ctx.cfg
+    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
+    file = ctx.folder.stage("verified-edges.parquet")
+    if budget is None and stop is None:
+        return
+    if file.is_file():
+        ctx.verified_edges = pd.read_parquet(file)
+        return
+    from ..edges.verify import verify_edges as run_verify
+
+    ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
+    v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
+                   batch_size=cfg.batch_size, progress=ctx.progress)
+    ctx.verified_edges = v.to_frame()
+    save_frame(ctx.verified_edges, file)
+    ctx.record("verify:edges", edges=len(v.to_frame()), stopped=v.stopped, cost=v.cost.to_dict(),
+               per_pair=v.cost.per_pair(), seconds=v.cost.seconds)
+    ctx.meta["stages"]["edges"]["verified"] = len(ctx.verified_edges)
+    ctx.meta["stages"]["edges"]["stopped"] = v.stopped
+    ctx.folder.write_meta(ctx.meta)
+    ctx.say(f"verified {len(ctx.verified_edges):,} edges in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
+
+
+def diagnose_edges(ctx: Context) -> None:
+    """``--diagnose`` at ``--level edges``/``both``: bound the unverified edges (every edge of the graph but
+    the verified ones), the edge AtP estimates subtracted when the first method is an AtP variant (a baseline's
+    block or subset means are not per-edge predictions); ``stages/edge-diagnosis.json`` and
+    ``stages/edge-suspects.parquet``. Resumable: the subsets' effects are checkpointed."""
+    cfg = ctx.cfg
+    if cfg.level == "nodes" or not cfg.diagnose or ctx.folder.done("edge-diagnosis.json"):
+        return
+    if ctx.verified_edges is None:
+        raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
+    from ..diagnose.edges import diagnose_edges as run_diagnose
+
+    frame = ctx.verified_edges
+    verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)
+                else frame["name"].tolist())
+    ctx.say("diagnostic: bounding the effects of the unverified edges...")
+    checkpoint = ctx.folder.checkpoint("diagnose-edges.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)
+    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
+    estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
+    d = run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
+                     delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+                     batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+    save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
+    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    ctx.meta["edge_diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.record("diagnose:edges", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
+    ctx.say(d.statement)
