@@ -29,7 +29,7 @@ from .bound import (BOUNDS, SubsetSums, check_probability, memberships, min_samp
 from ..checkpoint import fingerprint, run_key
 from ..cost import Cost
 from .diagnosis import Design, Diagnosis
-from .sampling import Store, sample, store_key
+from .sampling import Store, presence as presence_of, sample, store_key
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
@@ -81,7 +81,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
     live = _moving(model, patcher, left)
     nodes = left.take(live)
-    presence = _presence(pairs, nodes)
+    presence = presence_of(pairs, nodes.pos)
     estimate = None if estimates is None else _gather(estimates, nodes, pairs.max_len)
     sums = SubsetSums(len(nodes))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
@@ -144,14 +144,6 @@ def _moving(model, patcher: JointPatcher, nodes: NodeSet) -> Tensor:
         jobs = moved(model, runs, nodes, own_pos, idx.repeat(n_group), torch.arange(n_group).repeat_interleave(len(idx)))
         out[idx] |= jobs.view(n_group, len(idx)).any(0)
     return out
-
-
-def _presence(pairs, nodes: NodeSet) -> Tensor:
-    """(N,) fraction of the pairs whose prompts have the node's position (1 when all pairs have one length)."""
-    count = torch.zeros(len(nodes), dtype=torch.float64)
-    for group in pairs.groups():
-        count += len(group.index) * (nodes.pos >= group.offset).double()
-    return count / len(pairs)
 
 
 def _gather(estimates, nodes: NodeSet, n_pos: int) -> Tensor:

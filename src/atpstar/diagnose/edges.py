@@ -32,7 +32,7 @@ from ..pairs import check_pairs
 from .bound import SubsetSums, node_stats
 from .diagnosis import Design, EdgeDiagnosis
 from .diagnostic import _name, check_options
-from .sampling import Store, sample, store_key
+from .sampling import Store, presence as presence_of, sample, store_key
 
 __all__ = ["EdgeDiagnosis", "diagnose_edges"]
 
@@ -80,7 +80,7 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
     patcher = EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb)
     live = _moving(patcher, left)
     units = left.take(live)
-    presence = _presence(pairs, units)
+    presence = presence_of(pairs, units.pos)
     estimate = None if estimates is None else estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num()
     sums = SubsetSums(len(units))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
@@ -146,14 +146,6 @@ def _moving(patcher: EdgePatcher, edges: EdgeSet) -> Tensor:
         here = own_pos >= 0
         out[here] |= moved[edges.writer[here], own_pos[here]]
     return out
-
-
-def _presence(pairs, edges: EdgeSet) -> Tensor:
-    """(N,) fraction of the pairs whose prompts have the edge's position."""
-    count = torch.zeros(len(edges), dtype=torch.float64)
-    for group in pairs.groups():
-        count += len(group.index) * (edges.pos >= group.offset).double()
-    return count / len(pairs)
 
 
 def _key(model, pairs, graph: EdgeGraph, edges: EdgeSet, metric, p: float, seed: int) -> str:
