@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -53,6 +53,9 @@ class EdgeVerification:
     """Every edge the ranking scored, best first (the universe of the edge diagnostic)."""
     key: str | None = None
     """Identity of (model, pairs, metric) (:func:`atpstar.checkpoint.run_key`): whose edges these are."""
+    model: object = field(default=None, repr=False, compare=False)
+    pairs: object = field(default=None, repr=False, compare=False)
+    metric: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.edges)
@@ -116,4 +119,5 @@ def _state(scores, order, ranked, parts, patcher, n_pairs, start, stopped, n, st
     return EdgeVerification(scores.graph, order.take(slice(0, n)), per_pair, per_pair.nanmean(1),
                             scores.effect.flatten()[ids].double(), scores.score.flatten()[ids].double(), cost,
                             stopped, n if stop_index is None else stop_index, order,
-                            run_key(patcher.model, patcher.pairs, patcher.metric))
+                            run_key(patcher.model, patcher.pairs, patcher.metric), patcher.model, patcher.pairs,
+                            patcher.metric)
