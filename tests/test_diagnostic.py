@@ -20,7 +20,8 @@ import atpstar
 from atpstar import Budget, NodeKind, NodeSet
 from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats,
                                     rebound_stats, spent_delta)
-from atpstar.diagnose.diagnostic import ThetaBelow, diagnose, memberships
+from atpstar.diagnose.diagnostic import diagnose, memberships
+from atpstar.diagnose.theta import ThetaBelow
 
 
 def allowed_failures(n: int, delta: float) -> float:

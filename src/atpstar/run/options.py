@@ -160,7 +160,7 @@ def parse_stop(text):
     if name == "theta":
         if not values.keys() & {"target", "relative"}:
             values["relative"] = THETA_DEFAULTS["relative"]
-        from ..diagnose.diagnostic import ThetaBelow
+        from ..diagnose.theta import ThetaBelow
 
         return ThetaBelow(samples=THETA_DEFAULTS["samples"], p=THETA_DEFAULTS["p"], **values)
     if not values.keys() & {"threshold", "relative"}:
