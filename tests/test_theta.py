@@ -136,9 +136,14 @@ def test_a_broken_shared_bound_fails_the_same_test(broken):
 
 
 def test_levels_sum_to_delta_and_the_rule_checks_its_samples():
+    """δ accounting: the variance bounds (draw + refreshes at checks 2, 4, 8, ...) and the per-check unions over
+    the nodes together spend at most δ; check 1's statement is at δ/2 like the former rule's."""
     rule = ThetaBelow(relative=0.1, samples=100, p=0.2, delta=0.05)
-    spent = 0.05 / 2 + sum(rule.level(i) - 0.05 / 2 for i in range(1, 10**5))
-    assert spent < 0.05 and rule.level(1) == pytest.approx(0.05 / 2 + 0.05 / 4)
+    variance = sum(v for i in range(1, 10**5) if (v := rule.variance_level(i)) is not None)
+    nodes = sum(spent_delta(0.05 / 2, i) for i in range(1, 10**5))
+    assert variance <= 0.05 / 2 and variance + nodes < 0.05
+    assert rule.level(1) == pytest.approx(0.05 / 2) and rule.level(2) == pytest.approx(0.05 / 4 + 0.05 / 12 + 0.05 / 12)
+    assert ThetaBelow(relative=0.1, samples=100, p=0.2, refresh=False).level(5) == pytest.approx(0.05 / 2 + 0.05 / 60)
     assert ThetaBelow(relative=0.1, samples=100, p=0.2, shared=False).level(3) == pytest.approx(0.05 / 12)
     with pytest.raises(ValueError, match="too few"):
         ThetaBelow(relative=0.1, samples=40, p=0.2, bound="subgaussian")

@@ -39,7 +39,7 @@ class Design:
     """V̄: upper confidence bound on the variance of the subsets' values *now* (after the verifications so
     far), shared by every re-bound (:meth:`Diagnosis.share_variance`; None: each bound makes its own)."""
     variance_delta: float = 0.0
-    """δ reserved for ``variance_bound`` (the draw's and any refresh's together)."""
+    """δ spent on ``variance_bound`` (the draw's and every refresh's together: it needs all their events)."""
     removed: float = 0.0
     """Σ q² r₀² over the nodes verified since the draw (r₀ = exact effect − the estimate subtracted at the draw)."""
     members: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -139,33 +139,33 @@ class Diagnosis:
             n_unverified=self.n_unverified - newly, n_verified=self.n_verified + newly, design=design,
             rebounds=self.rebounds + 1)
 
-    def share_variance(self, delta_var: float, reserve: float | None = None, delta: float | None = None) -> "Diagnosis":
+    def share_variance(self, delta_var: float, delta: float | None = None) -> "Diagnosis":
         """This diagnosis with one variance bound V̄₀ (level ``delta_var``) made now, at the draw, and shared by
         every later :meth:`rebound` (docs/diagnostic.md §5): verifying a node lowers the subsets' variance by
-        exactly p(1 − p) q² r₀², so V̄₀ minus that bounds it at every check, on one event. ``reserve`` (default
-        ``delta_var``): the δ set aside for this bound and any :meth:`refresh_variance`; a bound at level δ
-        then spends ``δ − reserve`` on the union over the nodes only. ``delta``: the new level (default:
+        exactly p(1 − p) q² r₀², so V̄₀ minus that bounds it at every check, on one event. A bound at level δ
+        then spends ``δ − delta_var`` on the union over the nodes only. ``delta``: the new level (default:
         unchanged). Call it on a fresh draw, before any re-bound."""
         if self.design is None or self.stats is None:
             raise ValueError("share_variance needs a drawn diagnosis with its design (and a moving node)")
         if self.rebounds or bool(self.design.verified.any()):
             raise ValueError("share the variance at the draw, before re-bounding (the bound is on the draw's variance)")
         v0 = variance_bound(self.stats.variance, delta_var, self.stats.samples, self.p)
-        reserve = delta_var if reserve is None else reserve
-        design = dataclasses.replace(self.design, variance_bound=v0, variance_delta=reserve, removed=0.0)
-        stats = dataclasses.replace(self.stats, variance_bound=v0, variance_delta=reserve)
+        design = dataclasses.replace(self.design, variance_bound=v0, variance_delta=delta_var, removed=0.0)
+        stats = dataclasses.replace(self.stats, variance_bound=v0, variance_delta=delta_var)
         return dataclasses.replace(self, design=design, stats=stats, delta=self.delta if delta is None else delta)
 
-    def refresh_variance(self, delta_var: float) -> "Diagnosis":
+    def refresh_variance(self, delta_var: float, delta: float | None = None) -> "Diagnosis":
         """The shared variance bound tightened by a fresh one from these subsets' present values (level
-        ``delta_var``, taken from the reserve of :meth:`share_variance`): V̄ = min(carried, s² / (1 − g)). The
-        carried bound keeps the draw's absolute slack; a fresh one scales with what is left."""
+        ``delta_var``, added to the δ spent on variance bounds): V̄ = min(carried, s² / (1 − g)). The carried
+        bound keeps the draw's absolute slack; a fresh one scales with what is left. ``delta``: the new level
+        (default: unchanged, so the union over the nodes gets ``delta_var`` less)."""
         if self.design is None or self.design.variance_bound is None or self.stats is None:
             raise ValueError("refresh_variance needs a diagnosis with a shared variance bound (share_variance)")
         fresh = variance_bound(self.stats.variance, delta_var, self.stats.samples, self.p)
-        v = min(self.design.variance_bound, fresh)
-        return dataclasses.replace(self, design=dataclasses.replace(self.design, variance_bound=v),
-                                   stats=dataclasses.replace(self.stats, variance_bound=v))
+        v, spent = min(self.design.variance_bound, fresh), self.design.variance_delta + delta_var
+        return dataclasses.replace(self, design=dataclasses.replace(self.design, variance_bound=v, variance_delta=spent),
+                                   stats=dataclasses.replace(self.stats, variance_bound=v, variance_delta=spent),
+                                   delta=self.delta if delta is None else delta)
 
     @property
     def theta(self) -> float:

@@ -8,6 +8,7 @@ pays only its union bound over the nodes (δ/(2 i (i + 1)) at check i).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .bound import min_samples, spent_delta
@@ -36,16 +37,18 @@ class ThetaBelow:
     the former rule, the whole bound at level δ/(i(i+1)) per check (its variance bound runs out after a few
     checks; then new subsets are drawn), kept for comparison.
 
-    Subsets holding a node verified since with |effect| ≥ ``drop`` × the largest verified |effect| are left
-    out of the re-bound (their interactions stay in the subset's effect); when fewer than 2 are left, the
-    re-bound keeps them all. Keyword arguments (``estimates=``, ``kinds=`` ...) go to :func:`diagnose`;
+    ``drop`` (default None: keep every subset): subsets holding a node verified since with |effect| ≥ ``drop`` ×
+    the largest verified |effect| are left out of the re-bound (their interactions stay in the subset's
+    effect); when fewer than 2 are left, the re-bound keeps them all. On SmolLM2 leaving subsets out cost
+    more (fewer subsets) than it saved (docs/diagnostic.md §9), hence the default. Defaults ``samples=300,
+    p=0.1``: the best measured θ at that cost (≈ 0.9 forward-pass equivalents per subset and pair). Keyword arguments (``estimates=``, ``kinds=`` ...) go to :func:`diagnose`;
     ``bound`` defaults to ``"capped"``. ``history`` keeps ``(verified nodes, θ, diagnostic forward
     equivalents per pair so far)`` per check, ``last`` the latest :class:`Diagnosis`, ``cost`` (a Cost) the
     diagnostic's work, which is not in the Verification's cost.
     """
 
-    def __init__(self, target: float | None = None, samples: int = 1000, p: float = 0.05, delta: float = 0.05,
-                 every: int = 1, relative: float | None = None, drop: float | None = 0.5, shared: bool = True,
+    def __init__(self, target: float | None = None, samples: int = 300, p: float = 0.1, delta: float = 0.05,
+                 every: int = 1, relative: float | None = None, drop: float | None = None, shared: bool = True,
                  refresh: bool = True, **options):
         if target is None and relative is None:
             raise ValueError("ThetaBelow needs target= (an absolute effect size) or relative= (a fraction of the "
@@ -72,10 +75,12 @@ class ThetaBelow:
         """Diagnostics drawn (1 unless the subsets were used up; always 1 when shared)."""
 
     def level(self, check: int) -> float:
-        """δ of check ``check``'s own statement; the sum over all checks' extra spending is at most δ.
-        Shared: δ/2 (the variance bound, once) + δ/(2 i (i + 1)); otherwise δ/(i (i + 1))."""
+        """δ of check ``check``'s own statement. Shared: the δ of the variance bounds made so far (at most δ/2
+        in all, :meth:`variance_level`) + δ/(2 i (i + 1)) for the union over the nodes; otherwise δ/(i (i + 1)).
+        Either way all checks together spend at most δ."""
         if self.shared:
-            return self.delta / 2 + spent_delta(self.delta / 2, check)
+            spent = sum(v for i in range(1, check + 1) if (v := self.variance_level(i)) is not None)
+            return spent + spent_delta(self.delta / 2, check)
         return spent_delta(self.delta, check)
 
     def variance_level(self, check: int) -> float | None:
@@ -107,7 +112,7 @@ class ThetaBelow:
         shared by every later check (:meth:`Diagnosis.share_variance`)."""
         if not self.shared or drawn.stats is None:
             return drawn
-        return drawn.share_variance(self.variance_level(1), reserve=self.delta / 2, delta=self.level(1))
+        return drawn.share_variance(self.variance_level(1), delta=self.level(1))
 
     def rebound(self, verified, check: int):
         """The drawn subsets re-bounded for ``verified`` at check ``check``'s level (None: no valid bound); with
@@ -125,6 +130,8 @@ class ThetaBelow:
         fresh = self.variance_level(check) if self.shared else None
         if fresh is not None and found.stats is not None:
             found = found.refresh_variance(fresh)
+        elif fresh is not None:  # nothing left to bound: the level still counts the refresh's δ
+            found = dataclasses.replace(found, delta=self.level(check))
         return found
 
     def __call__(self, state) -> str | None:
