@@ -250,6 +250,7 @@ class Diagnosis:
             "seed": self.seed, "kinds": list(self.kinds), "pairs": self.n_pairs, "unverified": self.n_unverified,
             "static": self.n_static, "sampled_nodes": len(self.nodes), "verified": self.n_verified,
             "estimates": self.estimates, "variance": None if self.stats is None else self.stats.variance,
+            "variance_bound": None if self.stats is None else self.stats.variance_bound, "rebounds": self.rebounds,
             "unobserved": 0 if self.stats is None else self.stats.unobserved, "resumed": self.resumed,
             "statement": self.statement, "suspects": json.loads(self.suspects.to_json(orient="records")),
             "cost": self.cost.to_dict(), "cost_per_pair": self.cost.per_pair(),
