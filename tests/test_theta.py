@@ -145,6 +145,11 @@ def test_levels_sum_to_delta_and_the_rule_checks_its_samples():
     assert rule.level(1) == pytest.approx(0.05 / 2) and rule.level(2) == pytest.approx(0.05 / 4 + 0.05 / 12 + 0.05 / 12)
     assert ThetaBelow(relative=0.1, samples=100, p=0.2, refresh=False).level(5) == pytest.approx(0.05 / 2 + 0.05 / 60)
     assert ThetaBelow(relative=0.1, samples=100, p=0.2, shared=False).level(3) == pytest.approx(0.05 / 12)
+    c, est, presence = planted()
+    shared = drawn(c, est, presence, 0).share_variance(0.0125, delta=0.025).stats
+    for delta in (0.02, 0.025, 0.1):  # prob_exceeds inverts θ; below the variance's δ only the energy cap is left
+        assert shared.prob_exceeds(shared.theta(delta)) == pytest.approx(delta, rel=1e-4)
+    assert math.isfinite(shared.theta(0.0125)) and shared.prob_exceeds(1e9) == pytest.approx(0.0125)
     with pytest.raises(ValueError, match="too few"):
         ThetaBelow(relative=0.1, samples=40, p=0.2, bound="subgaussian")
     with pytest.raises(ValueError, match="before re-bounding"):
