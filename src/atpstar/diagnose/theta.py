@@ -28,21 +28,23 @@ class ThetaBelow:
     |c(n)| ≥ the threshold: ``target`` (absolute), ``relative`` × the largest |effect| verified so far, or
     the larger of the two when both are given.
 
-    ``shared=True`` (default): one variance bound, made at the draw with δ/2, serves every check (verifying a
-    node lowers the variance by a known amount, docs/diagnostic.md §5); check i spends δ/(2 i (i + 1)) on
-    its union bound over the nodes, so its own statement holds with probability ≥ 1 − :meth:`level` (i) and
-    all checks hold at once with probability ≥ 1 − δ: θ stays finite however many checks. ``refresh``
-    (default): the reserve δ/2 is split between the draw's variance bound (δ/4) and fresh ones at checks
-    2, 4, 8, ... (:meth:`variance_level`), each kept only where tighter than the carried one. ``shared=False``:
+    ``shared=True`` (default): one variance bound, made at the draw, serves every check (verifying a node
+    lowers the variance by a known amount, docs/diagnostic.md §5); check i spends δ/(2 i (i + 1)) on its
+    union bound over the nodes, so its own statement holds with probability ≥ 1 − :meth:`level` (i) and all
+    checks hold at once with probability ≥ 1 − δ: θ stays finite however many checks. δ/2 goes to variance
+    bounds: with ``refresh`` (default) the draw's takes δ/4 and fresh ones at checks 2, 4, 8, ... share the
+    rest (:meth:`variance_level`), each kept only where tighter than the carried one; without, the draw's
+    takes δ/2. ``shared=False``:
     the former rule, the whole bound at level δ/(i(i+1)) per check (its variance bound runs out after a few
     checks; then new subsets are drawn), kept for comparison.
 
     ``drop`` (default None: keep every subset): subsets holding a node verified since with |effect| ≥ ``drop`` ×
     the largest verified |effect| are left out of the re-bound (their interactions stay in the subset's
     effect); when fewer than 2 are left, the re-bound keeps them all. On SmolLM2 leaving subsets out cost
-    more (fewer subsets) than it saved (docs/diagnostic.md §9), hence the default. Defaults ``samples=300,
-    p=0.1``: the best measured θ at that cost (≈ 0.9 forward-pass equivalents per subset and pair). Keyword arguments (``estimates=``, ``kinds=`` ...) go to :func:`diagnose`;
-    ``bound`` defaults to ``"capped"``. ``history`` keeps ``(verified nodes, θ, diagnostic forward
+    more (fewer subsets) than it saved (docs/diagnostic.md §9.1), hence the default. Defaults ``samples=300,
+    p=0.1``: the best measured θ at that cost (≈ 0.9 forward-pass equivalents per subset and pair).
+    Keyword arguments (``estimates=``, ``kinds=`` ...) go to :func:`diagnose`; ``bound`` defaults to
+    ``"capped"``. ``history`` keeps ``(verified nodes, θ, diagnostic forward
     equivalents per pair so far)`` per check, ``last`` the latest :class:`Diagnosis`, ``cost`` (a Cost) the
     diagnostic's work, which is not in the Verification's cost.
     """
@@ -63,8 +65,8 @@ class ThetaBelow:
         if drop is not None and not (isinstance(drop, (int, float)) and drop > 0):
             raise ValueError(f"ThetaBelow drop must be a positive fraction or None, got {drop!r}")
         options.setdefault("bound", "capped")
-        # shared: the variance bound is made at δ/2, which min_samples(p, δ) checks; otherwise check 1's δ/2
-        check_options(samples, p, delta if shared else spent_delta(delta, 1), options["bound"])
+        # the first variance bound is made at δ/2 (shared, no refresh: min_samples(p, δ) checks it) or δ/4
+        check_options(samples, p, delta if shared and not refresh else delta / 2, options["bound"])
         self.target = None if target is None else float(target)
         self.relative = None if relative is None else float(relative)
         self.samples, self.p, self.delta, self.every, self.drop = samples, p, delta, every, drop
