@@ -20,7 +20,8 @@ import atpstar
 from atpstar import Budget, NodeKind, NodeSet
 from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats,
                                     rebound_stats, spent_delta)
-from atpstar.diagnose.diagnostic import ThetaBelow, diagnose, memberships
+from atpstar.diagnose.diagnostic import diagnose, memberships
+from atpstar.diagnose.theta import ThetaBelow
 
 
 def allowed_failures(n: int, delta: float) -> float:
@@ -353,7 +354,8 @@ def test_theta_below_patches_once_and_rebounds():
     rule = ThetaBelow(relative=0.5, samples=300, p=0.1, every=2)
     v = atpstar.verify(model, pairs, truth["name"].tolist(), stop=rule, chunk=1, progress=False)
     assert v.stopped.startswith("theta below target") and len(rule.history) >= 2
-    assert rule.base.cost.forward == rule.cost.forward and rule.last.rebounds == 1  # each check re-bounds the first subsets
+    assert rule.base.cost.forward == rule.cost.forward and rule.draws == 1  # each check re-bounds the first subsets
+    assert rule.last.rebounds == len(rule.history) - 1  # one re-bound per check after the first, carried forward
     assert len({h[2] for h in rule.history}) == 1  # no new patch after the first check
     left = truth.set_index("name").drop(index=v.to_frame()["name"])
     assert rule.last.theta >= left["score"].max()

@@ -1,14 +1,15 @@
 """The false-negative diagnostic (SPEC.md §9): how large could an unverified node's effect still be?
 
-:mod:`.diagnostic` patches random subsets of the unverified nodes jointly (``diagnose``, and the
-``ThetaBelow`` stop rule), :mod:`.bound` turns the subsets' statistics into θ (pure math, no model),
-:mod:`.diagnosis` is the result; :mod:`.edges` (``diagnose_edges``) does the same for edges, and
-:mod:`.sampling` is the subset-patching loop and checkpoint both share. Imports the edges, the
-substrate and the vocabulary only.
+:mod:`.diagnostic` patches random subsets of the unverified nodes jointly (``diagnose``), :mod:`.theta`
+is the ``ThetaBelow`` stop rule (one draw, re-bounded as nodes are verified), :mod:`.bound` turns the
+subsets' statistics into θ (pure math, no model), :mod:`.diagnosis` is the result; :mod:`.edges`
+(``diagnose_edges``) does the same for edges, and :mod:`.sampling` is the subset-patching loop and
+checkpoint both share. Imports the edges, the substrate and the vocabulary only.
 """
 
 from .diagnosis import Diagnosis, EdgeDiagnosis
-from .diagnostic import ThetaBelow, diagnose
+from .diagnostic import diagnose
 from .edges import diagnose_edges
+from .theta import ThetaBelow
 
 __all__ = ["Diagnosis", "EdgeDiagnosis", "ThetaBelow", "diagnose", "diagnose_edges"]

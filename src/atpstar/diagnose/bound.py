@@ -68,7 +68,8 @@ def spent_delta(delta: float, check: int) -> float:
     return delta / (check * (check + 1))
 
 
-def multiplier(delta: float, n_nodes: int, n_samples: int, p: float, bound: str = "subgaussian") -> float:
+def multiplier(delta: float, n_nodes: int, n_samples: int, p: float, bound: str = "subgaussian",
+               variance_delta: float | None = None) -> float:
     """f(δ): the simultaneous bound is ``|ĉ(n)| + f(δ) · se(n)`` over ``n_nodes`` nodes.
 
     ``"subgaussian"``: δ split in two halves, one for an upper confidence bound on the variance of y
@@ -76,17 +77,41 @@ def multiplier(delta: float, n_nodes: int, n_samples: int, p: float, bound: str 
     for a union bound over the nodes of the sub-Gaussian (Kearns–Saul) tail of each d(n); finite-
     sample and rigorous when effects are additive within subsets. ``inf`` when ``n_samples`` is
     below :func:`min_samples`. ``"normal"``: Bonferroni over normal tails, ``Φ⁻¹(1 − δ/(2N))``;
-    asymptotic (central limit theorem), can under-cover when few nodes dominate and p is small."""
+    asymptotic (central limit theorem), can under-cover when few nodes dominate and p is small.
+
+    ``variance_delta``: the variance bound was already paid for (a shared one, :class:`NodeStats`'s
+    ``variance_bound``, made at that level): the whole rest ``delta − variance_delta`` goes to the union
+    bound over the nodes, and f multiplies the standard error *computed from that variance bound*, so
+    it carries no ``1/(1 − g)`` (``inf`` when ``delta ≤ variance_delta``)."""
     if bound == "normal":
         return float(norm.isf(delta / (2 * n_nodes)))
     if bound not in ("subgaussian", "capped"):
         raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
+    ratio = bernoulli_proxy(p) / (p * (1 - p))  # sub-Gaussian proxy over the true Bernoulli variance
+    if variance_delta is not None:
+        d_nodes = delta - variance_delta
+        return math.sqrt(2 * math.log(2 * n_nodes / d_nodes) * ratio) if d_nodes > 0 else math.inf
     d_nodes, d_var = delta / 2, delta / 2
     g = variance_slack(d_var, n_samples, p)
     if math.isinf(g):
         return math.inf
-    ratio = bernoulli_proxy(p) / (p * (1 - p))  # sub-Gaussian proxy over the true Bernoulli variance
     return math.sqrt(2 * math.log(2 * n_nodes / d_nodes) * ratio / (1 - g))
+
+
+def variance_bound(variance: float, delta_var: float, n_samples: int, p: float) -> float:
+    """V̄ with ``P(Var y > V̄) ≤ δ_var`` under additivity: ``s² / (1 − g)`` (:func:`variance_slack`; inf when g ≥ 1).
+    Made once, at the draw, it bounds every later re-bound's variance too (:func:`shared_variance`)."""
+    g = variance_slack(delta_var, n_samples, p)
+    return variance / (1 - g) if math.isfinite(g) else math.inf
+
+
+def shared_variance(bound0: float, removed: float, p: float) -> float:
+    """The variance bound after verifying nodes since the draw (docs/diagnostic.md §5): under additivity the
+    population variance of a subset's value is ``p (1 − p) Σ_m q_m² r(m)²`` over the unverified nodes, so
+    verifying nodes (residual → 0) lowers it by exactly ``p (1 − p) · removed``, ``removed = Σ_verified
+    q² r₀²`` with r₀ = c − ê₀ the residual at the draw; ``bound0`` (a bound on the draw's variance)
+    minus that is a bound on today's, on the same event. Never below 0."""
+    return max(0.0, bound0 - p * (1 - p) * removed)
 
 
 def members_dot(members: Tensor, values: Tensor) -> Tensor:
@@ -152,6 +177,11 @@ class NodeStats:
     """(N,) ê(n) subtracted from the subsets (None: 0)."""
     scale: Tensor | None = None
     """(N,) factor from y's units to the effect's (1/q_n; None: 1)."""
+    variance_bound: float | None = None
+    """V̄: an upper confidence bound on the population variance of y made earlier, at level
+    ``variance_delta`` (:func:`shared_variance`); None: the bound makes its own from s² at every δ."""
+    variance_delta: float = 0.0
+    """δ already spent on ``variance_bound`` (a bound at level δ then spends δ − variance_delta on the nodes)."""
 
     @property
     def n_nodes(self) -> int:
@@ -167,19 +197,38 @@ class NodeStats:
         """Nodes in no subset or in every subset: they cannot be bounded (θ = inf)."""
         return int((~torch.isfinite(self.se)).sum())
 
+    @property
+    def shared(self) -> bool:
+        """The bound uses a variance bound made earlier (``variance_bound``), not one from s² at each δ."""
+        return self.variance_bound is not None and self.bound != "normal"
+
     def multiplier(self, delta: float) -> float:
-        return multiplier(delta, self.n_nodes, self.samples, self.p, self.bound)
+        return multiplier(delta, self.n_nodes, self.samples, self.p, self.bound,
+                          self.variance_delta if self.shared else None)
 
     def energy(self, delta: float) -> float:
         """B: upper confidence bound on the residual energy ``Σ_m q_m² r(m)²`` (under additivity), on the
-        same variance event as the sub-Gaussian bound at level δ (its δ/2 half): ``s² / ((1 − g) p (1 − p))``."""
+        same variance event as the sub-Gaussian bound at level δ (its δ/2 half): ``s² / ((1 − g) p (1 − p))``;
+        with a shared variance bound V̄, ``V̄ / (p (1 − p))`` (on V̄'s event)."""
+        if self.shared:
+            return self.variance_bound / (self.p * (1 - self.p))
         g = variance_slack(delta / 2, self.samples, self.p)
         return self.variance / ((1 - g) * self.p * (1 - self.p)) if math.isfinite(g) else math.inf
+
+    def _width_se(self) -> Tensor:
+        """(N,) the standard error the multiplier scales: se from s², or from V̄ when the variance is shared."""
+        if not self.shared:
+            return self.se
+        n_in = self.count.double()
+        spread = (1 / n_in + 1 / (self.samples - n_in)).sqrt()
+        spread = torch.where(torch.isfinite(self.se), spread, math.inf)
+        return spread * math.sqrt(self.variance_bound) * (1 if self.scale is None else self.scale)
 
     def upper(self, delta: float) -> Tensor:
         """(N,) per-node upper bound on |c(n)|, all valid together with probability ≥ 1 − δ."""
         f = self.multiplier(delta)
-        width = torch.where(self.se > 0, f * self.se, torch.zeros_like(self.se))  # 0 · inf stays 0
+        se = self._width_se()
+        width = torch.where(se > 0, f * se, torch.zeros_like(se))  # 0 · inf stays 0
         out = torch.where(torch.isfinite(self.se), self.effect.abs() + width, torch.full_like(self.se, math.inf))
         if self.bound == "capped":  # |c| ≤ |ê| + |r| and q|r| ≤ sqrt(B): the residual energy caps every node
             base = torch.zeros_like(out) if self.estimate is None else self.estimate.abs()
@@ -194,7 +243,7 @@ class NodeStats:
     def prob_exceeds(self, theta: float) -> float:
         """The smallest δ at which the bound reaches ``theta`` (1 if none does): a p-value for "some
         node has |c(n)| > θ", i.e. that event is excluded at every level above it."""
-        if self.bound == "capped":
+        if self.bound == "capped" or self.shared:
             return self._invert(theta)
         if self.unobserved:
             return 1.0
@@ -214,6 +263,8 @@ class NodeStats:
     def _invert(self, theta: float) -> float:
         """prob_exceeds by bisection on log δ (θ(δ) is non-increasing in δ)."""
         lo, hi = _smallest_delta(self.n_nodes, self.samples, self.p, self.bound), 1 - 1e-12
+        if self.shared:  # below the δ already spent on the variance bound the bound is infinite
+            lo = min(self.variance_delta * (1 + 1e-9) + 1e-300, 0.5 * (1 + self.variance_delta))
         if self.theta(hi) > theta:
             return 1.0
         if self.theta(lo) <= theta:
@@ -233,12 +284,14 @@ def _smallest_delta(n_nodes: int, n_samples: int, p: float, bound: str) -> float
 
 
 def node_stats(sums: SubsetSums, p: float, estimate: Tensor | None = None, bound: str = "subgaussian",
-               scale: Tensor | None = None) -> NodeStats:
+               scale: Tensor | None = None, variance_bound: float | None = None,
+               variance_delta: float = 0.0) -> NodeStats:
     """Included-minus-excluded statistics of every node from the accumulated sums.
 
     ``estimate``: (N,) ê(n) that was subtracted from every subset's effect (None: nothing was).
     ``scale``: (N,) factor from y's units to the effect's (pairs of several lengths: a node present
-    in a fraction q of the pairs adds q·c(n) to a subset's mean over pairs, so scale = 1/q)."""
+    in a fraction q of the pairs adds q·c(n) to a subset's mean over pairs, so scale = 1/q).
+    ``variance_bound``, ``variance_delta``: a shared variance bound made earlier (see :class:`NodeStats`)."""
     check_probability(p, "p")
     if bound not in BOUNDS:
         raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
@@ -259,7 +312,7 @@ def node_stats(sums: SubsetSums, p: float, estimate: Tensor | None = None, bound
         diff, se = diff * scale, se * scale
     base = torch.zeros_like(diff) if estimate is None else estimate.double().nan_to_num()
     return NodeStats(base + diff, diff, se, sums.count, variance, n_samples, p, bound, base,
-                     None if scale is None else scale.double())
+                     None if scale is None else scale.double(), variance_bound, variance_delta)
 
 
 def check_probability(value: float, name: str) -> None:
@@ -285,7 +338,8 @@ def memberships(n_nodes: int, p: float, seed: int, first: int, count: int) -> Te
 
 def rebound_stats(subset_mean: Tensor, predict: Tensor, keep: Tensor, p: float, seed: int,
                   estimate: Tensor | None = None, bound: str = "subgaussian", scale: Tensor | None = None,
-                  chunk: int = 256, avoid: Tensor | None = None) -> NodeStats:
+                  chunk: int = 256, avoid: Tensor | None = None, variance_bound: float | None = None,
+                  variance_delta: float = 0.0, members: Tensor | None = None) -> NodeStats:
     """Statistics of the nodes ``keep`` from subsets already patched, no new patch (docs/diagnostic.md §5).
 
     ``subset_mean``: (J,) each subset's joint effect (mean over pairs); ``predict``: (N,) each node's
@@ -298,15 +352,20 @@ def rebound_stats(subset_mean: Tensor, predict: Tensor, keep: Tensor, p: float, 
     ``avoid``: (N,) bool, dropped nodes whose subsets are left out altogether (e.g. verified nodes with a
     large exact effect, whose interactions with the others the subtraction cannot remove). Which subsets
     go depends only on those nodes' columns, so the kept subsets are still a Bernoulli(p) design of the
-    kept nodes (provided ``avoid`` is chosen independently of the subsets too)."""
-    keep = torch.as_tensor(keep, dtype=torch.bool)
+    kept nodes (provided ``avoid`` is chosen independently of the subsets too).
+
+    ``variance_bound``: today's shared variance bound (:func:`shared_variance`), valid for the kept subsets
+    too: a kept subset's value has the same population variance as any subset's (docs/diagnostic.md §5).
+    ``members``: the (J, N) bool memberships, if kept (else regenerated chunk by chunk)."""
+    keep, all_members = torch.as_tensor(keep, dtype=torch.bool), members
     sums = SubsetSums(int(keep.sum()))
     for lo in range(0, len(subset_mean), chunk):
-        members = memberships(len(keep), p, seed, lo, min(chunk, len(subset_mean) - lo))
+        rows = min(chunk, len(subset_mean) - lo)
+        members = memberships(len(keep), p, seed, lo, rows) if all_members is None else all_members[lo:lo + rows]
         y = subset_mean[lo:lo + len(members)].double() - members_dot(members, predict)
         if avoid is not None and bool(avoid.any()):
             clean = ~members[:, avoid].any(1)
             members, y = members[clean], y[clean]
         sums.add(members[:, keep], y)
     return node_stats(sums, p, None if estimate is None else estimate[keep], bound,
-                      None if scale is None else scale[keep])
+                      None if scale is None else scale[keep], variance_bound, variance_delta)

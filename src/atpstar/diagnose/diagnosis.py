@@ -11,12 +11,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .bound import NodeStats, rebound_stats
+from .bound import NodeStats, memberships, rebound_stats, shared_variance, variance_bound
 from ..cost import Cost
 from ..nodes import NodeSet
 from ..types import ALL_KINDS
 
 SUSPECTS = 20
+MEMBERS_CACHE = 1 << 26
+"""Largest J × N₀ whose memberships a design keeps in memory for its re-bounds (64 MB of bools)."""
 
 
 @dataclass
@@ -33,6 +35,15 @@ class Design:
     """(J,) each subset's joint effect, mean over the pairs."""
     verified: Tensor
     """(N₀,) bool: verified since the subsets were drawn."""
+    variance_bound: float | None = None
+    """V̄: upper confidence bound on the variance of the subsets' values *now* (after the verifications so
+    far), shared by every re-bound (:meth:`Diagnosis.share_variance`; None: each bound makes its own)."""
+    variance_delta: float = 0.0
+    """δ spent on ``variance_bound`` (the draw's and every refresh's together: it needs all their events)."""
+    removed: float = 0.0
+    """Σ q² r₀² over the nodes verified since the draw (r₀ = exact effect − the estimate subtracted at the draw)."""
+    members: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+    """(J, N₀) bool memberships, kept after the first re-bound when small (``MEMBERS_CACHE``), else regenerated."""
 
 
 def _node_key(s: NodeSet) -> Tensor:
@@ -107,11 +118,17 @@ class Diagnosis:
             raise ValueError("this Diagnosis keeps no design (made by an older version or from a checkpoint summary)")
         nodes, effect = (verified.nodes, verified.effect) if hasattr(verified, "nodes") else verified
         d = self.design
+        if d.members is None and len(d.subset_mean) * len(d.nodes) <= MEMBERS_CACHE:  # a cache, shared by copies
+            d.members = memberships(len(d.nodes), self.p, self.seed, 0, len(d.subset_mean))
         hit, where = self._match(d.nodes, nodes)
         estimate, done = d.estimate.clone(), d.verified.clone()
         estimate[hit] = torch.as_tensor(effect, dtype=torch.float64)[where[hit]].nan_to_num()
+        new = hit & ~d.verified  # r₀ = c − ê₀ of the nodes verified now (ê₀: still their estimate at the draw)
+        lost = float(((estimate - d.estimate)[new] * d.presence[new]).pow(2).sum())
         done |= hit
-        design = dataclasses.replace(d, estimate=estimate, verified=done)
+        shared = None if d.variance_bound is None else shared_variance(d.variance_bound, lost, self.p)
+        design = dataclasses.replace(d, estimate=estimate, verified=done, removed=d.removed + lost,
+                                     variance_bound=shared)
         keep = ~done
         bound = bound or self.bound
         avoid = None if drop_above is None else done & (estimate.abs() >= drop_above)
@@ -119,7 +136,8 @@ class Diagnosis:
         if keep.any():
             scale = 1 / d.presence
             stats = rebound_stats(d.subset_mean, estimate * d.presence, keep, self.p, self.seed, estimate=estimate,
-                                  bound=bound, scale=scale, avoid=avoid)
+                                  bound=bound, scale=scale, avoid=avoid, variance_bound=shared,
+                                  variance_delta=d.variance_delta, members=d.members)
         newly = int(done.sum() - d.verified.sum())
         return dataclasses.replace(
             self, delta=self.delta if delta is None else delta, bound=bound, nodes=d.nodes.take(keep), stats=stats,
@@ -130,6 +148,34 @@ class Diagnosis:
     @staticmethod
     def _match(universe, units) -> tuple[Tensor, Tensor]:
         return _match(universe, units)
+
+    def share_variance(self, delta_var: float, delta: float | None = None) -> "Diagnosis":
+        """This diagnosis with one variance bound V̄₀ (level ``delta_var``) made now, at the draw, and shared by
+        every later :meth:`rebound` (docs/diagnostic.md §5): verifying a node lowers the subsets' variance by
+        exactly p(1 − p) q² r₀², so V̄₀ minus that bounds it at every check, on one event. A bound at level δ
+        then spends ``δ − delta_var`` on the union over the nodes only. ``delta``: the new level (default:
+        unchanged). Call it on a fresh draw, before any re-bound."""
+        if self.design is None or self.stats is None:
+            raise ValueError("share_variance needs a drawn diagnosis with its design (and a moving node)")
+        if self.rebounds or bool(self.design.verified.any()):
+            raise ValueError("share the variance at the draw, before re-bounding (the bound is on the draw's variance)")
+        v0 = variance_bound(self.stats.variance, delta_var, self.stats.samples, self.p)
+        design = dataclasses.replace(self.design, variance_bound=v0, variance_delta=delta_var, removed=0.0)
+        stats = dataclasses.replace(self.stats, variance_bound=v0, variance_delta=delta_var)
+        return dataclasses.replace(self, design=design, stats=stats, delta=self.delta if delta is None else delta)
+
+    def refresh_variance(self, delta_var: float, delta: float | None = None) -> "Diagnosis":
+        """The shared variance bound tightened by a fresh one from these subsets' present values (level
+        ``delta_var``, added to the δ spent on variance bounds): V̄ = min(carried, s² / (1 − g)). The carried
+        bound keeps the draw's absolute slack; a fresh one scales with what is left. ``delta``: the new level
+        (default: unchanged, so the union over the nodes gets ``delta_var`` less)."""
+        if self.design is None or self.design.variance_bound is None or self.stats is None:
+            raise ValueError("refresh_variance needs a diagnosis with a shared variance bound (share_variance)")
+        fresh = variance_bound(self.stats.variance, delta_var, self.stats.samples, self.p)
+        v, spent = min(self.design.variance_bound, fresh), self.design.variance_delta + delta_var
+        return dataclasses.replace(self, design=dataclasses.replace(self.design, variance_bound=v, variance_delta=spent),
+                                   stats=dataclasses.replace(self.stats, variance_bound=v, variance_delta=spent),
+                                   delta=self.delta if delta is None else delta)
 
     @property
     def theta(self) -> float:
@@ -223,6 +269,7 @@ class Diagnosis:
             "seed": self.seed, "kinds": list(self.kinds), "pairs": self.n_pairs, "unverified": self.n_unverified,
             "static": self.n_static, "sampled_nodes": len(self.nodes), "verified": self.n_verified,
             "estimates": self.estimates, "variance": None if self.stats is None else self.stats.variance,
+            "variance_bound": None if self.stats is None else self.stats.variance_bound, "rebounds": self.rebounds,
             "unobserved": 0 if self.stats is None else self.stats.unobserved, "resumed": self.resumed,
             "statement": self.statement, "suspects": json.loads(self.suspects.to_json(orient="records")),
             "cost": self.cost.to_dict(), "cost_per_pair": self.cost.per_pair(),

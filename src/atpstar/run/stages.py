@@ -195,18 +195,12 @@ def _setup_theta(ctx: Context, rule, primary: str) -> None:
 def _from_theta_rule(ctx: Context):
     """The final diagnosis of a ``--stop theta`` run: its subsets re-bounded for the final verification, at the
     next check's level (no new patch), and the θ-vs-verified history for the report."""
-    from ..diagnose.bound import spent_delta
-
     rule, v = ctx.theta_rule, ctx.verification
-    largest = float(v.effect.abs().nan_to_num(0.0).max()) if len(v.effect) else 0.0
     d = rule.last  # the last check's statement (it covers a superset of the nodes left now)
     if rule.last is not None and rule.history and rule.history[-1][0] < len(v.nodes):  # verified more since
-        try:
-            again = rule.base.rebound(v, delta=spent_delta(rule.delta, rule.checks + 1),
-                                      drop_above=None if rule.drop is None or largest == 0 else rule.drop * largest)
-            d = again if again.theta <= rule.last.theta else rule.last
-        except ValueError:  # too few subsets left
-            pass
+        again = rule.rebound(v, rule.checks + 1)
+        if again is not None and again.theta <= rule.last.theta:
+            d = again
     history = [{"verified": int(k), "theta": float(t), "cost_per_pair": float(c)} for k, t, c in rule.history]
     return d, history
 

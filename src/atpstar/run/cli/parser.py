@@ -102,7 +102,8 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                             "(default W=20, R=0.01); theta[:target=T,relative=R] stops once the diagnostic's bound θ "
                             "on every unverified node is below T or R x the largest verified |effect| (default "
                             "R=0.1; its random subsets are patched once and re-bounded as nodes are verified; "
-                            "--samples, --p, --delta set them; it also gives the run its diagnostic)"
+                            "--samples, --p, --delta set them, default 300 and 0.1; it also gives the run its "
+                            "diagnostic)"
                             + (" (default %s)" % DEMO["stop"] if demo else ""))
     if demo:
         check.add_argument("--no-diagnose", dest="diagnose", action="store_false",
