@@ -213,3 +213,20 @@ def test_bad_input_is_refused():
         diagnose_edges(model, pairs, v, progress=False)
     with pytest.raises(ValueError, match="too few"):
         diagnose_edges(model, pairs, None, edges=edges, samples=50, p=0.1, progress=False)
+
+
+def test_theta_below_stops_edge_verification():
+    """``verify_edges(..., stop=ThetaBelow(...))``: one draw of edge subsets, re-bounded as edges are verified;
+    it stops with a statement about edges, and that statement covers every unverified edge's exact effect."""
+    from atpstar import ThetaBelow
+
+    model, pairs, graph, edges, c = linear_case()
+    scores = edge_atp(model, pairs, qk_fix=False, graddrop=False, graph=graph)
+    rule = ThetaBelow(relative=0.5, samples=300, p=0.1, edges=edges, seed=2)
+    v = verify_edges(model, pairs, scores, budget=Budget(nodes=400), stop=rule, chunk=8)
+    assert v.stopped.startswith("theta below target") and "unverified edge" in v.stopped, v.stopped
+    assert rule.draws == 1 and rule.checks >= 2 and isinstance(rule.last, EdgeDiagnosis)
+    n_pos = pairs.max_len
+    left = ~torch.isin(edges.ids(graph, n_pos), v.edges.ids(graph, n_pos))
+    assert float(exact(c, edges)[left].abs().max()) <= rule.last.theta < 0.5 * float(v.effect.abs().max())
+    assert [k for k, _, _ in rule.history] == sorted(k for k, _, _ in rule.history)

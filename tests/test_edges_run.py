@@ -282,3 +282,25 @@ def test_edge_diagnostic_in_the_pipeline(tiny_dir, tmp_path, capsys):  # noqa: F
     assert code == 0 and "edge diagnostic: Patched 100 random subsets" in capsys.readouterr().out
     edge_only = atpstar.load_run(tmp_path / "e")
     assert edge_only.diagnosis is None and edge_only.edge_diagnosis["verified"] == 4
+
+
+def test_theta_stop_on_edges(tiny_dir, tmp_path):  # noqa: F811
+    """``--level edges --stop theta``: edge verification stops on the edge diagnostic's θ (one draw), and its
+    subsets give the run's edge diagnosis, with the θ-vs-verified history, at no further patch."""
+    out = tmp_path / "theta"
+    config = RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="60edges", stop="theta:target=5",
+                       samples=200, p=0.1)
+    folder = run(config, out, progress=False)
+    d, stage = folder.edge_diagnosis, folder.meta["stages"]["verify:edges"]
+    assert d is not None and folder.diagnosis is None
+    assert stage["stopped"].startswith("theta below target") and "unverified edge" in stage["stopped"]
+    history = d["theta_history"]
+    assert len(history) == 1 and history[0]["verified"] == len(folder.verified_edges) < 60  # the first check
+    assert d["theta"] == pytest.approx(history[0]["theta"]) and 0 < d["theta"] < 5
+    assert "unverified edge" in d["statement"] and d["verified"] == len(folder.verified_edges)
+    # the edge diagnosis is the rule's single draw: 200 subsets per pair (at most one pass each) and the captures
+    assert 4.0 < folder.meta["stages"]["diagnose:edges"]["per_pair"] <= 4.0 + 200
+    # without the stop the same budget verifies all 60 and bounds nothing
+    plain = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="60edges"), tmp_path / "plain",
+                progress=False)
+    assert len(plain.verified_edges) == 60 and plain.edge_diagnosis is None

@@ -14,6 +14,7 @@ import math
 from .bound import min_samples, spent_delta
 from ..cost import Cost
 from .diagnostic import check_options, diagnose
+from .edges import diagnose_edges
 
 __all__ = ["ThetaBelow"]
 
@@ -26,7 +27,9 @@ class ThetaBelow:
     chunk re-bounds from the same subsets (:meth:`Diagnosis.rebound`: the newly verified nodes get their
     exact effects, no new forward pass) and stops when, with probability ≥ 1 − δ, no unverified node has
     |c(n)| ≥ the threshold: ``target`` (absolute), ``relative`` × the largest |effect| verified so far, or
-    the larger of the two when both are given.
+    the larger of the two when both are given. The same rule stops :func:`atpstar.edges.verify_edges` on
+    edges (``stop=ThetaBelow(relative=0.1, estimates=edge_scores)``): the draw is then
+    :func:`~atpstar.diagnose.edges.diagnose_edges` of the unverified edges.
 
     ``shared=True`` (default): one variance bound, made at the draw, serves every check (verifying a node
     lowers the variance by a known amount, docs/diagnostic.md §5); check i spends δ/(2 i (i + 1)) on its
@@ -136,6 +139,14 @@ class ThetaBelow:
             found = dataclasses.replace(found, delta=self.level(check))
         return found
 
+    @staticmethod
+    def _draw(state, level: float, options: dict):
+        """A fresh diagnostic of what ``state`` (a node Verification or an EdgeVerification) left unverified."""
+        if hasattr(state, "graph"):  # edges: verify_edges's state
+            return diagnose_edges(state.model, state.pairs, state, delta=level, metric=state.metric, graph=state.graph,
+                                  **options)
+        return diagnose(state.model, state.pairs, state, delta=level, metric=state.metric, **options)
+
     def __call__(self, state) -> str | None:
         self.calls += 1
         if self.calls % self.every or len(state.nodes) == len(state.ranking):
@@ -146,10 +157,10 @@ class ThetaBelow:
         fresh_ok = not self.shared and self.samples >= min_samples(self.p, level)  # else a new draw is infinite too
         if self.base is None or (found is None or not math.isfinite(found.theta)) and fresh_ok:
             # first check, or (not shared) the subsets are used up: draw anew
-            options = {**self.options, "seed": self.options.get("seed", 0) + 7919 * self.draws}
+            options = {**self.options, "seed": self.options.get("seed", 0) + 7919 * self.draws, "samples": self.samples,
+                       "p": self.p}
             self.draws += 1
-            found = self.start(diagnose(state.model, state.pairs, state, samples=self.samples, p=self.p,
-                                        delta=level, metric=state.metric, **options))
+            found = self.start(self._draw(state, level, options))
             self.base = found
             self.cost = self.cost + found.cost
         elif self.shared and found is not None:
@@ -161,6 +172,6 @@ class ThetaBelow:
         self.history.append((len(state.nodes), found.theta, self.cost.per_pair()))
         cut = self.threshold(state)
         if cut > 0 and found.theta < cut:
-            return (f"theta below target: with probability >= {1 - self.delta:g} no unverified node has "
+            return (f"theta below target: with probability >= {1 - self.delta:g} no unverified {found.UNIT} has "
                     f"|c(n)| > {found.theta:.4g} < {cut:.4g}")
         return None

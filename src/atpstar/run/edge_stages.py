@@ -12,7 +12,7 @@ from . import options as opts
 from ..checkpoint import load_checked
 from ..cost import Cost
 from .folder import atomic_write, load_edge_scores, method_slug, save_edge_scores, save_frame
-from .stages import Context, _plain
+from .stages import Context, _plain, from_theta_rule, setup_theta
 
 
 def edges(ctx: Context) -> None:
@@ -76,15 +76,19 @@ def verify_edges(ctx: Context) -> None:
     file = ctx.folder.stage("verified-edges.parquet")
     if budget is None and stop is None:
         return
-    if file.is_file():
+    theta = type(stop).__name__ == "ThetaBelow"
+    if file.is_file() and (not (cfg.diagnose or theta) or ctx.folder.done("edge-diagnosis.json")):
         ctx.verified_edges = pd.read_parquet(file)
         return
     from ..edges.verify import verify_edges as run_verify
 
+    if theta:
+        setup_theta(ctx, stop, ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None)
+        ctx.edge_theta_rule = stop
     ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
     v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
                    batch_size=cfg.batch_size, progress=ctx.progress)
-    ctx.verified_edges = v.to_frame()
+    ctx.edge_verification, ctx.verified_edges = v, v.to_frame()
     save_frame(ctx.verified_edges, file)
     ctx.record("verify:edges", edges=len(v.to_frame()), stopped=v.stopped, cost=v.cost.to_dict(),
                per_pair=v.cost.per_pair(), seconds=v.cost.seconds)
@@ -100,28 +104,41 @@ def diagnose_edges(ctx: Context) -> None:
     block or subset means are not per-edge predictions); ``stages/edge-diagnosis.json`` and
     ``stages/edge-suspects.parquet``. Resumable: the subsets' effects are checkpointed."""
     cfg = ctx.cfg
-    if cfg.level == "nodes" or not cfg.diagnose or ctx.folder.done("edge-diagnosis.json"):
+    rule = ctx.edge_theta_rule
+    theta = rule is not None and rule.last is not None and ctx.edge_verification is not None
+    if cfg.level == "nodes" or not (cfg.diagnose or theta) or ctx.folder.done("edge-diagnosis.json"):
         return
     if ctx.verified_edges is None:
         raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    from ..diagnose.edges import diagnose_edges as run_diagnose
-
-    frame = ctx.verified_edges
-    verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)
-                else frame["name"].tolist())
     ctx.say("diagnostic: bounding the effects of the unverified edges...")
-    checkpoint = ctx.folder.checkpoint("diagnose-edges.ckpt")
-    if checkpoint.exists():
-        load_checked(checkpoint)
-    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
-    estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
-    d = run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
-                     delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
-                     batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+    history = None
+    if theta:  # --stop theta: its subsets, re-bounded for the final verification
+        d, history = from_theta_rule(rule, ctx.edge_verification)
+    else:
+        d = _diagnose(ctx)
     save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
     summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    if history is not None:
+        summary["theta_history"] = history
     atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     ctx.meta["edge_diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
     ctx.record("diagnose:edges", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
                per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
     ctx.say(d.statement)
+
+
+def _diagnose(ctx: Context):
+    """A fresh edge diagnostic of what the verification left (resumable from its checkpoint)."""
+    from ..diagnose.edges import diagnose_edges as run_diagnose
+
+    cfg, frame = ctx.cfg, ctx.verified_edges
+    verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)
+                else frame["name"].tolist())
+    checkpoint = ctx.folder.checkpoint("diagnose-edges.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)
+    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
+    estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
+    return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
+                        delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+                        batch_size=cfg.batch_size, progress=ctx.progress, **extra)

@@ -40,6 +40,9 @@ class Context:
     """The ``--stop theta`` rule once verification ran: its subsets serve the diagnostic too."""
     edge_scores: object = None
     verified_edges: object = None
+    edge_verification: object = None
+    edge_theta_rule: object = None
+    """``--stop theta`` on edges: the rule once edge verification ran (its subsets serve the edge diagnostic)."""
 
     def say(self, message: str) -> None:
         self.echo(message)
@@ -166,7 +169,8 @@ def verify(ctx: Context) -> None:
 
     primary = cfg.methods[0]
     if type(stop).__name__ == "ThetaBelow":
-        _setup_theta(ctx, stop, primary)
+        setup_theta(ctx, stop, ctx.scores[primary] if primary in opts.ATP_FLAGS else None)
+        ctx.theta_rule = stop
     ctx.say(f"verifying the {primary} ranking by exact patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
     checkpoint = ctx.folder.checkpoint("verify.ckpt")
     if checkpoint.exists():
@@ -181,22 +185,21 @@ def verify(ctx: Context) -> None:
     ctx.say(f"verified {len(v.nodes):,} nodes in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
 
 
-def _setup_theta(ctx: Context, rule, primary: str) -> None:
-    """``--stop theta``: the run's diagnostic options, AtP*'s estimates subtracted, kept for the diagnose stage."""
+def setup_theta(ctx: Context, rule, estimates) -> None:
+    """``--stop theta``: the run's diagnostic options (--samples, --p, --delta, --seed) on the rule, and
+    ``estimates`` (an AtP ranking's, else None) subtracted from its subsets."""
     cfg = ctx.cfg
     rule.samples = cfg.samples if cfg.samples is not None else rule.samples
     rule.p = cfg.p if cfg.p is not None else rule.p
     rule.delta = cfg.delta
-    rule.options.update(seed=cfg.seed, batch_size=cfg.batch_size,
-                        estimates=ctx.scores[primary] if primary in opts.ATP_FLAGS else None)
-    ctx.theta_rule = rule
+    rule.options.update(seed=cfg.seed, batch_size=cfg.batch_size, estimates=estimates)
 
 
-def _from_theta_rule(ctx: Context):
-    """The final diagnosis of a ``--stop theta`` run: its subsets re-bounded for the final verification, at the
-    next check's level (no new patch), and the θ-vs-verified history for the report."""
-    rule, v = ctx.theta_rule, ctx.verification
-    d = rule.last  # the last check's statement (it covers a superset of the nodes left now)
+def from_theta_rule(rule, v):
+    """The final diagnosis of a ``--stop theta`` verification ``v`` (nodes or edges): the rule's subsets
+    re-bounded for the final verification, at the next check's level (no new patch), and the θ-vs-verified
+    history for the report."""
+    d = rule.last  # the last check's statement (it covers a superset of the units left now)
     if rule.last is not None and rule.history and rule.history[-1][0] < len(v.nodes):  # verified more since
         again = rule.rebound(v, rule.checks + 1)
         if again is not None and again.theta <= rule.last.theta:
@@ -223,7 +226,7 @@ def diagnose(ctx: Context) -> None:
     checkpoint = ctx.folder.checkpoint("diagnose.ckpt")
     history = None
     if theta:
-        d, history = _from_theta_rule(ctx)
+        d, history = from_theta_rule(ctx.theta_rule, ctx.verification)
     else:
         if checkpoint.exists():
             load_checked(checkpoint)
