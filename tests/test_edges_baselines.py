@@ -16,7 +16,7 @@ from torch import nn
 
 import atpstar
 from atpstar import Cost, PromptPairs
-from atpstar.edges import EdgeGraph, EdgeSet, blocks, edge_acp, hierarchical, subsampling, verify_edges
+from atpstar.edges import EdgeGraph, EdgeSet, blocks, edge_acp, hierarchical, iterative, subsampling, verify_edges
 from atpstar.edges.patching import EdgePatcher
 
 T = 7
@@ -190,7 +190,8 @@ def test_recall_cost_and_verification_take_the_baselines():
     truth = edge_acp(model, pairs, edges)
     oracle = atpstar.recall_cost(truth, truth, k=10)
     assert oracle["cost"].tolist() == list(range(1, 11))
-    for method, options in ((subsampling, {"p": 0.2, "samples": 30}), (blocks, {"size": 4}), (hierarchical, {})):
+    for method, options in ((subsampling, {"p": 0.2, "samples": 30}), (blocks, {"size": 4}), (hierarchical, {}),
+                            (iterative, {"per_round": 3})):
         ranking = method(model, pairs, edges=edges, **options)
         curve = atpstar.recall_cost(ranking, truth, k=10, estimation_cost=ranking)
         assert (curve["cost"] >= curve["k"]).all() and (curve["estimation"] == Cost.of(ranking).per_pair()).all()
@@ -199,6 +200,32 @@ def test_recall_cost_and_verification_take_the_baselines():
         assert len(checked) == 5
         ids = checked.edges.ids(ranking.graph, 7)
         torch.testing.assert_close(checked.effect, truth.effect.flatten()[ids], atol=1e-6, rtol=0)
+
+
+def test_iterative_on_edges_follows_its_schedule_exactly():
+    """Iterative on edges: every round patches the unverified edges exactly on one more pair (pairs of two
+    lengths: an edge absent from a pair is not counted there); the per_round edges with the largest |running
+    mean| are verified on the remaining pairs. All rounds: every edge exact (= edge_acp). One round: the
+    picked edges are the top |effect on the first pair of the order|, and theirs is the exact mean."""
+    model = float64_llama()
+    pairs = random_pairs(lengths=(6, 7, 7), seed=4)
+    edges = some_edges(model, 60, 7, seed=5)
+    truth = edge_acp(model, pairs, edges, per_pair=True)
+    full = iterative(model, pairs, edges=edges, per_round=4, seed=1)
+    torch.testing.assert_close(flat(full, edges), flat(truth, edges), atol=1e-9, rtol=0)
+    assert full.info["verified"] == 60 and full.info["rounds"] == 3 and Cost.of(full).per_pair() > 0
+    one = iterative(model, pairs, edges=edges, per_round=4, rounds=1, seed=1)
+    first = one.info["pair_order"][0]
+    on_first = truth.per_pair[first].flatten()[edges.ids(EdgeGraph.of(model), 7)].double()  # float32 per pair
+    picked = torch.topk(on_first.abs().nan_to_num(-1.0), 4).indices
+    top = torch.topk(flat(one, edges, "score"), 4).indices  # verified edges rank first
+    assert set(top.tolist()) == set(picked.tolist())
+    torch.testing.assert_close(flat(one, edges)[picked], flat(truth, edges)[picked], atol=1e-9, rtol=0)
+    rest = torch.ones(60, dtype=torch.bool)
+    rest[picked] = False
+    seen = on_first.isfinite() & rest
+    torch.testing.assert_close(flat(one, edges)[seen], on_first[seen], atol=1e-6, rtol=1e-6)  # the running mean
+    assert bool(flat(one, edges)[rest & ~on_first.isfinite()].isnan().all())  # absent from the pair seen: no estimate
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -220,6 +247,8 @@ def test_bad_input_is_refused_clearly():
         (subsampling, {"edges": ["embed@40 -> L0.q.H0@40"]}, IndexError, "out of range"),
         (hierarchical, {"edges": []}, ValueError, "empty edge set"),
         (blocks, {"edges": "embed@1 -> L0.q.H0@1"}, TypeError, "wrap it in a list"),
+        (iterative, {"per_round": 0}, ValueError, "per_round must be an integer >= 1"),
+        (iterative, {"rounds": 3}, ValueError, "rounds must be at most the number of pairs"),
     ]
     for method, options, error, message in cases:
         options = {"edges": ok, **options}

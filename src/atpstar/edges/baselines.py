@@ -1,10 +1,11 @@
-"""The paper's joint-patching baselines on edges (SPEC.md §8, with edges as the units of §11).
+"""The paper's baselines on edges (SPEC.md §8, with edges as the units of §11).
 
-Subsampling, Blocks and Hierarchical with the node estimators' own arithmetic
+Subsampling, Blocks, Hierarchical and Iterative with the node estimators' own arithmetic
 (:func:`~atpstar.methods.subsampling.subsample`, :func:`~atpstar.methods.blocks.block_means`,
-:func:`~atpstar.methods.hierarchical.descend`), with edges in place of nodes and exact joint edge
-patches (:class:`~.patching.EdgePatcher`: several edges into one reader add their deltas, edges into
-different readers patch independently) in place of the JointPatcher. The options and what they mean
+:func:`~atpstar.methods.hierarchical.descend`, :func:`~atpstar.methods.iterative.iterate`), with edges in
+place of nodes and exact joint edge patches (:class:`~.patching.EdgePatcher`: several edges into one
+reader add their deltas, edges into different readers patch independently) in place of the
+JointPatcher (Iterative: exact single-edge patches, pair by pair). The options and what they mean
 are the node versions' (SPEC §8, docs/study.md: ``p``, ``samples``, ``size``, ``order``, ``branching``,
 ``threshold``, ``relative``, ``seed``).
 
@@ -37,9 +38,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods.blocks import block_means
-from ..methods.common import check_positive_int, joint_cost
+from ..cost import Cost
+from ..methods.common import check_positive_int, joint_cost, rank_score
 from ..methods.hierarchical import check_threshold, descend
+from ..methods.iterative import check_options as check_iterative, iterate
 from ..methods.subsampling import check_p, chunk_size, subsample
+from ..metrics import resolve
 from ..pairs import PromptPairs, check_pairs
 from .edgeset import EdgeSet
 from .graph import EdgeGraph
@@ -111,7 +115,52 @@ def hierarchical(model, pairs: PromptPairs, edges=None, metric=None, branching: 
     return _result("edge hierarchical", patcher, edge_set, effect, score, info, start)
 
 
-EDGE_BASELINES = {"subsampling": subsampling, "blocks": blocks, "hierarchical": hierarchical}
+def iterative(model, pairs: PromptPairs, edges=None, metric=None, per_round: int = 10, rounds: int | None = None,
+              graph: EdgeGraph | None = None, batch_size: int | None = None, memory_mb: float = 1024,
+              progress: bool = False, seed: int = 0) -> EdgeScores:
+    """Exact edge patching of every unverified edge on one more pair per round, then the ``per_round`` best
+    (by |running mean|) verified on the pairs not seen yet (:func:`atpstar.iterative`'s schedule, with
+    :func:`edge_acp`'s patches). ``effect``: the exact mean for verified edges, the running mean otherwise;
+    ``score``: verified edges first. Each round patches every unverified edge of the scope once: restrict
+    ``edges=`` on a real model (~10⁶ edges per pair)."""
+    rounds = check_iterative(pairs, per_round, rounds)
+    start = time.perf_counter()
+    graph = graph or EdgeGraph.of(model)
+    edge_set, _ = _scope(graph, pairs, edges, "writer")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    patch = lambda mask, idx: _patch_pairs(model, pairs, graph, edge_set, mask, idx, metric, batch_size,  # noqa: E731
+                                           memory_mb)
+    effect, verified, cost, edge_pairs = iterate(len(edge_set), order, rounds, per_round, patch, progress,
+                                                 "edge iterative")
+    graph_shape = (graph.n_writers, graph.n_readers, pairs.max_len)
+    index = (edge_set.writer, edge_set.reader, edge_set.pos)
+    out = [torch.full(graph_shape, torch.nan, dtype=torch.float64) for _ in range(2)]
+    out[0][index], out[1][index] = effect, rank_score(verified.double(), effect.abs())
+    info = {"metric": resolve(metric, pairs).name, "per_round": per_round, "rounds": rounds, "seed": seed,
+            "edges": len(edge_set), "verified": int(verified.sum()), "edge_pairs": edge_pairs,
+            "pair_order": order.tolist(),
+            "cost": Cost(cost.forward, pairs=len(pairs), seconds=time.perf_counter() - start)}
+    return EdgeScores("edge iterative", graph, out[0], out[1], len(pairs), None, info)
+
+
+def _patch_pairs(model, pairs, graph, edges: EdgeSet, mask: Tensor, idx: Tensor, metric, batch_size, memory_mb):
+    """Exact effects of ``edges[mask]`` on the pairs ``idx`` (positions re-aligned to their own length):
+    (sum over those pairs, pairs where the edge exists, Cost)."""
+    sub = pairs.select(idx)
+    chosen = edges.take(mask)
+    local = EdgeSet(chosen.writer, chosen.reader, chosen.pos - (pairs.max_len - sub.max_len))
+    present = local.pos >= 0
+    sums, counts = torch.zeros(len(chosen), dtype=torch.float64), torch.zeros(len(chosen), dtype=torch.long)
+    if not present.any():
+        return sums, counts, Cost(pairs=len(sub))
+    patcher = EdgePatcher(model, sub, metric, graph, batch_size, memory_mb)
+    values = patcher.single(local.take(present))  # (N, pairs): NaN where a pair lacks the position
+    counts[present] = (~values.isnan()).sum(1)
+    sums[present] = values.nan_to_num(0.0).sum(1)
+    return sums, counts, Cost(forward=patcher.stats["forward_equivalents"], pairs=len(sub))
+
+
+EDGE_BASELINES = {"subsampling": subsampling, "blocks": blocks, "hierarchical": hierarchical, "iterative": iterative}
 """The joint-patching baselines by their ``--method`` names."""
 
 
@@ -136,16 +185,22 @@ def sort_key(graph: EdgeGraph, edges: EdgeSet, n_pos: int, order: str = "writer"
     return (reader * n_pos + edges.pos) * graph.n_writers + edges.writer
 
 
-def _setup(model, pairs, edges, metric, graph, batch_size, memory_mb, order):
-    """(EdgePatcher, the scope sorted by :func:`sort_key` without duplicates, its keys)."""
+def _scope(graph: EdgeGraph, pairs, edges, order: str) -> tuple[EdgeSet, Tensor]:
+    """The scope sorted by :func:`sort_key`, duplicates dropped, and its keys."""
     check_pairs(pairs)
-    graph, n_pos = graph or EdgeGraph.of(model), pairs.max_len
+    n_pos = pairs.max_len
     edge_set = EdgeSet.every(graph, n_pos) if edges is None else EdgeSet.parse(graph, edges, n_pos)
-    patcher = EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb)
     key, index = torch.sort(sort_key(graph, edge_set, n_pos, order), stable=True)
     keep = torch.ones(len(key), dtype=torch.bool)
     keep[1:] = key[1:] != key[:-1]
-    return patcher, edge_set.take(index[keep]), key[keep]
+    return edge_set.take(index[keep]), key[keep]
+
+
+def _setup(model, pairs, edges, metric, graph, batch_size, memory_mb, order):
+    """(EdgePatcher, the scope sorted by :func:`sort_key` without duplicates, its keys)."""
+    graph = graph or EdgeGraph.of(model)
+    edge_set, key = _scope(graph, pairs, edges, order)
+    return EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb), edge_set, key
 
 
 def _entry_bytes(model) -> float:

@@ -46,22 +46,39 @@ def iterative(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, pe
         batch_size, memory_mb: as for :func:`atpstar.acp`.
         seed: seed of the order in which pairs are visited.
     """
+    rounds = check_options(pairs, per_round, rounds)
+    start = time.perf_counter()
+    node_set, _ = sorted_scope(model, pairs, kinds, nodes)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    patch = lambda mask, idx: _patch(model, pairs, node_set, mask, idx, metric, batch_size, memory_mb)  # noqa: E731
+    effect, verified, cost, node_pairs = iterate(len(node_set), order, rounds, per_round, patch, progress)
+    score = rank_score(verified.double(), effect.abs())
+    info = {"metric": resolve(metric, pairs).name, "per_round": per_round, "rounds": rounds, "seed": seed,
+            "verified": int(verified.sum()), "node_pairs": node_pairs, "pair_order": order.tolist(),
+            "cost": Cost(cost.forward, pairs=len(pairs), seconds=time.perf_counter() - start)}
+    return to_scores("iterative", model, pairs, node_set, effect, score, info=info)
+
+
+def check_options(pairs: PromptPairs, per_round: int, rounds: int | None) -> int:
+    """ValueError for options Iterative cannot run with; returns ``rounds`` (None: every pair)."""
     if len(pairs) < 2:
         raise ValueError("iterative is for a distribution of prompt pairs (at least 2); for one pair use acp")
-    check_positive_int("per_round", per_round, 1, "nodes verified on all pairs per round")
+    check_positive_int("per_round", per_round, 1, "units verified on all pairs per round")
     rounds = len(pairs) if rounds is None else rounds
     check_positive_int("rounds", rounds, 1, "prompt pairs visited")
     if rounds > len(pairs):
         raise ValueError(f"rounds must be at most the number of pairs ({len(pairs)}), got {rounds}")
-    start = time.perf_counter()
-    node_set, _ = sorted_scope(model, pairs, kinds, nodes)
-    n = len(node_set)
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    return rounds
+
+
+def iterate(n: int, order: Tensor, rounds: int, per_round: int, patch, progress: bool, desc: str = "iterative"):
+    """The schedule of the module docstring over ``n`` units (nodes or edges): ``patch(mask, pair_index)``
+    returns the exact effects of the units ``mask`` on those pairs as (sum over the pairs, pairs where the
+    unit exists, Cost). Returns (effect: running or exact mean, verified mask, total Cost, unit-pair patches)."""
     total, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
     verified = torch.zeros(n, dtype=torch.bool)
-    cost, node_pairs = Cost(pairs=len(pairs)), torch.zeros((), dtype=torch.long)
-    patch = lambda mask, idx: _patch(model, pairs, node_set, mask, idx, metric, batch_size, memory_mb)  # noqa: E731
-    for r in tqdm(range(rounds), desc="iterative", unit="round", disable=not progress, leave=False):
+    cost, node_pairs = Cost(pairs=len(order)), torch.zeros((), dtype=torch.long)
+    for r in tqdm(range(rounds), desc=desc, unit="round", disable=not progress, leave=False):
         cost += _add(total, count, node_pairs, ~verified, patch(~verified, order[r:r + 1]))
         rest = order[r + 1:]
         if not len(rest):
@@ -71,14 +88,9 @@ def iterative(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, pe
         pick[torch.topk(running, min(per_round, int((running > -2).sum()))).indices] = True
         cost += _add(total, count, node_pairs, pick, patch(pick, rest))
         verified |= pick
-    if rounds == len(pairs):
-        verified[:] = True  # every node was patched on every pair: all exact
-    effect = (total / count).where(count > 0, torch.nan)
-    score = rank_score(verified.double(), effect.abs())
-    info = {"metric": resolve(metric, pairs).name, "per_round": per_round, "rounds": rounds, "seed": seed,
-            "verified": int(verified.sum()), "node_pairs": int(node_pairs), "pair_order": order.tolist(),
-            "cost": Cost(cost.forward, pairs=len(pairs), seconds=time.perf_counter() - start)}
-    return to_scores("iterative", model, pairs, node_set, effect, score, info=info)
+    if rounds == len(order):
+        verified[:] = True  # every unit was patched on every pair: all exact
+    return (total / count).where(count > 0, torch.nan), verified, cost, int(node_pairs)
 
 
 def _patch(model, pairs: PromptPairs, nodes: NodeSet, mask: Tensor, idx: Tensor, metric, batch_size, memory_mb):
