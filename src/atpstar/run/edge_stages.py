@@ -84,7 +84,10 @@ def verify_edges(ctx: Context) -> None:
 
     if theta:
         setup_theta(ctx, stop, ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None)
+        stop.options.update(edges=edge_universe(ctx), progress=ctx.progress)
         ctx.edge_theta_rule = stop
+        ctx.say(f"--stop theta: {_universe_words(ctx)}; {stop.samples} random subsets at p = {stop.p:g} are patched "
+                "at the first check, then re-bounded as edges are verified")
     ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
     v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
                    batch_size=cfg.batch_size, progress=ctx.progress)
@@ -110,21 +113,25 @@ def diagnose_edges(ctx: Context) -> None:
         return
     if ctx.verified_edges is None:
         raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    ctx.say("diagnostic: bounding the effects of the unverified edges...")
+    ctx.say(f"diagnostic: bounding the effects of the unverified edges ({_universe_words(ctx)})...")
     history = None
     if theta:  # --stop theta: its subsets, re-bounded for the final verification
         d, history = from_theta_rule(rule, ctx.edge_verification)
     else:
         d = _diagnose(ctx)
     save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
-    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    statement = d.statement
+    if opts.parse_edge_universe(cfg.edge_universe) is not None:
+        statement = f"Universe (--edge-universe {cfg.edge_universe}): {_universe_words(ctx)}. {statement}"
+    summary = {**_plain(d.to_dict()), "statement": statement, "theta": float(d.theta), "delta": cfg.delta,
+               "edge_universe": cfg.edge_universe or "all"}
     if history is not None:
         summary["theta_history"] = history
     atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    ctx.meta["edge_diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
-    ctx.record("diagnose:edges", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
-               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
-    ctx.say(d.statement)
+    ctx.meta["edge_diagnostic"] = {"statement": statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.record("diagnose:edges", statement=statement, theta=float(d.theta), cost=d.cost.to_dict(),
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds, edge_universe=cfg.edge_universe or "all")
+    ctx.say(statement)
 
 
 def _diagnose(ctx: Context):
@@ -140,5 +147,45 @@ def _diagnose(ctx: Context):
     extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
     estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
     return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
+                        edges=edge_universe(ctx),
                         delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
                         batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+
+
+def edge_universe(ctx: Context):
+    """``--edge-universe`` as an EdgeSet over the first method's ranking (None: every edge)."""
+    import torch
+
+    from ..edges.edgeset import EdgeSet
+
+    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    if parsed is None:
+        return None
+    what, n = parsed
+    scores = ctx.edge_scores
+    score = scores.score.double()
+    if what == "top":
+        flat = score.flatten().nan_to_num(float("-inf"))
+        top = flat.topk(min(n, int(score.isfinite().sum()))).indices
+        writer, rest = top // (score.shape[1] * score.shape[2]), top % (score.shape[1] * score.shape[2])
+        return EdgeSet(writer, rest // score.shape[2], rest % score.shape[2])
+    per_reader = score.nan_to_num(0.0).sum((0, 2))
+    readers = per_reader.topk(min(n, int((per_reader > 0).sum()) or 1)).indices
+    every = EdgeSet.every(scores.graph, score.shape[2])
+    return every.take(torch.isin(every.reader, readers))
+
+
+def _universe_words(ctx: Context) -> str:
+    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    method = ctx.cfg.methods[0]
+    if parsed is None:
+        n = int(ctx.edge_scores.score.isfinite().sum())
+        return (f"every edge of the model, {n:,} at all positions (--edge-universe top:M or readers:N bounds a part "
+                "of them with fewer subsets)")
+    what, n = parsed
+    if what == "top":
+        return f"the {n:,} top-ranked edges of {method}'s ranking"
+    universe = edge_universe(ctx)
+    names = [ctx.edge_scores.graph.reader_names[i] for i in universe.reader.unique().tolist()]
+    return (f"every edge into the {len(names)} readers with the largest summed {method} edge score, {len(universe):,} "
+            f"edges: {', '.join(names)}")

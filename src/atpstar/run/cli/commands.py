@@ -19,6 +19,7 @@ def config_from_args(args, task: str):
 
     return RunConfig(model=args.model, task=task, pairs=args.pairs, methods=parse_methods(args.method),
                      kinds=args.kinds, level=getattr(args, "level", "nodes"), verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
+                     edge_universe=getattr(args, "edge_universe", None),
                      samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,
                      seed=args.seed, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
 

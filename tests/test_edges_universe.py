@@ -1,0 +1,76 @@
+"""``--edge-universe``: the edges the edge diagnostic bounds (all, the top M of the ranking, or every edge into
+the N readers with the most edge score), parsed before the model loads, and the diagnosis it gives in a run."""
+
+import pytest
+import torch
+from tinydir import tiny_dir  # noqa: F401 - fixture
+
+import atpstar
+from atpstar.diagnose import diagnose_edges
+from atpstar.edges import EdgeSet
+from atpstar.run.cli import main
+from atpstar.run.options import parse_edge_universe
+from atpstar.run.pipeline import RunConfig, run
+
+
+def test_parse():
+    assert parse_edge_universe(None) is None and parse_edge_universe("all") is None
+    assert parse_edge_universe("top:20000") == ("top", 20000) and parse_edge_universe("Readers:6") == ("readers", 6)
+    for bad in ("top", "top:0", "top:-3", "top:1.5", "heads:3", "readers:x"):
+        with pytest.raises(ValueError, match="cannot read --edge-universe"):
+            parse_edge_universe(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--level", "edges", "--diagnose", "--verify-budget", "4edges", "--edge-universe", "top:0"], "top:M"),
+    (["--level", "edges", "--verify-budget", "4edges", "--edge-universe", "top:50"], "--diagnose or --stop theta"),
+    (["--diagnose", "--edge-universe", "readers:2"], "--level edges"),
+])
+def test_bad_universe_fails_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    import atpstar.substrate.model as model_module
+
+    monkeypatch.setattr(model_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    code = main(["run", "--out", str(tmp_path / "x"), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _top(scores, m):
+    """The m top-scored edges, by hand (a full sort)."""
+    frame = scores.to_frame().sort_values("score", ascending=False, kind="stable").head(m)
+    return set(frame["name"])
+
+
+def test_top_universe_in_a_run(tiny_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "top"
+    folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="5edges", diagnose=True, samples=150,
+                           p=0.1, edge_universe="top:300"), out, progress=False)
+    d = folder.edge_diagnosis
+    assert d["verified"] == 5 and d["unverified"] + d["verified"] == 300 and d["edge_universe"] == "top:300"
+    assert d["statement"].startswith("Universe (--edge-universe top:300): the 300 top-ranked edges of atp*'s ranking.")
+    assert folder.meta["stages"]["diagnose:edges"]["edge_universe"] == "top:300"
+    top = _top(folder.edge_scores, 300)
+    assert set(folder.edge_suspects["name"]) <= top and set(folder.verified_edges["name"]) <= top
+    # the same bound as a direct call on that universe
+    model = atpstar.load_model(tiny_dir)
+    direct = diagnose_edges(model, folder.pairs, folder.verified_edges[["writer", "reader", "pos"]],
+                            estimates=folder.edge_scores, edges=sorted(top), samples=150, p=0.1, progress=False)
+    assert direct.n_unverified == d["unverified"] and direct.theta == pytest.approx(d["theta"], rel=1e-9)
+    # every edge (the default) is a larger universe
+    every = int(folder.edge_scores.score.isfinite().sum())
+    assert every > 1000
+
+
+def test_readers_universe_with_the_theta_stop(tiny_dir, tmp_path):  # noqa: F811
+    folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="40edges", stop="theta:target=5",
+                           samples=150, p=0.1, edge_universe="readers:2"), tmp_path / "r", progress=False)
+    scores, d = folder.edge_scores, folder.edge_diagnosis
+    per_reader = scores.score.nan_to_num(0.0).sum((0, 2))
+    readers = per_reader.argsort(descending=True)[:2]
+    into = scores.score[:, readers].isfinite().sum()  # every scored edge into those two readers
+    assert d["unverified"] + d["verified"] == int(into) and 0 < d["static"] < d["unverified"]  # static: among the unverified
+    names = [scores.graph.reader_names[int(r)] for r in readers.sort().values]
+    assert f"every edge into the 2 readers with the largest summed atp* edge score, {int(into):,} edges: " \
+           f"{', '.join(names)}" in d["statement"]
+    assert all(n.split(" -> ")[1].split("@")[0] in names for n in folder.edge_suspects["name"])
+    assert d["theta_history"] and d["theta"] < 5
