@@ -74,3 +74,25 @@ def test_readers_universe_with_the_theta_stop(tiny_dir, tmp_path):  # noqa: F811
            f"{', '.join(names)}" in d["statement"]
     assert all(n.split(" -> ")[1].split("@")[0] in names for n in folder.edge_suspects["name"])
     assert d["theta_history"] and d["theta"] < 5
+
+
+def test_baseline_plan_counts_the_patches(tiny_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A baseline over every edge says what it will patch: Blocks' count is the blocks it then patches; above
+    SLOW_PATCHES per pair the note is a warning (shown with --quiet too)."""
+    from atpstar.edges import blocks
+    from atpstar.run import edge_stages
+
+    model = atpstar.load_model(tiny_dir)
+    pairs = atpstar.tasks.ioi(model, n=2, seed=0)
+    text, slow = edge_stages.baseline_plan(model, pairs, "blocks")
+    done = blocks(model, pairs)
+    n_edges = int(done.score.isfinite().sum())
+    assert not slow and text.startswith(f"blocks over every edge: {n_edges:,} edges in {done.info['blocks']:,} blocks")
+    assert f"{done.info['blocks']:,} patches per pair, {2 * done.info['blocks']:,} in all" in text
+    text, _ = edge_stages.baseline_plan(model, pairs, "subsampling")
+    assert f"1000 random subsets of about {0.01 * n_edges:,.0f} edges" in text
+    monkeypatch.setattr(edge_stages, "SLOW_PATCHES", 10)
+    code = main(["run", "--model", tiny_dir, "--pairs", "2", "--level", "edges", "--method", "blocks",
+                 "--verify-budget", "3edges", "--out", str(tmp_path / "b"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and f"atpstar: warning: blocks over every edge: {n_edges:,} edges" in err and "hours" in err

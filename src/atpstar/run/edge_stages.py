@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 
 from . import options as opts
 from ..checkpoint import load_checked
@@ -36,6 +37,12 @@ def _edge_method(ctx: Context, method: str, stage: str):
     if file.is_file():
         return load_edge_scores(file)
     ctx.say(f"estimating every edge with {method}...")
+    if method in ("blocks", "subsampling"):
+        plan, slow = baseline_plan(ctx.model, ctx.pairs, method)
+        if slow:
+            warnings.warn(plan, stacklevel=2)
+        else:
+            ctx.say(plan)
     if method in opts.ATP_FLAGS:
         from ..edges.atp import atp as edge_atp
 
@@ -189,3 +196,32 @@ def _universe_words(ctx: Context) -> str:
     names = [ctx.edge_scores.graph.reader_names[i] for i in universe.reader.unique().tolist()]
     return (f"every edge into the {len(names)} readers with the largest summed {method} edge score, {len(universe):,} "
             f"edges: {', '.join(names)}")
+
+
+SLOW_PATCHES = 20_000
+"""Joint patches per pair above which a baseline over every edge is announced as a warning (hours on a CPU)."""
+
+
+def baseline_plan(model, pairs, method: str) -> tuple[str, bool]:
+    """(what ``method`` over every edge will patch, in numbers; whether that is more than :data:`SLOW_PATCHES`
+    per pair). Blocks: one joint patch per block of 16 edges into one reader (its default size); Subsampling:
+    its 1000 subsets (p = 0.01)."""
+    from ..edges.graph import EdgeGraph
+
+    graph, n_pos, n_pairs = EdgeGraph.of(model), pairs.max_len, len(pairs)
+    into = graph.valid.sum(0).long() * n_pos  # edges into each reader, every position
+    n_edges = int(into.sum())
+    if method == "blocks":
+        patches = int(((into + 15) // 16).sum())
+        what = f"{patches:,} blocks of up to 16 edges into one reader"
+    else:
+        patches = 1000
+        what = f"1000 random subsets of about {0.01 * n_edges:,.0f} edges (p = 0.01)"
+    text = (f"{method} over every edge: {n_edges:,} edges in {what}, one joint patch per pair each: {patches:,} "
+            f"patches per pair, {patches * n_pairs:,} in all")
+    slow = patches > SLOW_PATCHES
+    if slow:
+        text += (" (SmolLM2 on one CPU thread: ~20 patches/s, so hours; it is not checkpointed, an interrupted run "
+                 "redoes it). Rank a part of the graph from Python instead, atpstar.edges.blocks(model, pairs, "
+                 "edges=...) (docs/edges.md), or run on a GPU")
+    return text, slow
