@@ -89,6 +89,11 @@ def test_report_rebuilds_and_resume_of_a_finished_run(full_run, capsys):
     assert (full_run / "report.html").is_file() and str(full_run / "report.html") in out
     out, _ = _run(capsys, "resume", full_run)
     assert "already finished" in out
+    # Ctrl-C while the report was written: the run is done, its report missing; resume rebuilds it
+    page = (full_run / "report.html").read_text()
+    (full_run / "report.html").unlink()
+    out, _ = _run(capsys, "resume", full_run)
+    assert "its report was missing and is rebuilt" in out and (full_run / "report.html").read_text() == page
 
 
 def test_tasks_lists_one_example_each(tiny_dir, capsys):  # noqa: F811

@@ -56,7 +56,14 @@ def cmd_resume(args) -> int:
 
     meta = RunDir(args.dir).read_meta()
     if meta.get("status") == "done":
-        print(f"{args.dir}: the run is already finished; nothing to resume (report: {Path(args.dir) / 'report.html'})")
+        page = Path(args.dir) / "report.html"
+        if not page.is_file():  # interrupted while the report was written (the run itself had finished)
+            from ..report import write_report
+
+            page = write_report(args.dir)
+            print(f"{args.dir}: the run had finished; its report was missing and is rebuilt: {page}")
+            return 0
+        print(f"{args.dir}: the run is already finished; nothing to resume (report: {page})")
         return 0
     folder = resume(args.dir, progress=not args.quiet, echo=echo_to_stderr(args.quiet), batch_size=args.batch_size)
     print_summary(folder, 15)
