@@ -367,3 +367,11 @@ def test_smollm_run_report_and_resume(smollm, tmp_path, capsys):
     _run(capsys, "resume", out, "--quiet")
     again = json.loads((out / "run.json").read_text())["stages"]["verify"]
     assert again["reused"] == 5 and again["patched"] == 0
+
+
+def test_edge_universe_is_checked_before_anything_runs(tmp_path, capsys):
+    """--edge-universe (tested in full in test_edges_universe.py) is read before the model loads."""
+    code = main(["run", "--level", "edges", "--diagnose", "--verify-budget", "4edges", "--edge-universe", "top:x",
+                 "--out", str(tmp_path / "x")])
+    assert code == 2 and "cannot read --edge-universe 'top:x'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
