@@ -96,3 +96,16 @@ def test_baseline_plan_counts_the_patches(tiny_dir, tmp_path, monkeypatch, capsy
                  "--verify-budget", "3edges", "--out", str(tmp_path / "b"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 0 and f"atpstar: warning: blocks over every edge: {n_edges:,} edges" in err and "hours" in err
+
+
+def test_a_useless_theta_is_flagged():
+    import pandas as pd
+
+    from atpstar.run.edge_stages import vacuous_note
+
+    verified = pd.DataFrame({"name": ["a", "b"], "effect_exact": [-6.05, 1.0]})
+    note = vacuous_note(34.27, verified, None)
+    assert note.startswith("the edge diagnostic's θ = 34.27 is not below the largest verified |effect| (6.05)")
+    assert "--edge-universe top:M or readers:N" in note
+    assert "smaller --edge-universe" in vacuous_note(6.05, verified, "top:20000")
+    assert vacuous_note(3.95, verified, "readers:6") is None and vacuous_note(float("inf"), verified.head(0), None) is None

@@ -139,6 +139,9 @@ def diagnose_edges(ctx: Context) -> None:
     ctx.record("diagnose:edges", statement=statement, theta=float(d.theta), cost=d.cost.to_dict(),
                per_pair=d.cost.per_pair(), seconds=d.cost.seconds, edge_universe=cfg.edge_universe or "all")
     ctx.say(statement)
+    note = vacuous_note(float(d.theta), ctx.verified_edges, cfg.edge_universe)
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def _diagnose(ctx: Context):
@@ -225,3 +228,18 @@ def baseline_plan(model, pairs, method: str) -> tuple[str, bool]:
                  "redoes it). Rank a part of the graph from Python instead, atpstar.edges.blocks(model, pairs, "
                  "edges=...) (docs/edges.md), or run on a GPU")
     return text, slow
+
+
+def vacuous_note(theta: float, verified, universe) -> str | None:
+    """A warning when θ is at least the largest verified |effect|: the bound then rules out nothing the
+    verification found (SmolLM2 IOI over every edge at 100 subsets: θ = 34.3 against 6.05)."""
+    column = "effect_exact" if "effect_exact" in getattr(verified, "columns", ()) else "effect"
+    if verified is None or not len(verified) or column not in verified.columns:
+        return None
+    largest = float(verified[column].abs().max())
+    if not theta >= largest:
+        return None
+    fix = ("bound a part of the graph (--edge-universe top:M or readers:N) or raise --samples"
+           if universe in (None, "", "all") else "raise --samples, or choose a smaller --edge-universe")
+    return (f"the edge diagnostic's θ = {theta:.4g} is not below the largest verified |effect| ({largest:.4g}): "
+            f"it rules out no edge as large as those verified; {fix}")
