@@ -89,6 +89,11 @@ def test_report_rebuilds_and_resume_of_a_finished_run(full_run, capsys):
     assert (full_run / "report.html").is_file() and str(full_run / "report.html") in out
     out, _ = _run(capsys, "resume", full_run)
     assert "already finished" in out
+    # Ctrl-C while the report was written: the run is done, its report missing; resume rebuilds it
+    page = (full_run / "report.html").read_text()
+    (full_run / "report.html").unlink()
+    out, _ = _run(capsys, "resume", full_run)
+    assert "its report was missing and is rebuilt" in out and (full_run / "report.html").read_text() == page
 
 
 def test_tasks_lists_one_example_each(tiny_dir, capsys):  # noqa: F811
@@ -362,3 +367,11 @@ def test_smollm_run_report_and_resume(smollm, tmp_path, capsys):
     _run(capsys, "resume", out, "--quiet")
     again = json.loads((out / "run.json").read_text())["stages"]["verify"]
     assert again["reused"] == 5 and again["patched"] == 0
+
+
+def test_edge_universe_is_checked_before_anything_runs(tmp_path, capsys):
+    """--edge-universe (tested in full in test_edges_universe.py) is read before the model loads."""
+    code = main(["run", "--level", "edges", "--diagnose", "--verify-budget", "4edges", "--edge-universe", "top:x",
+                 "--out", str(tmp_path / "x")])
+    assert code == 2 and "cannot read --edge-universe 'top:x'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -254,3 +254,21 @@ def test_bad_input_is_refused_clearly():
         options = {"edges": ok, **options}
         with pytest.raises(error, match=message):
             method(model, pairs, **options)
+
+
+def test_hierarchical_leaves_at_positions_some_pairs_lack_are_exact():
+    """Prompts of 5 and 8 tokens (right-aligned): an edge at aligned position 0-2 exists on the longer pair only.
+    Its leaf effect is its mean over the pairs that have it, as edge_acp's (on SmolLM2 IOI such leaves were
+    half their exact effect: -3.03 against -6.05), and leaves are ranked by that."""
+    model = float64_llama()
+    pairs = random_pairs(lengths=(5, 8), seed=4)
+    edges = some_edges(model, 60, 8, seed=3)
+    early = edges.pos < 3
+    assert 5 < int(early.sum()) < len(edges)
+    got = hierarchical(model, pairs, edges=edges, threshold=0.0, relative=False, branching=3)
+    truth = flat(edge_acp(model, pairs, edges), edges)
+    nonzero = truth != 0
+    assert int((nonzero & early).sum()) > 3
+    torch.testing.assert_close(flat(got, edges)[nonzero], truth[nonzero], atol=1e-6, rtol=0)
+    top = got.to_frame().head(int(nonzero.sum()))
+    assert (top["effect"].abs().diff().dropna() <= 1e-12).all()

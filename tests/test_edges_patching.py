@@ -249,3 +249,29 @@ def test_edge_patch_equals_hand_path_patch_on_smollm(smollm):
     want = torch.tensor([hand_edge(smollm, "llama", pairs, n) for n in names])
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(got[e.writer, e.reader, e.pos], want, atol=1e-4, rtol=1e-3)
+
+
+def test_large_joint_subsets_chunked_and_capped(model, arch, monkeypatch):
+    """Diagnostic-sized subsets (a third of every edge, every reader at every position): the writer deltas
+    gathered in small chunks and the rows per forward capped by the reader deltas' memory give the same
+    effects as one pass over all entries, and the cap does lower the rows per forward."""
+    from atpstar.edges import reader_patch
+    from atpstar.substrate.patching import auto_batch_size
+
+    pairs = random_pairs(lengths=(6, 7), seed=6)
+    graph = EdgeGraph.of(model)
+    edges = EdgeSet.every(graph, pairs.max_len)
+    members = torch.rand(5, len(edges), generator=torch.Generator().manual_seed(0)) < 0.3
+    whole = EdgePatcher(model, pairs, graph=graph, batch_size=5).effects(edges, members)
+    monkeypatch.setattr(reader_patch, "_CHUNK", 3 * model.d_model)  # 3 entries per gather
+    small = EdgePatcher(model, pairs, graph=graph, memory_mb=1.0)
+    rows = []
+    monkeypatch.setattr(small, "_rows_per_batch", lambda n_tok, bounds, f=small._rows_per_batch: rows.append(
+        (f(n_tok, bounds), auto_batch_size(model, n_tok, 1.0))) or rows[-1][0])
+    chunked = small.effects(edges, members)
+    assert whole.abs().min() > 1e-4
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    for (size, auto), n_tok in zip(rows, (6, 7)):  # at most every reader at every position per row
+        vectors = min(graph.n_readers * n_tok, int(members.sum(1).max())) * 8 * model.d_model * 4
+        assert max(1, min(auto, int(1.0 * 2**20 // vectors))) <= size <= auto
+    assert any(size < auto for size, auto in rows)

@@ -58,3 +58,25 @@ def test_recall_cost_of_an_edge_ranking_against_exact_patching():
     ranks = [names.index(n) + 1 for n in order]
     np.testing.assert_array_equal(curve["verified"], np.maximum.accumulate(ranks))
     np.testing.assert_allclose(curve["cost"], 3.0 + np.maximum.accumulate(ranks))
+
+
+def test_a_stop_rules_own_time_is_not_verification_time():
+    """A stop rule's work (ThetaBelow patches its subsets inside the loop) is neither in the verification's
+    seconds nor in its seconds budget: a rule that sleeps 0.4 s per check leaves both well under the sleeps."""
+    import time
+
+    model, pairs = tiny_model("llama"), random_pairs()
+    scores = _ranking(model, pairs.max_len)
+    calls = []
+
+    def slow(state):
+        calls.append(len(state.nodes))
+        time.sleep(0.4)
+        return "enough" if len(calls) % 4 == 0 else None
+
+    v = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=12), stop=slow, chunk=4)
+    assert calls == [4, 8, 12] and len(v) == 12
+    assert v.cost.seconds < 0.4 * len(calls) - 0.3
+    calls.clear()
+    timed = verify_edges(model, pairs, scores, budget=atpstar.Budget(seconds=0.5), stop=slow, chunk=4)
+    assert timed.stopped == "enough" and calls == [4, 8, 12, 16] and len(timed) == 16  # the rule's 0.4 s per chunk used up no budget

@@ -141,7 +141,7 @@ def _moving(patcher: EdgePatcher, edges: EdgeSet) -> Tensor:
     """(N,) bool: the edge's writer writes differently on the clean and noise prompt of some pair, at its position."""
     out = torch.zeros(len(edges), dtype=torch.bool)
     for runs in patcher.groups:
-        moved = (runs.deltas != 0).any(-1).any(0).cpu()  # (W, T) of this length group
+        moved = runs.moved.any(0)  # (W, T) of this length group
         own_pos = edges.pos - runs.group.offset
         here = own_pos >= 0
         out[here] |= moved[edges.writer[here], own_pos[here]]

@@ -40,6 +40,11 @@ class EdgeRuns:
     deltas: Tensor
     clean: dict
     base: Tensor
+    moved: Tensor | None = None  # (G, W, T) bool: the writer's delta is not 0 there
+
+    def __post_init__(self):
+        if self.moved is None:
+            self.moved = (self.deltas != 0).any(-1).cpu()
 
     @classmethod
     def capture(cls, model, graph: EdgeGraph, group, metric) -> "EdgeRuns":
@@ -126,7 +131,7 @@ class EdgePatcher:
         pair = torch.arange(n_group).repeat_interleave(len(edge_of))
         entry = torch.arange(len(edge_of)).repeat(n_group)
         e = edge_of[entry]
-        live = (runs.deltas[pair, edges.writer[e], own_pos[e]] != 0).any(-1).cpu()
+        live = runs.moved[pair, edges.writer[e], own_pos[e]]
         pair, e, row = pair[live], e[live], (set_of[entry] * n_group + pair)[live]
         key = own_pos[e] * (n_layers + 1) + graph.reader_layer[edges.reader[e]]
         big = torch.iinfo(torch.long).max
@@ -138,7 +143,7 @@ class EdgePatcher:
         by_row = torch.argsort(rank[row], stable=True)
         e, entry_rank = e[by_row], rank[row][by_row]
         bounds = torch.searchsorted(entry_rank, torch.arange(len(order) + 1))
-        size = self.batch_size or auto_batch_size(self.model, n_tok, self.memory_mb)
+        size = self.batch_size or self._rows_per_batch(n_tok, bounds)
         first_key = row_key[order]
         batches = plan_batches(first_key // (n_layers + 1), first_key % (n_layers + 1), n_layers + 1, n_tok, size, 1.0)
         for batch in batches:
@@ -153,6 +158,17 @@ class EdgePatcher:
             self.stats["forward_equivalents"] += cost
             bar.update(len(rows))
         bar.update(n_sets * n_group - len(order))
+
+    def _rows_per_batch(self, n_tok: int, bounds: Tensor) -> int:
+        """Automatic rows per forward: the activations' share, and at most ``memory_mb`` of reader deltas
+        (a row with many entries, e.g. a diagnostic subset, patches up to every reader at every position,
+        each holding ~8 d_model-wide vectors)."""
+        size = auto_batch_size(self.model, n_tok, self.memory_mb)
+        if len(bounds) < 2:
+            return size
+        per_row = min(int((bounds[1:] - bounds[:-1]).max()), self.graph.n_readers * n_tok)
+        vectors = per_row * 8 * self.model.d_model * torch.finfo(self.model.dtype).bits // 8
+        return int(max(1, min(size, self.memory_mb * 2**20 // max(1, vectors))))
 
     def _patched(self, runs: EdgeRuns, writer, reader, pos, entry_row, row_pair) -> tuple[Tensor, float]:
         """Metric of one batch (row r: pair ``row_pair[r]`` with its entries' reader deltas) and its cost."""

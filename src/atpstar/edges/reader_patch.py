@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from ..substrate.capture import Intervention
+
+_CHUNK = 2**24  # floats of writer deltas gathered at once (64 MB in float32)
 from .graph import LOGITS, MLP_IN, READER_KINDS, EdgeGraph
 from .sites import block_module, column, final_norm, sites_of, weight
 
@@ -33,11 +35,15 @@ class ReaderDeltas:
                entry_reader: Tensor, entry_pos: Tensor, pos0: int = 0) -> "ReaderDeltas":
         """``deltas`` (pairs, W, T, d); entry e adds writer ``entry_writer[e]``'s delta at ``entry_pos[e]``
         (a position of the prompt) to reader ``entry_reader[e]`` of batch row ``entry_row[e]``."""
-        n_tok = deltas.shape[2]
-        vec = deltas[row_pair[entry_row], entry_writer, entry_pos]
+        n_tok, d = deltas.shape[2], deltas.shape[-1]
         key = (entry_row * graph.n_readers + entry_reader) * n_tok + entry_pos
         uniq, inv = torch.unique(key, return_inverse=True)
-        summed = vec.new_zeros(len(uniq), vec.shape[-1]).index_add_(0, inv.to(vec.device), vec)
+        summed = deltas.new_zeros(len(uniq), d)
+        step = max(1, _CHUNK // d)  # a diagnostic subset has ~10^5 entries per row: never gather them all at once
+        for lo in range(0, len(key), step):
+            part = slice(lo, lo + step)
+            vec = deltas[row_pair[entry_row[part]], entry_writer[part], entry_pos[part]]
+            summed.index_add_(0, inv[part].to(vec.device), vec)
         return cls(uniq // (graph.n_readers * n_tok), uniq // n_tok % graph.n_readers, uniq % n_tok - pos0, summed)
 
     def take(self, mask: Tensor) -> "ReaderDeltas":
@@ -106,9 +112,13 @@ class ReaderPatch(Intervention):
             rows, pos = deltas.row.to(x.device), deltas.pos.to(x.device)
             xs = x[rows, pos]
             moved = norm.forward(xs + deltas.delta.to(x.dtype)) - norm.forward(xs)
-            cols = (start[:, None] + torch.arange(self.model.d_head)).to(x.device)
-            w = weight(module)[cols]  # (E, D, d)
-            change = torch.einsum("ed,ekd->ek", moved.to(w.dtype), w)
+            d_head = self.model.d_head
+            cols = (start[:, None] + torch.arange(d_head)).to(x.device)
+            w = weight(module)
+            change = moved.new_empty(len(moved), d_head, dtype=w.dtype)
+            for first in start.unique().tolist():  # one matmul per head slice, not an (E, D, d) weight gather
+                here = (start == first).nonzero().flatten().to(x.device)
+                change[here] = moved[here].to(w.dtype) @ w[first:first + d_head].t()
             out = out.clone()
             out.index_put_((rows[:, None], pos[:, None], cols), change.to(out.dtype), accumulate=True)
             self._reader_hits.add(tag)

@@ -104,7 +104,9 @@ def verify_edges(model, pairs: PromptPairs, scores: EdgeScores, budget=None, sto
         parts.append(patcher.single(take, progress))
         done += len(take)
         state = _state(scores, order, ranked, parts, patcher, n_pairs, start, "", done)
+        ruled = time.perf_counter()
         found = first_stop(rules, state, done - len(take))
+        start += time.perf_counter() - ruled  # a stop rule's own work (ThetaBelow's patches) is not verification's
         if found is not None:
             stop_index, stopped = found
             break

@@ -66,7 +66,7 @@ def hierarchical(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None,
 
 
 def descend(patcher, units, site: Tensor, levels: list[Tensor], branching: int, threshold: float, relative: bool,
-            bar=None, **limits):
+            bar=None, presence: Tensor | None = None, **limits):
     """The estimator's core, for any units (nodes or edges) sorted coarse to fine: level 0 patches one group per
     run of ``site``; a group whose |mean effect| passes the threshold is :func:`split` by the coarsest of
     ``levels`` ((N,) ids, each refining the previous one, equal ids contiguous) that it spans several
@@ -74,7 +74,9 @@ def descend(patcher, units, site: Tensor, levels: list[Tensor], branching: int, 
     (:func:`~atpstar.methods.common.range_effects`, ``limits`` its chunk limits). Returns per unit
     (float64, (N,)): the deepest group's (a leaf's exact) mean effect, its mean |effect| over pairs, the
     ranking score (:func:`~atpstar.methods.common.rank_score` of: leaf, then leaves by |effect| and the
-    others by depth, then the others by |effect|), the leaf mask, and the groups patched per level."""
+    others by depth, then the others by |effect|), the leaf mask, and the groups patched per level.
+    ``presence`` ((N,), optional): the fraction of pairs that have each unit; a leaf's effect is then its mean
+    over those pairs (a pair without the unit's position patches nothing), as exact patching reports it."""
     n = len(units)
     tables = []
     for ids in levels:
@@ -99,6 +101,8 @@ def descend(patcher, units, site: Tensor, levels: list[Tensor], branching: int, 
         groups.append(len(lo))
         deeper = (mean.abs() > limit) & ~single
         lo, hi = split(lo[deeper], hi[deeper], tables, branching)
+    if presence is not None:  # (N,) fraction of pairs having the unit: a leaf's mean over those, as exact patching's
+        effect = torch.where(leaf, effect / presence, effect)
     score = rank_score(leaf.double(), torch.where(leaf, effect.abs(), depth.double()),
                        torch.where(leaf, 0.0, effect.abs()))
     return effect, mean_abs, score, leaf, groups

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 
 from . import options as opts
 from ..checkpoint import load_checked
@@ -36,6 +37,12 @@ def _edge_method(ctx: Context, method: str, stage: str):
     if file.is_file():
         return load_edge_scores(file)
     ctx.say(f"estimating every edge with {method}...")
+    if method in ("blocks", "subsampling"):
+        plan, slow = baseline_plan(ctx.model, ctx.pairs, method)
+        if slow:
+            warnings.warn(plan, stacklevel=2)
+        else:
+            ctx.say(plan)
     if method in opts.ATP_FLAGS:
         from ..edges.atp import atp as edge_atp
 
@@ -84,7 +91,10 @@ def verify_edges(ctx: Context) -> None:
 
     if theta:
         setup_theta(ctx, stop, ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None)
+        stop.options.update(edges=edge_universe(ctx), progress=ctx.progress)
         ctx.edge_theta_rule = stop
+        ctx.say(f"--stop theta: {_universe_words(ctx)}; {stop.samples} random subsets at p = {stop.p:g} are patched "
+                "at the first check, then re-bounded as edges are verified")
     ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
     v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
                    batch_size=cfg.batch_size, progress=ctx.progress)
@@ -110,21 +120,28 @@ def diagnose_edges(ctx: Context) -> None:
         return
     if ctx.verified_edges is None:
         raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    ctx.say("diagnostic: bounding the effects of the unverified edges...")
+    ctx.say(f"diagnostic: bounding the effects of the unverified edges ({_universe_words(ctx)})...")
     history = None
     if theta:  # --stop theta: its subsets, re-bounded for the final verification
         d, history = from_theta_rule(rule, ctx.edge_verification)
     else:
         d = _diagnose(ctx)
     save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
-    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
+    statement = d.statement
+    if opts.parse_edge_universe(cfg.edge_universe) is not None:
+        statement = f"Universe (--edge-universe {cfg.edge_universe}): {_universe_words(ctx)}. {statement}"
+    summary = {**_plain(d.to_dict()), "statement": statement, "theta": float(d.theta), "delta": cfg.delta,
+               "edge_universe": cfg.edge_universe or "all"}
     if history is not None:
         summary["theta_history"] = history
     atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    ctx.meta["edge_diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
-    ctx.record("diagnose:edges", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
-               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
-    ctx.say(d.statement)
+    ctx.meta["edge_diagnostic"] = {"statement": statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.record("diagnose:edges", statement=statement, theta=float(d.theta), cost=d.cost.to_dict(),
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds, edge_universe=cfg.edge_universe or "all")
+    ctx.say(statement)
+    note = vacuous_note(float(d.theta), ctx.verified_edges, cfg.edge_universe)
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def _diagnose(ctx: Context):
@@ -140,5 +157,89 @@ def _diagnose(ctx: Context):
     extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
     estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
     return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
+                        edges=edge_universe(ctx),
                         delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
                         batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+
+
+def edge_universe(ctx: Context):
+    """``--edge-universe`` as an EdgeSet over the first method's ranking (None: every edge)."""
+    import torch
+
+    from ..edges.edgeset import EdgeSet
+
+    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    if parsed is None:
+        return None
+    what, n = parsed
+    scores = ctx.edge_scores
+    score = scores.score.double()
+    if what == "top":
+        flat = score.flatten().nan_to_num(float("-inf"))
+        top = flat.topk(min(n, int(score.isfinite().sum()))).indices
+        writer, rest = top // (score.shape[1] * score.shape[2]), top % (score.shape[1] * score.shape[2])
+        return EdgeSet(writer, rest // score.shape[2], rest % score.shape[2])
+    per_reader = score.nan_to_num(0.0).sum((0, 2))
+    readers = per_reader.topk(min(n, int((per_reader > 0).sum()) or 1)).indices
+    every = EdgeSet.every(scores.graph, score.shape[2])
+    return every.take(torch.isin(every.reader, readers))
+
+
+def _universe_words(ctx: Context) -> str:
+    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    method = ctx.cfg.methods[0]
+    if parsed is None:
+        n = int(ctx.edge_scores.score.isfinite().sum())
+        return (f"every edge of the model, {n:,} at all positions (--edge-universe top:M or readers:N bounds a part "
+                "of them with fewer subsets)")
+    what, n = parsed
+    if what == "top":
+        return f"the {n:,} top-ranked edges of {method}'s ranking"
+    universe = edge_universe(ctx)
+    names = [ctx.edge_scores.graph.reader_names[i] for i in universe.reader.unique().tolist()]
+    return (f"every edge into the {len(names)} readers with the largest summed {method} edge score, {len(universe):,} "
+            f"edges: {', '.join(names)}")
+
+
+SLOW_PATCHES = 20_000
+"""Joint patches per pair above which a baseline over every edge is announced as a warning (hours on a CPU)."""
+
+
+def baseline_plan(model, pairs, method: str) -> tuple[str, bool]:
+    """(what ``method`` over every edge will patch, in numbers; whether that is more than :data:`SLOW_PATCHES`
+    per pair). Blocks: one joint patch per block of 16 edges into one reader (its default size); Subsampling:
+    its 1000 subsets (p = 0.01)."""
+    from ..edges.graph import EdgeGraph
+
+    graph, n_pos, n_pairs = EdgeGraph.of(model), pairs.max_len, len(pairs)
+    into = graph.valid.sum(0).long() * n_pos  # edges into each reader, every position
+    n_edges = int(into.sum())
+    if method == "blocks":
+        patches = int(((into + 15) // 16).sum())
+        what = f"{patches:,} blocks of up to 16 edges into one reader"
+    else:
+        patches = 1000
+        what = f"1000 random subsets of about {0.01 * n_edges:,.0f} edges (p = 0.01)"
+    text = (f"{method} over every edge: {n_edges:,} edges in {what}, one joint patch per pair each: {patches:,} "
+            f"patches per pair, {patches * n_pairs:,} in all")
+    slow = patches > SLOW_PATCHES
+    if slow:
+        text += (" (SmolLM2 on one CPU thread: ~20 patches/s, so hours; it is not checkpointed, an interrupted run "
+                 "redoes it). Rank a part of the graph from Python instead, atpstar.edges.blocks(model, pairs, "
+                 "edges=...) (docs/edges.md), or run on a GPU")
+    return text, slow
+
+
+def vacuous_note(theta: float, verified, universe) -> str | None:
+    """A warning when θ is at least the largest verified |effect|: the bound then rules out nothing the
+    verification found (SmolLM2 IOI over every edge at 100 subsets: θ = 34.3 against 6.05)."""
+    column = "effect_exact" if "effect_exact" in getattr(verified, "columns", ()) else "effect"
+    if verified is None or not len(verified) or column not in verified.columns:
+        return None
+    largest = float(verified[column].abs().max())
+    if not theta >= largest:
+        return None
+    fix = ("bound a part of the graph (--edge-universe top:M or readers:N) or raise --samples"
+           if universe in (None, "", "all") else "raise --samples, or choose a smaller --edge-universe")
+    return (f"the edge diagnostic's θ = {theta:.4g} is not below the largest verified |effect| ({largest:.4g}): "
+            f"it rules out no edge as large as those verified; {fix}")

@@ -212,6 +212,33 @@ def check_diagnostic(samples, p, delta) -> None:
         raise ValueError(str(err).replace("raise samples", "raise --samples").replace("raise p", "raise --p")) from None
 
 
+EDGE_UNIVERSE_HELP = ("all (every edge, the default), top:M (the M top-ranked edges of the first method's ranking) or "
+                      "readers:N (every edge, from every writer at every position, into the N readers with the "
+                      "largest summed edge score)")
+
+
+def parse_edge_universe(text):
+    """``--edge-universe``: which edges the edge diagnostic (``--diagnose``, ``--stop theta``) bounds.
+    ``None``/``"all"`` -> None (every edge of the model, ~10^6 on SmolLM2); ``"top:M"`` -> ("top", M): the M
+    top-ranked edges of the first method's ranking; ``"readers:N"`` -> ("readers", N): every edge into the N
+    readers (a query head, a key/value group, an MLP, the logits) with the largest summed edge score."""
+    if text is None or str(text).strip().lower() in ("", "all"):
+        return None
+    name, _, value = str(text).strip().lower().partition(":")
+    if name not in ("top", "readers") or not re.fullmatch(r"\s*[0-9]+\s*", value) or int(value) < 1:
+        raise ValueError(f"cannot read --edge-universe {text!r}: use {EDGE_UNIVERSE_HELP}; e.g. top:20000 or readers:6")
+    return (name, int(value))
+
+
+def check_edge_universe(text, level: str, diagnose: bool, stop) -> None:
+    """``--edge-universe`` is read, and used: it needs edges (--level edges or both) and an edge diagnostic."""
+    if parse_edge_universe(text) is None:
+        return
+    if level == "nodes" or not (diagnose or type(stop).__name__ == "ThetaBelow"):
+        raise ValueError("--edge-universe restricts the edge diagnostic: use it with --level edges (or both) and "
+                         "--diagnose or --stop theta")
+
+
 def resolve_device(device: str) -> str:
     import torch
 

@@ -44,6 +44,8 @@ class RunConfig:
     stop: str | None = None
     """``"small-effects[:window=W,threshold=T,relative=R]"`` or None."""
     diagnose: bool = False
+    edge_universe: str | None = None
+    """The edges the edge diagnostic bounds: None/``"all"``, ``"top:M"`` or ``"readers:N"`` (:func:`.options.parse_edge_universe`)."""
     samples: int | None = None
     p: float | None = None
     delta: float = 0.05
@@ -69,6 +71,7 @@ class RunConfig:
             raise ValueError("--diagnose bounds the nodes left unverified, so it needs verification: give "
                              "--verify-budget (> 0) or --stop")
         opts.check_diagnostic(self.samples, self.p, self.delta)
+        opts.check_edge_universe(self.edge_universe, self.level, self.diagnose, stop)
         opts.resolve_device(self.device)
         opts.torch_dtype(self.dtype)
         opts.check_int("seed", self.seed, 0)

@@ -19,6 +19,7 @@ def config_from_args(args, task: str):
 
     return RunConfig(model=args.model, task=task, pairs=args.pairs, methods=parse_methods(args.method),
                      kinds=args.kinds, level=getattr(args, "level", "nodes"), verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
+                     edge_universe=getattr(args, "edge_universe", None),
                      samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,
                      seed=args.seed, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
 
@@ -55,7 +56,14 @@ def cmd_resume(args) -> int:
 
     meta = RunDir(args.dir).read_meta()
     if meta.get("status") == "done":
-        print(f"{args.dir}: the run is already finished; nothing to resume (report: {Path(args.dir) / 'report.html'})")
+        page = Path(args.dir) / "report.html"
+        if not page.is_file():  # interrupted while the report was written (the run itself had finished)
+            from ..report import write_report
+
+            page = write_report(args.dir)
+            print(f"{args.dir}: the run had finished; its report was missing and is rebuilt: {page}")
+            return 0
+        print(f"{args.dir}: the run is already finished; nothing to resume (report: {page})")
         return 0
     folder = resume(args.dir, progress=not args.quiet, echo=echo_to_stderr(args.quiet), batch_size=args.batch_size)
     print_summary(folder, 15)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, DTYPES, LEVELS, METHOD_HELP
+from ..options import DEVICES, DTYPES, EDGE_UNIVERSE_HELP, LEVELS, METHOD_HELP
 
 DESCRIPTION = """\
 atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
@@ -117,6 +117,10 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     check.add_argument("--p", type=float, default=DEMO["p"] if demo else None, metavar="P",
                        help="diagnostic: chance of each unverified node (edge) to be in a subset (default %s)"
                        % (DEMO["p"] if demo else 0.05))
+    check.add_argument("--edge-universe", default=None, metavar="U",
+                       help="the edges the edge diagnostic (--diagnose, --stop theta at --level edges/both) bounds: "
+                            + EDGE_UNIVERSE_HELP + ". A model has ~10^6 edges, so a bound over all of them needs "
+                            "many --samples to be useful")
     check.add_argument("--delta", type=float, default=0.05, metavar="D",
                        help="diagnostic: the bound may fail with probability D (default 0.05)")
     where = p.add_argument_group("output and machine")
