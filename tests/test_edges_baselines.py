@@ -199,7 +199,7 @@ def test_recall_cost_and_verification_take_the_baselines():
         checked = verify_edges(model, pairs, ranking, budget=atpstar.Budget(nodes=5))
         assert len(checked) == 5
         ids = checked.edges.ids(ranking.graph, 7)
-        torch.testing.assert_close(checked.effect, truth.effect.flatten()[ids], atol=1e-6, rtol=0)
+        torch.testing.assert_close(checked.effect, truth.effect.flatten()[ids], atol=1e-6, rtol=1e-5)  # float32: batches of other sizes round differently
 
 
 def test_iterative_on_edges_follows_its_schedule_exactly():

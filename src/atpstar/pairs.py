@@ -106,6 +106,16 @@ class PromptPairs:
     def max_len(self) -> int:
         return max(self.lengths)
 
+    def presence(self, pos: Tensor) -> Tensor:
+        """(N,) float64 fraction of the pairs whose prompts have each aligned position ``pos`` (prompts are
+        right-aligned: a prompt of length n has positions ``max_len − n ..``; 1 when all have one length)."""
+        pos = torch.as_tensor(pos)
+        lengths, counts = torch.tensor(self.lengths).unique(return_counts=True)
+        out = torch.zeros(len(pos), dtype=torch.float64)
+        for n, count in zip(lengths.tolist(), counts.tolist()):
+            out += count * (pos >= self.max_len - n).double()
+        return out / len(self.clean)
+
     def select(self, idx) -> "PromptPairs":
         """The pairs at indices ``idx`` (a list or 1-D tensor; repeats allowed), same metric."""
         idx = [int(i) for i in (idx.tolist() if isinstance(idx, Tensor) else idx)]

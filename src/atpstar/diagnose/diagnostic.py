@@ -28,7 +28,7 @@ from .bound import (BOUNDS, SubsetSums, check_probability, memberships, min_samp
 from ..checkpoint import fingerprint, run_key
 from ..cost import Cost
 from .diagnosis import Design, Diagnosis
-from .sampling import Store, presence as presence_of, sample, store_key
+from .sampling import Store, sample, store_key
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
@@ -80,7 +80,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
     live = _moving(model, patcher, left)
     nodes = left.take(live)
-    presence = presence_of(pairs, nodes.pos)
+    presence = pairs.presence(nodes.pos)
     estimate = None if estimates is None else _gather(estimates, nodes, pairs.max_len)
     sums = SubsetSums(len(nodes))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0

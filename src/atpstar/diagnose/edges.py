@@ -32,7 +32,7 @@ from ..pairs import check_pairs
 from .bound import SubsetSums, node_stats
 from .diagnosis import Design, EdgeDiagnosis
 from .diagnostic import _name, check_options
-from .sampling import Store, presence as presence_of, sample, store_key
+from .sampling import Store, sample, store_key
 
 __all__ = ["EdgeDiagnosis", "diagnose_edges"]
 
@@ -80,7 +80,7 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
     patcher = EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb)
     live = _moving(patcher, left)
     units = left.take(live)
-    presence = presence_of(pairs, units.pos)
+    presence = pairs.presence(units.pos)
     estimate = None if estimates is None else estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num()
     sums = SubsetSums(len(units))
     effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0

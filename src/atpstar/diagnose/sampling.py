@@ -91,14 +91,6 @@ def sharded_effects(patcher, units, members: Tensor) -> Tensor:
     return distributed.all_reduce(out)  # each row was filled by exactly one process
 
 
-def presence(pairs, pos: Tensor) -> Tensor:
-    """(N,) fraction of the pairs whose prompts have each unit's position ``pos`` (1 when all pairs have one length)."""
-    count = torch.zeros(len(pos), dtype=torch.float64)
-    for group in pairs.groups():
-        count += len(group.index) * (pos >= group.offset).double()
-    return count / len(pairs)
-
-
 def store_key(base: str, p: float, seed: int, what: str = "diagnostic") -> str:
     """A checkpoint's key: the run's fingerprint ``base`` (model, pairs, units, metric), p and the seed."""
     return hashlib.sha256(f"{base}|{what}|p={p!r}|seed={seed}".encode()).hexdigest()

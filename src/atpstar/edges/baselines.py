@@ -109,7 +109,7 @@ def hierarchical(model, pairs: PromptPairs, edges=None, metric=None, branching: 
     levels = [reader, key // n_pos]  # readers, then (reader, writer); positions below
     with tqdm(desc="edge hierarchical", unit="group", disable=not progress, leave=False) as bar:
         effect, _, score, leaf, groups = descend(patcher, edge_set, reader // graph.n_readers, levels, branching,
-                                                 threshold, relative, bar, presence=_presence(pairs, edge_set.pos),
+                                                 threshold, relative, bar, presence=pairs.presence(edge_set.pos),
                                                  **_limits(model, pairs, memory_mb))
     info = {"branching": branching, "threshold": threshold, "relative": relative, "groups": groups,
             "leaves": int(leaf.sum())}
@@ -202,14 +202,6 @@ def _setup(model, pairs, edges, metric, graph, batch_size, memory_mb, order):
     graph = graph or EdgeGraph.of(model)
     edge_set, key = _scope(graph, pairs, edges, order)
     return EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb), edge_set, key
-
-
-def _presence(pairs, pos: Tensor) -> Tensor:
-    """(N,) fraction of the pairs whose (right-aligned) prompts have each edge's position."""
-    count = torch.zeros(len(pos), dtype=torch.float64)
-    for group in pairs.groups():
-        count += len(group.index) * (pos >= group.offset).double()
-    return count / len(pairs)
 
 
 def _entry_bytes(model) -> float:

@@ -175,10 +175,7 @@ def edge_universe(ctx: Context):
     scores = ctx.edge_scores
     score = scores.score.double()
     if what == "top":
-        flat = score.flatten().nan_to_num(float("-inf"))
-        top = flat.topk(min(n, int(score.isfinite().sum()))).indices
-        writer, rest = top // (score.shape[1] * score.shape[2]), top % (score.shape[1] * score.shape[2])
-        return EdgeSet(writer, rest // score.shape[2], rest % score.shape[2])
+        return scores.edges(n)  # the ranking's top n, best first
     per_reader = score.nan_to_num(0.0).sum((0, 2))
     readers = per_reader.topk(min(n, int((per_reader > 0).sum()) or 1)).indices
     every = EdgeSet.every(scores.graph, score.shape[2])
