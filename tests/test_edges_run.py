@@ -247,7 +247,8 @@ def test_edge_diagnostic_in_the_pipeline(tiny_dir, tmp_path, capsys):  # noqa: F
     out = tmp_path / "both"
     config = RunConfig(model=tiny_dir, pairs=2, kinds="head", level="both", verify_budget="6nodes", diagnose=True,
                        samples=200, p=0.1)
-    folder = run(config, out, progress=False)
+    with pytest.warns(UserWarning, match="is not below the largest verified"):  # tiny model: θ rules out little
+        folder = run(config, out, progress=False)
     d = folder.edge_diagnosis
     assert folder.diagnosis is not None and d is not None  # both levels diagnosed
     assert d["units"] == "edges" and d["verified"] == 6 and d["samples"] == 200 and 0 < d["theta"] < float("inf")
@@ -273,7 +274,8 @@ def test_edge_diagnostic_in_the_pipeline(tiny_dir, tmp_path, capsys):  # noqa: F
     meta["status"] = "interrupted"
     (out / "run.json").write_text(json.dumps(meta))
     (out / "stages" / "edge-diagnosis.json").unlink()
-    again = resume(out, progress=False)
+    with pytest.warns(UserWarning, match="is not below the largest verified"):
+        again = resume(out, progress=False)
     assert again.edge_diagnosis["resumed"] == 200 and again.edge_diagnosis["theta"] == pytest.approx(d["theta"])
     assert again.meta["stages"]["diagnose:edges"]["per_pair"] == pytest.approx(4.0)  # the captures only
     # the command line at --level edges
@@ -290,7 +292,8 @@ def test_theta_stop_on_edges(tiny_dir, tmp_path):  # noqa: F811
     out = tmp_path / "theta"
     config = RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="60edges", stop="theta:target=5",
                        samples=200, p=0.1)
-    folder = run(config, out, progress=False)
+    with pytest.warns(UserWarning, match="is not below the largest verified"):  # tiny model: θ rules out little
+        folder = run(config, out, progress=False)
     d, stage = folder.edge_diagnosis, folder.meta["stages"]["verify:edges"]
     assert d is not None and folder.diagnosis is None
     assert stage["stopped"].startswith("theta below target") and "unverified edge" in stage["stopped"]
