@@ -43,8 +43,9 @@ def _top(scores, m):
 
 def test_top_universe_in_a_run(tiny_dir, tmp_path):  # noqa: F811
     out = tmp_path / "top"
-    folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="5edges", diagnose=True, samples=150,
-                           p=0.1, edge_universe="top:300"), out, progress=False)
+    with pytest.warns(UserWarning, match="choose a smaller --edge-universe"):  # tiny model: a loose θ, said so
+        folder = run(RunConfig(model=tiny_dir, pairs=2, level="edges", verify_budget="5edges", diagnose=True,
+                               samples=150, p=0.1, edge_universe="top:300"), out, progress=False)
     d = folder.edge_diagnosis
     assert d["verified"] == 5 and d["unverified"] + d["verified"] == 300 and d["edge_universe"] == "top:300"
     assert d["statement"].startswith("Universe (--edge-universe top:300): the 300 top-ranked edges of atp*'s ranking.")

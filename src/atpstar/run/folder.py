@@ -299,23 +299,18 @@ def load_run(path) -> RunFolder:
         file = folder.stage(f"scores-{method_slug(method)}.pt")
         if file.is_file():
             out.scores[method] = load_scores(file)
-    if folder.done("verified.parquet"):
-        out.verified = pd.read_parquet(folder.stage("verified.parquet"))
-    if folder.done("diagnosis.json"):
-        out.diagnosis = json.loads(folder.stage("diagnosis.json").read_text(encoding="utf-8"))
-    if folder.done("suspects.parquet"):
-        out.suspects = pd.read_parquet(folder.stage("suspects.parquet"))
-    if folder.done("pairs.pt"):
-        out.pairs = load_pairs(folder.stage("pairs.pt"))
     if (folder / EDGES_PARQUET).is_file():
         out.edges = pd.read_parquet(folder / EDGES_PARQUET)
     methods = meta.get("config", {}).get("methods", [])
-    if methods and folder.done(f"edge-scores-{method_slug(methods[0])}.pt"):
-        out.edge_scores = load_edge_scores(folder.stage(f"edge-scores-{method_slug(methods[0])}.pt"))
-    if folder.done("verified-edges.parquet"):
-        out.verified_edges = pd.read_parquet(folder.stage("verified-edges.parquet"))
-    if folder.done("edge-diagnosis.json"):
-        out.edge_diagnosis = json.loads(folder.stage("edge-diagnosis.json").read_text(encoding="utf-8"))
-    if folder.done("edge-suspects.parquet"):
-        out.edge_suspects = pd.read_parquet(folder.stage("edge-suspects.parquet"))
+    stages = {"verified": "verified.parquet", "diagnosis": "diagnosis.json", "suspects": "suspects.parquet",
+              "pairs": "pairs.pt", "verified_edges": "verified-edges.parquet", "edge_diagnosis": "edge-diagnosis.json",
+              "edge_suspects": "edge-suspects.parquet"}
+    if methods:
+        stages["edge_scores"] = f"edge-scores-{method_slug(methods[0])}.pt"
+    read = {".parquet": pd.read_parquet, ".json": lambda f: json.loads(f.read_text(encoding="utf-8"))}
+    for attribute, name in stages.items():
+        if folder.done(name):
+            reader = load_pairs if name == "pairs.pt" else load_edge_scores if name.endswith(".pt") else \
+                read[Path(name).suffix]
+            setattr(out, attribute, reader(folder.stage(name)))
     return out
