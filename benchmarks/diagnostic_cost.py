@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import atpstar  # noqa: E402
 from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnose.bound import SubsetSums, node_stats, spent_delta  # noqa: E402
-from atpstar.diagnose.diagnostic import diagnose, memberships  # noqa: E402
+from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta  # noqa: E402
+from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
 from atpstar.types import ALL_KINDS  # noqa: E402
 from studylib import truth as study_truth  # noqa: E402
 

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import atpstar  # noqa: E402
 from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnose.bound import min_samples  # noqa: E402
-from atpstar.diagnose.diagnostic import diagnose, memberships  # noqa: E402
+from atpstar.diagnostics.bound import min_samples  # noqa: E402
+from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
 from atpstar.types import ALL_KINDS  # noqa: E402
 from studylib import truth as study_truth  # noqa: E402
 

@@ -46,9 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import atpstar  # noqa: E402
 from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnose.bound import rebound_stats  # noqa: E402
-from atpstar.diagnose.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.diagnose.theta import ThetaBelow  # noqa: E402
+from atpstar.diagnostics.bound import rebound_stats  # noqa: E402
+from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
+from atpstar.diagnostics.theta import ThetaBelow  # noqa: E402
 from diagnostic_cost import mean_truth  # noqa: E402
 from studylib import truth as study_truth  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import atpstar
-from atpstar.diagnose import diagnose_edges
+from atpstar.diagnostics import diagnose_edges
 from atpstar.edges import EdgeSet, edge_acp, verify_edges
 from atpstar.edges.graph import K, Q, V
 

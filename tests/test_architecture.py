@@ -1,5 +1,6 @@
 """The rules of the house (docs/architecture.md), checked on the source: imports point down the stack,
-no import circle, no module over the size limit, and the old flat module paths still resolve."""
+no import circle, no module over the size limit, and no public name of the package root hides a
+sub-package."""
 
 from __future__ import annotations
 
@@ -9,20 +10,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
 
 import atpstar
-from atpstar._moved import MOVED, new_place
 
 SRC = Path(atpstar.__file__).parent
 MAX_LINES = 400
 
 # Each stage may import itself and any stage of a lower rank; equal ranks may not import each other.
-RANK = {"vocabulary": 0, "substrate": 1, "tasks": 2, "methods": 2, "edges": 3, "diagnose": 4, "verify": 5, "run": 6}
+RANK = {"vocabulary": 0, "substrate": 1, "tasks": 2, "methods": 2, "edges": 3, "diagnostics": 4, "verification": 5, "run": 6}
 
 
 def stage(module: str) -> str:
-    """``atpstar.verify.loop`` -> ``verify``; a top-level module is the shared vocabulary."""
+    """``atpstar.verification.loop`` -> ``verification``; a top-level module is the shared vocabulary."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in RANK else "vocabulary"
 
@@ -56,7 +55,7 @@ def imports(name: str, path: Path) -> set[str]:
 def test_imports_point_down_the_stack():
     wrong = []
     for name, path in modules().items():
-        if name in ("atpstar", "atpstar.__main__", "atpstar._moved"):
+        if name in ("atpstar", "atpstar.__main__"):
             continue  # the front door re-exports every stage
         for target in imports(name, path):
             if target == "atpstar":
@@ -97,20 +96,11 @@ def test_no_module_over_the_size_limit():
     assert not big, f"modules over {MAX_LINES} lines (split them by idea): {big}"
 
 
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_old_module_paths_resolve_to_the_new_module_with_a_warning(old):
-    new = importlib.import_module(new_place(f"atpstar.{old}"))
-    sys.modules.pop(f"atpstar.{old}", None)
-    with pytest.warns(DeprecationWarning, match=rf"atpstar\.{old} has moved to {new.__name__}"):
-        module = importlib.import_module(f"atpstar.{old}")
-    assert module is new
-    assert module.__spec__.name == new.__name__  # the real module keeps its own identity
-
-
-def test_names_inside_an_old_module_keep_working():
-    sys.modules.pop("atpstar.recall", None), sys.modules.pop("atpstar.cli", None)
-    with pytest.warns(DeprecationWarning):
-        from atpstar.recall import recall_cost  # noqa: F401
-        from atpstar.cli import main
-    assert recall_cost is atpstar.recall_cost
-    assert main is atpstar.run.cli.main
+def test_no_public_name_shadows_a_sub_package():
+    """``import atpstar.verification as v`` must give the package, and ``atpstar.X`` one thing only."""
+    subpackages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
+    shadowed = [name for name in atpstar.__all__ if name in subpackages
+                and not isinstance(getattr(atpstar, name), type(atpstar))]
+    assert not shadowed, f"public names that hide a sub-package of the same name: {shadowed}"
+    import atpstar.verification as v
+    assert v.Budget is atpstar.Budget and callable(atpstar.verify)

@@ -18,10 +18,10 @@ from test_substrate import linear_after_node
 
 import atpstar
 from atpstar import Budget, NodeKind, NodeSet
-from atpstar.diagnose.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats,
+from atpstar.diagnostics.bound import (SubsetSums, bernoulli_proxy, kurtosis_factor, min_samples, multiplier, node_stats,
                                     rebound_stats, spent_delta)
-from atpstar.diagnose.diagnostic import diagnose, memberships
-from atpstar.diagnose.theta import ThetaBelow
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.diagnostics.theta import ThetaBelow
 
 
 def allowed_failures(n: int, delta: float) -> float:

@@ -19,8 +19,8 @@ from test_edges_atp import _linear_llama
 
 import atpstar
 from atpstar import Budget
-from atpstar.diagnose import EdgeDiagnosis, diagnose_edges
-from atpstar.diagnose.bound import SubsetSums, memberships, node_stats
+from atpstar.diagnostics import EdgeDiagnosis, diagnose_edges
+from atpstar.diagnostics.bound import SubsetSums, memberships, node_stats
 from atpstar.edges import EdgeGraph, EdgeSet, edge_acp
 from atpstar.edges.atp import atp as edge_atp
 from atpstar.edges.verify import verify_edges

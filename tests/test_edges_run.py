@@ -242,7 +242,7 @@ def test_edge_diagnostic_in_the_pipeline(tiny_dir, tmp_path, capsys):  # noqa: F
     """``--level both --diagnose``: nodes and edges are each diagnosed; the edge diagnosis is
     stages/edge-diagnosis.json (+ edge-suspects.parquet), recorded in run.json and its costs, shown in the
     report's circuit section, equal to a direct ``diagnose_edges`` call, and resumed from its checkpoint."""
-    from atpstar.diagnose import diagnose_edges
+    from atpstar.diagnostics import diagnose_edges
 
     out = tmp_path / "both"
     config = RunConfig(model=tiny_dir, pairs=2, kinds="head", level="both", verify_budget="6nodes", diagnose=True,

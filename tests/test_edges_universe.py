@@ -6,7 +6,7 @@ import torch
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
-from atpstar.diagnose import diagnose_edges
+from atpstar.diagnostics import diagnose_edges
 from atpstar.edges import EdgeSet
 from atpstar.run.cli import main
 from atpstar.run.options import parse_edge_universe

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from atpstar.cost import Cost
-from atpstar.diagnose.bound import SubsetSums, memberships, node_stats, shared_variance, spent_delta, variance_bound
-from atpstar.diagnose.diagnosis import Design, Diagnosis
-from atpstar.diagnose.theta import ThetaBelow
+from atpstar.diagnostics.bound import SubsetSums, memberships, node_stats, shared_variance, spent_delta, variance_bound
+from atpstar.diagnostics.diagnosis import Design, Diagnosis
+from atpstar.diagnostics.theta import ThetaBelow
 from atpstar.nodes import NodeSet
 
 P, J, CHECKS = 0.2, 100, 30

@@ -6,9 +6,9 @@ runs), ``tasks/`` (prompt pairs), ``methods/`` (estimators), ``diagnose/``, ``ve
 (pipeline, run folder, report, command line). Every public name is importable from here.
 """
 
-from . import _moved, tasks
+from . import tasks
 from .cost import Cost
-from .diagnose import Diagnosis, EdgeDiagnosis, ThetaBelow, diagnose, diagnose_edges
+from .diagnostics import Diagnosis, EdgeDiagnosis, ThetaBelow, diagnose, diagnose_edges
 from . import edges
 from .edges import EdgeGraph, EdgeScores, EdgeSet
 from .methods import METHODS, acp, atp
@@ -19,9 +19,8 @@ from .run import load_run
 from .scores import Scores
 from .substrate import JointPatcher, Model, joint_patch, load_model, measure_backward_ratio
 from .types import ALL_KINDS, ATTENTION_KINDS, Node, NodeKind
-from .verify import Budget, SmallEffects, Verification, recall_cost, verify
+from .verification import Budget, SmallEffects, Verification, recall_cost, verify
 
-_moved.install()
 
 __version__ = "0.1.0"
 __all__ = ["ALL_KINDS", "ATTENTION_KINDS", "METHODS", "Budget", "Cost", "Diagnosis", "EdgeDiagnosis", "EdgeGraph", "EdgeScores", "EdgeSet", "JointPatcher", "Metric", "Model", "Node", "NodeKind",

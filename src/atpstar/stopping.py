@@ -2,8 +2,8 @@
 verifying a ranking (shared by node and edge verification, so it lives with the vocabulary).
 
 A rule is any callable ``rule(state) -> str | None``: ``state`` is the partial
-:class:`~atpstar.verify.Verification` (nodes verified so far, in rank order, with exact effects);
-a returned string is the reason to stop. :func:`~atpstar.verify.verify` calls it after each chunk
+:class:`~atpstar.verification.Verification` (nodes verified so far, in rank order, with exact effects);
+a returned string is the reason to stop. :func:`~atpstar.verification.verify` calls it after each chunk
 of nodes, so a plain rule stops at a chunk boundary. A rule may also define
 ``check(state, start) -> (n, reason) | None``, vectorised over the nodes from index ``start`` on
 (the ones verified since the last call), returning the exact number ``n`` of verified nodes at

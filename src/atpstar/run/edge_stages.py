@@ -146,7 +146,7 @@ def diagnose_edges(ctx: Context) -> None:
 
 def _diagnose(ctx: Context):
     """A fresh edge diagnostic of what the verification left (resumable from its checkpoint)."""
-    from ..diagnose.edges import diagnose_edges as run_diagnose
+    from ..diagnostics.edges import diagnose_edges as run_diagnose
 
     cfg, frame = ctx.cfg, ctx.verified_edges
     verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)

@@ -121,8 +121,8 @@ def parse_budget(text):
 
 
 def budget_object(parsed):
-    """The parsed budget as what :func:`atpstar.verify.verify` takes."""
-    from ..verify.loop import Budget
+    """The parsed budget as what :func:`atpstar.verification.verify` takes."""
+    from ..verification.loop import Budget
 
     if parsed is None:
         return None
@@ -162,7 +162,7 @@ def parse_stop(text):
     if name == "theta":
         if not values.keys() & {"target", "relative"}:
             values["relative"] = THETA_DEFAULTS["relative"]
-        from ..diagnose.theta import ThetaBelow
+        from ..diagnostics.theta import ThetaBelow
 
         return ThetaBelow(samples=THETA_DEFAULTS["samples"], p=THETA_DEFAULTS["p"], **values)
     if not values.keys() & {"threshold", "relative"}:
@@ -196,7 +196,7 @@ def check_diagnostic(samples, p, delta) -> None:
     """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
     import inspect
 
-    from ..diagnose.diagnostic import check_options, diagnose
+    from ..diagnostics.diagnostic import check_options, diagnose
 
     if samples is not None:
         check_int("samples", samples, 2)

@@ -165,7 +165,7 @@ def verify(ctx: Context) -> None:
 
         ctx.verified = pd.read_parquet(file)
         return
-    from ..verify.loop import verify as run_verify
+    from ..verification.loop import verify as run_verify
 
     primary = cfg.methods[0]
     if type(stop).__name__ == "ThetaBelow":
@@ -217,7 +217,7 @@ def diagnose(ctx: Context) -> None:
         return
     if ctx.verification is None:
         raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    from ..diagnose.diagnostic import diagnose as run_diagnose
+    from ..diagnostics.diagnostic import diagnose as run_diagnose
 
     ctx.say("diagnostic: bounding the effects of the unverified nodes...")
     primary = ctx.cfg.methods[0]

@@ -61,7 +61,7 @@ def recall_curves(nodes: pd.DataFrame, methods: list[str], estimate_cost: dict, 
     j = 1..``k`` (:func:`atpstar.recall_cost`: its estimation cost + one forward pass per verified node).
     Returns ``{method: (cost, j)}`` step points (a method's first point: its estimation cost, j = 0),
     or None without ground truth."""
-    from ...verify.recall import recall_cost
+    from ...verification.recall import recall_cost
 
     if "acp" not in methods or len(nodes) == 0:
         return None

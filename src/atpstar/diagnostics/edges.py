@@ -6,7 +6,7 @@ several edges into one reader add their writer deltas, edges into different read
 independently), optionally subtracts each subset's predicted effect (the sum of its members' edge
 AtP* estimates), and turns the included-minus-excluded statistics into "with probability ≥ 1 − δ no
 unverified edge has |c(e)| > θ". The statistics (:mod:`.bound`), the sampling loop and its checkpoint
-(:mod:`.sampling`) and the result (:class:`~atpstar.diagnose.diagnosis.EdgeDiagnosis`) are the node
+(:mod:`.sampling`) and the result (:class:`~atpstar.diagnostics.diagnosis.EdgeDiagnosis`) are the node
 diagnostic's own; only the units differ (docs/edges.md, docs/diagnostic.md).
 
 Edges whose writer's noise write equals its clean write on every pair (at that position) have effect
@@ -58,7 +58,7 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
         graph: the :class:`~atpstar.edges.EdgeGraph` (default: the verification's, else ``EdgeGraph.of(model)``).
 
     Returns:
-        :class:`~atpstar.diagnose.diagnosis.EdgeDiagnosis`: ``theta``, ``theta_at(δ)``, ``prob_exceeds(θ)``,
+        :class:`~atpstar.diagnostics.diagnosis.EdgeDiagnosis`: ``theta``, ``theta_at(δ)``, ``prob_exceeds(θ)``,
         ``suspects`` (edge names, writer, reader, pos, effect, se, upper, ...), ``statement``, ``cost``,
         ``to_dict()`` and ``rebound(more_verified)``.
     """

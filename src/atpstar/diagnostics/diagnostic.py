@@ -4,7 +4,7 @@ After verifying the top of a ranking, :func:`diagnose` patches random subsets of
 nodes jointly (each node in a subset independently with probability ``p``; one
 :class:`~atpstar.substrate.joint.JointPatcher` row per subset and pair), optionally subtracts each subset's
 predicted effect (the sum of its members' estimates, e.g. AtP*), and turns the per-node
-included-minus-excluded statistics (:mod:`atpstar.diagnose.bound`) into the statement "with probability
+included-minus-excluded statistics (:mod:`atpstar.diagnostics.bound`) into the statement "with probability
 ≥ 1 − δ no unverified node has |c(n)| > θ". The mathematics, its assumptions (effects add up
 within a subset) and what happens when they fail are in docs/diagnostic.md.
 
@@ -47,7 +47,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
 
     Args:
         model, pairs, metric: as for :func:`atpstar.acp`.
-        verified: a :class:`~atpstar.verify.Verification` (its ``ranking`` is the universe of nodes,
+        verified: a :class:`~atpstar.verification.Verification` (its ``ranking`` is the universe of nodes,
             its ``nodes`` the verified ones; it must belong to this model, these pairs and this
             metric), or the verified nodes themselves (names, a node table, a NodeSet; None or
             empty: nothing verified), the universe then being every node of ``kinds``.
@@ -55,17 +55,17 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
             effect, the sum of its members' signed estimates, is subtracted (less variance).
         kinds: restrict the universe to these node kinds (default: all kinds of the ranking, or all).
         samples: random subsets J (each one patched forward per pair); the sub-Gaussian bound needs
-            at least :func:`atpstar.diagnose.bound.min_samples` (≈ 100–300 for usual p, δ).
+            at least :func:`atpstar.diagnostics.bound.min_samples` (≈ 100–300 for usual p, δ).
         p: probability that a node is in a subset, in (0, 1); smaller p means smaller subsets (more
             nearly additive effects) but a wider sub-Gaussian bound.
         delta: the bound fails with probability at most δ, in (0, 1).
         seed: seed of the memberships (same seed, same subsets).
         checkpoint: a file path: the subsets' effects are kept there, and a rerun resumes.
         bound: ``"subgaussian"`` (finite-sample, rigorous under additivity) or ``"normal"``
-            (asymptotic, tighter, may under-cover); see :mod:`atpstar.diagnose.bound`.
+            (asymptotic, tighter, may under-cover); see :mod:`atpstar.diagnostics.bound`.
 
     Returns:
-        :class:`~atpstar.diagnose.diagnosis.Diagnosis`: ``theta``, ``prob_exceeds(theta)``, ``suspects``,
+        :class:`~atpstar.diagnostics.diagnosis.Diagnosis`: ``theta``, ``prob_exceeds(theta)``, ``suspects``,
         ``statement``, ``cost`` and ``to_dict()``.
     """
     start = time.perf_counter()
@@ -167,15 +167,3 @@ def _name(estimates) -> str | None:
 
 def _key(model, pairs, nodes: NodeSet, metric, p: float, seed: int) -> str:
     return store_key(fingerprint(model, pairs, nodes, metric), p, seed)
-
-
-
-def __getattr__(name):
-    """``ThetaBelow`` moved to :mod:`atpstar.diagnose.theta` (which imports this module); the old path
-    ``from atpstar.diagnose.diagnostic import ThetaBelow`` keeps working, resolved lazily like the moved
-    module paths of ``atpstar._moved``."""
-    if name == "ThetaBelow":
-        import importlib
-
-        return importlib.import_module(__name__.rsplit(".", 1)[0] + ".theta").ThetaBelow
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

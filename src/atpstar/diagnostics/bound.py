@@ -2,7 +2,7 @@
 
 Pure tensor mathematics, no model: random subsets ``S_j`` of N nodes (each node in independently
 with probability ``p``) and one number ``y_j`` per subset (its joint-patch effect minus the
-predicted effect, see :mod:`atpstar.diagnose.diagnostic`). Under additivity ``y_j = Σ_{n∈S_j} r(n)``, the
+predicted effect, see :mod:`atpstar.diagnostics.diagnostic`). Under additivity ``y_j = Σ_{n∈S_j} r(n)``, the
 per-node *included-minus-excluded* difference
 
     d(n) = mean{y_j : n ∈ S_j} − mean{y_j : n ∉ S_j}

@@ -125,7 +125,7 @@ class Verification:
     pairs: object = field(default=None, repr=False, compare=False)
     metric: object = field(default=None, repr=False, compare=False)
     diagnosis: object = field(default=None, repr=False, compare=False)
-    """The false-negative diagnostic (:class:`~atpstar.diagnose.diagnosis.Diagnosis`) of ``verify(..., diagnose=...)``."""
+    """The false-negative diagnostic (:class:`~atpstar.diagnostics.diagnosis.Diagnosis`) of ``verify(..., diagnose=...)``."""
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -216,7 +216,7 @@ def verify(model, pairs, ranking, budget=None, stop=None, metric=None, chunk: in
         store.save(force=True)
     result = loop.state(time.perf_counter() - wall, final=True)
     if diagnose:
-        from ..diagnose.diagnostic import diagnose as run_diagnostic
+        from ..diagnostics.diagnostic import diagnose as run_diagnostic
 
         options = {"estimates": ranking if hasattr(ranking, "effect") else None, "progress": progress,
                    "batch_size": batch_size, "memory_mb": memory_mb, **(diagnose if isinstance(diagnose, dict) else {})}

@@ -1,8 +1,8 @@
 """The ``ThetaBelow`` stop rule (docs/diagnostic.md §5): verify until nothing large can be left unverified.
 
-One diagnostic (:func:`~atpstar.diagnose.diagnostic.diagnose`) is drawn at the first check, with one
+One diagnostic (:func:`~atpstar.diagnostics.diagnostic.diagnose`) is drawn at the first check, with one
 upper confidence bound on its variance (δ/2) shared by every later check; every later check re-bounds
-from the same subsets (:meth:`~atpstar.diagnose.diagnosis.Diagnosis.rebound`), no new forward pass, and
+from the same subsets (:meth:`~atpstar.diagnostics.diagnosis.Diagnosis.rebound`), no new forward pass, and
 pays only its union bound over the nodes (δ/(2 i (i + 1)) at check i).
 """
 
@@ -29,7 +29,7 @@ class ThetaBelow:
     |c(n)| ≥ the threshold: ``target`` (absolute), ``relative`` × the largest |effect| verified so far, or
     the larger of the two when both are given. The same rule stops :func:`atpstar.edges.verify_edges` on
     edges (``stop=ThetaBelow(relative=0.1, estimates=edge_scores)``): the draw is then
-    :func:`~atpstar.diagnose.edges.diagnose_edges` of the unverified edges.
+    :func:`~atpstar.diagnostics.edges.diagnose_edges` of the unverified edges.
 
     ``shared=True`` (default): one variance bound, made at the draw, serves every check (verifying a node
     lowers the variance by a known amount, docs/diagnostic.md §5); check i spends δ/(2 i (i + 1)) on its

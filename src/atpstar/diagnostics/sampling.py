@@ -3,7 +3,7 @@
 The loop only needs ``patcher.effects(units, members)`` — a (B, pairs) table of joint effects for a
 (B, N) bool membership matrix — which both :class:`~atpstar.substrate.joint.JointPatcher` (nodes)
 and :class:`~atpstar.edges.patching.EdgePatcher` (edges) provide. Memberships are drawn per subset
-from ``(seed, j)`` (:func:`atpstar.diagnose.bound.memberships`), so a checkpoint keeps only the
+from ``(seed, j)`` (:func:`atpstar.diagnostics.bound.memberships`), so a checkpoint keeps only the
 subsets' effects (:class:`Store`) and a rerun regenerates the memberships and patches only the
 subsets still missing.
 """

@@ -41,7 +41,7 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
             NodeSet or node names in ranked order. Nodes whose score is NaN go last; NaN-scored
             entries the truth does not have (a Scores' absent positions) are ignored.
         truth: exact effects: a Scores from :func:`atpstar.acp` (|mean effect|), a
-            :class:`~atpstar.verify.Verification`, or a DataFrame with kind/layer/unit/pos and
+            :class:`~atpstar.verification.Verification`, or a DataFrame with kind/layer/unit/pos and
             ``effect`` (signed mean; its absolute value is used) or ``score`` (= |mean effect|).
             Nodes with a NaN truth are not part of it.
         k: the largest k (at most the number of truth nodes).

@@ -1,7 +1,7 @@
 """The store of verified nodes behind :func:`atpstar.verify`: exact per-pair effects (and what each
 node cost) keyed by node, for one run (model, prompt pairs, metric: ``checkpoint.run_key``).
 
-Filled from a checkpoint file and from a previous :class:`~atpstar.verify.Verification` (``prior=``),
+Filled from a checkpoint file and from a previous :class:`~atpstar.verification.Verification` (``prior=``),
 looked up before patching so no node is patched twice, and saved atomically (every ``every``
 seconds and when verification ends, also when it is interrupted) so a rerun resumes.
 """
