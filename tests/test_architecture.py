@@ -1,6 +1,6 @@
 """The rules of the house (docs/architecture.md), checked on the source: imports point down the stack,
-no import circle, no module over the size limit, and no public name of the package root hides a
-sub-package."""
+no import circle, no module over the size limit, no public name of the package root hides a
+sub-package, and no public namespace has two names for one thing."""
 
 from __future__ import annotations
 
@@ -104,3 +104,32 @@ def test_no_public_name_shadows_a_sub_package():
     assert not shadowed, f"public names that hide a sub-package of the same name: {shadowed}"
     import atpstar.verification as v
     assert v.Budget is atpstar.Budget and callable(atpstar.verify)
+
+
+# Deliberate second names for one object, each with its reason (none today: one spelling per thing).
+DOCUMENTED_ALIASES: dict[tuple[str, ...], str] = {}
+
+
+def public_namespaces() -> dict[str, object]:
+    """The package root and every sub-package: what a user imports names from."""
+    import pkgutil
+
+    names = ["atpstar"] + [m.name for m in pkgutil.walk_packages(atpstar.__path__, "atpstar.") if m.ispkg]
+    return {name: importlib.import_module(name) for name in names}
+
+
+def test_no_public_namespace_binds_two_names_to_one_object():
+    """One obvious spelling each: no ``edge_atp = atp`` pairs in a namespace a user imports from."""
+    pairs = []
+    for name, module in public_namespaces().items():
+        public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        by_object: dict[int, list[str]] = {}
+        for attr in public:
+            value = getattr(module, attr)
+            if isinstance(value, (bool, int, float, str, type(None), type(atpstar))):
+                continue  # equal constants are not aliases; sub-modules are namespaces, not names
+            by_object.setdefault(id(value), []).append(attr)
+        pairs += [f"{name}: {' = '.join(sorted(group))}" for group in by_object.values()
+                  if len(group) > 1 and tuple(sorted(group)) not in DOCUMENTED_ALIASES]
+    assert not pairs, "public names bound to the same object (keep one spelling, or document the alias):\n" + \
+        "\n".join(pairs)

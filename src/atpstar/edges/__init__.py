@@ -22,7 +22,7 @@ Modules, one idea each:
 - :mod:`.sites`, :mod:`.writes`: where writers write and readers read, per architecture; every write;
 - :mod:`.reader_patch`, :mod:`.patching`: exact edge patching (the ground truth): :func:`edge_acp`
   (single edges), :class:`EdgePatcher` / :func:`edge_patch` (joint patches of edge sets);
-- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*;
+- :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` — edge AtP, +QK fix, +GradDrop, AtP*;
 - :mod:`.baselines`: the paper's baselines on edges — :func:`subsampling`, :func:`blocks`,
   :func:`hierarchical`, :func:`iterative` (the node estimators' cores of :mod:`atpstar.methods`, with an EdgePatcher);
 - :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
@@ -35,18 +35,14 @@ from .graph import READER_KINDS, WRITER_KINDS, EdgeGraph, heads_additive
 from .patching import EdgePatcher, edge_acp, edge_patch
 from .scores import EdgeScores, edge_frame
 
-edge_atp = atp
-
 __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScores", "EdgeSet", "atp", "edge_acp",
-           "edge_atp", "edge_frame", "edge_patch", "heads_additive"]
+           "edge_frame", "edge_patch", "heads_additive"]
 
 from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
                      to_eap_graph, write_eap_json)
 from .verify import EdgeVerification, verify_edges  # noqa: E402
 from .baselines import EDGE_BASELINES, blocks, hierarchical, iterative, subsampling  # noqa: E402
 
-edge_subsampling, edge_blocks, edge_hierarchical, edge_iterative = subsampling, blocks, hierarchical, iterative
-
 __all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
-            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "edge_blocks",
-            "edge_hierarchical", "edge_iterative", "edge_subsampling", "hierarchical", "iterative", "subsampling"]
+            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "hierarchical",
+            "iterative", "subsampling"]
