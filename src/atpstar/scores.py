@@ -57,7 +57,8 @@ class Scores:
         return df
 
     def top(self, k: int = 20, kinds=None):
-        return self.to_frame(kinds).head(k)
+        """The ``k`` best nodes as a table (see :meth:`to_frame`); ``top(0)`` is an empty table."""
+        return self.to_frame(kinds).head(check_top(k))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k.value}: {int(self.score[k].isfinite().sum())}" for k in self.kinds)
@@ -193,3 +194,13 @@ class LayerAccumulator:
             mean_abs[kind] = self.abs_sum[kind].div_(count)
             scores[kind] = self.term_sum[kind].div_(count) if self.term_sum is not self.abs_sum else mean_abs[kind]
         return Scores(method, effect, scores, self.n_pairs, mean_abs, self.per_pair, info or {})
+
+
+def check_top(k, what: str = "k") -> int:
+    """``k`` for "the k best": an integer >= 0, else a ValueError saying what to pass."""
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(f"{what}={k!r}: pass the number of best units to keep, an integer >= 0 (e.g. {what}=20); "
+                         "to_frame() gives them all")
+    return int(k)

@@ -48,7 +48,7 @@ def atp(model, pairs: PromptPairs, qk_fix: bool = True, graddrop: bool = True, m
     check_pairs(pairs)
     metric = resolve(metric, pairs)
     pairs.check_vocab(model.vocab_size)
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     shape = (graph.n_writers, graph.n_readers, pairs.max_len)
     dtype = torch.promote_types(model.dtype, torch.float32)
     total = {"effect": torch.zeros(shape, dtype=dtype), "score": torch.zeros(shape, dtype=dtype)}

@@ -126,7 +126,7 @@ def iterative(model, pairs: PromptPairs, edges=None, metric=None, per_round: int
     ``edges=`` on a real model (~10⁶ edges per pair)."""
     rounds = check_iterative(pairs, per_round, rounds)
     start = time.perf_counter()
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     edge_set, _ = _scope(graph, pairs, edges, "writer")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
     patch = lambda mask, idx: _patch_pairs(model, pairs, graph, edge_set, mask, idx, metric, batch_size,  # noqa: E731
@@ -199,7 +199,7 @@ def _scope(graph: EdgeGraph, pairs, edges, order: str) -> tuple[EdgeSet, Tensor]
 
 def _setup(model, pairs, edges, metric, graph, batch_size, memory_mb, order):
     """(EdgePatcher, the scope sorted by :func:`sort_key` without duplicates, its keys)."""
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     edge_set, key = _scope(graph, pairs, edges, order)
     return EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb), edge_set, key
 

@@ -60,6 +60,9 @@ class EdgeSet:
         import numpy as np
         import pandas as pd
 
+        if isinstance(names, str):
+            raise TypeError(f"expected a collection of edge names, got the single edge name {names!r}: wrap it in a "
+                            f"list, e.g. [{names!r}]")
         names = list(names)
         parts = pd.Series(names, dtype=object).astype(str).str.extract(_NAME_PATTERN)
         bad = parts[0].isna().to_numpy()
@@ -89,8 +92,6 @@ class EdgeSet:
         if isinstance(edges, EdgeSet):
             out = edges
             out.check(graph)
-        elif isinstance(edges, str):
-            raise TypeError(f"expected a collection of edges, got the single edge name {edges!r}: wrap it in a list")
         elif hasattr(edges, "columns"):
             missing = {"writer", "reader", "pos"} - set(edges.columns)
             if missing:

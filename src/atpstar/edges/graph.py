@@ -115,6 +115,22 @@ class EdgeGraph:
             valid |= same & (wk[:, None] != EMBED)
         return cls(tuple(wn), wl, wk, as_long(wu), tuple(rn), rl, rk, as_long(ru), valid, L, H, G, per_head, parallel)
 
+    @classmethod
+    def resolve(cls, model, graph=None) -> "EdgeGraph":
+        """``graph`` checked against ``model``, or the model's own graph (:meth:`of`) when None: what every
+        edge method's ``graph=`` argument goes through."""
+        if graph is None:
+            return cls.of(model)
+        if not isinstance(graph, EdgeGraph):
+            raise TypeError(f"graph must be an EdgeGraph of the model, e.g. graph=atpstar.EdgeGraph.of(model) (or "
+                            f"None for the model's own); got {type(graph).__name__} {graph!r:.60}")
+        mine = (model.n_layers, model.n_heads, model.n_kv_heads)
+        if (graph.n_layers, graph.n_heads, graph.n_kv_heads) != mine:
+            raise ValueError(f"graph={graph!r} was built for another model ({graph.n_layers} layers, {graph.n_heads} "
+                             f"heads, {graph.n_kv_heads} kv heads; {model.name} has {mine[0]}, {mine[1]}, {mine[2]}): "
+                             "pass graph=atpstar.EdgeGraph.of(model) or None")
+        return graph
+
     # --- sizes and lookups ------------------------------------------------------------------------
     @property
     def n_writers(self) -> int:

@@ -65,7 +65,7 @@ class EdgePatcher:
         check_pairs(pairs)
         pairs.check_vocab(model.vocab_size)
         self.model, self.pairs, self.metric = model, pairs, resolve(metric, pairs)
-        self.graph = graph or EdgeGraph.of(model)
+        self.graph = EdgeGraph.resolve(model, graph)
         self.batch_size, self.memory_mb = batch_size, memory_mb
         start = time.perf_counter()
         self.groups = [EdgeRuns.capture(model, self.graph, g, self.metric) for g in pairs.groups()]

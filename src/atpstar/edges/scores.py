@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..scores import check_top
 from .edgeset import EdgeSet
 from .graph import READER_KINDS, WRITER_KINDS, EdgeGraph, K, Q, V
 
@@ -46,6 +47,8 @@ class EdgeScores:
     # --- rankings ---------------------------------------------------------------------------------
     def ranked_ids(self, k: int | None = None) -> Tensor:
         """Flat (W*R*T) indices of the computed edges by decreasing score (ties: lower index first)."""
+        if k is not None and check_top(k) == 0:
+            return torch.zeros(0, dtype=torch.long)
         flat = self.score.flatten()
         ok = flat.isfinite().nonzero().flatten()
         values = flat[ok]
@@ -63,14 +66,14 @@ class EdgeScores:
         return EdgeSet.from_ids(self.graph, self.ranked_ids(k), self.n_pos)
 
     def top(self, k: int = 20):
-        """The ``k`` best edges as a table (see :meth:`to_frame`)."""
-        return self.to_frame(top=k)
+        """The ``k`` best edges as a table (see :meth:`to_frame`); ``top(0)`` is an empty table."""
+        return self.to_frame(top=check_top(k))
 
     def to_frame(self, top: int | None = None):
         """pandas DataFrame, one row per computed edge, by decreasing score: name, writer, reader, pos,
         writer_layer, writer_kind ("embed"|"head"|"attn"|"mlp"), writer_unit (head or -1), reader_layer,
         reader_kind ("q"|"k"|"v"|"mlp"|"logits"), reader_unit (head, kv head or -1), score, effect."""
-        ids = self.ranked_ids(top)
+        ids = self.ranked_ids(None if top is None else check_top(top, "top"))
         edges = EdgeSet.from_ids(self.graph, ids, self.n_pos)
         return edge_frame(self.graph, edges, self.score.flatten()[ids], self.effect.flatten()[ids])
 
