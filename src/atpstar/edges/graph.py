@@ -39,13 +39,11 @@ READER_KINDS = ("q", "k", "v", "mlp", "logits")
 EMBED, HEAD, ATTN, MLP = range(4)
 Q, K, V, MLP_IN, LOGITS = range(5)
 
-MIXING_FAMILIES = frozenset({"gemma3"})
-"""Architecture families whose attention write is not a sum over heads (a norm after the attention)."""
-
 
 def heads_additive(model) -> bool:
-    """True when the model's attention write is a sum of per-head writes (not Gemma 3)."""
-    return model.arch.family not in MIXING_FAMILIES
+    """True when the model's attention write is a sum of per-head writes (not Gemma 3: a norm after the
+    attention mixes the heads); read from the architecture table's row."""
+    return model.arch.heads_additive
 
 
 @dataclass(frozen=True, eq=False)

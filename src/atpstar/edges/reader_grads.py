@@ -23,7 +23,7 @@ from ..methods.gradients import Backward, _Tap
 from ..substrate.capture import Intervention, run
 from ..types import PROBS, RESID, NodeKind
 from .graph import MLP_IN, READER_KINDS, EdgeGraph
-from .sites import block_module, column, final_norm, sites_of, weight
+from .sites import block_module, column, final_norm, weight
 
 MLP_SITE, LOGITS_SITE = "reader_mlp", "reader_logits"
 
@@ -41,13 +41,13 @@ class ReaderTap(_Tap):
 
     def _install(self) -> None:
         super()._install()
-        model, sites = self.model, sites_of(self.model)
+        model, arch = self.model, self.model.arch
         for layer in range(model.n_layers):
-            norm = block_module(model, layer, sites.attn_norm)
+            norm = block_module(model, layer, arch.attn_norm)
             self._handles.append(norm.register_forward_pre_hook(self._keep_input(layer)))
-            self._handles.append(block_module(model, layer, sites.mlp_norm).register_forward_pre_hook(
+            self._handles.append(block_module(model, layer, arch.mlp_norm).register_forward_pre_hook(
                 self._private(layer, MLP_SITE)))
-            for path in dict.fromkeys(sites.proj):
+            for path in dict.fromkeys(arch.qkv):
                 module = block_module(model, layer, path)
                 self._handles.append(module.register_forward_hook(
                     lambda m, a, out, layer=layer, site=proj_site(path): self(layer, site, out)))
@@ -68,7 +68,7 @@ class ReaderTap(_Tap):
 
 def clean_backward(model, ids: Tensor, pairs, metric, qk_fix: bool, graddrop: bool, on_site) -> Backward:
     """The clean forward with grad, ready to stream reader (and, with the QK fix, attention) gradients."""
-    sites = {MLP_SITE, LOGITS_SITE, *(proj_site(p) for p in sites_of(model).proj)}
+    sites = {MLP_SITE, LOGITS_SITE, *(proj_site(p) for p in model.arch.qkv)}
     watch = {"q", "k"} if qk_fix else set()
     if qk_fix:
         sites.add(PROBS)
@@ -83,15 +83,15 @@ class AttnReaders:
     """The q/k/v readers of one layer: their projection columns and the map gradient -> reader input."""
 
     def __init__(self, model, graph: EdgeGraph, layer: int, kinds=(0, 1, 2)):
-        sites = sites_of(model)
+        arch = model.arch
         self.model, self.layer = model, layer
         wanted = torch.isin(graph.reader_kind, torch.tensor(kinds)) & (graph.reader_kind < MLP_IN)
         self.index = ((graph.reader_layer == layer) & wanted).nonzero().flatten()
         kinds, units = graph.reader_kind[self.index].tolist(), graph.reader_unit[self.index].tolist()
-        self.paths = [sites.proj[k] for k in kinds]
+        self.paths = [arch.qkv[k] for k in kinds]
         cols = torch.tensor([column(model, READER_KINDS[k], u) for k, u in zip(kinds, units)])
         self.cols = cols[:, None] + torch.arange(model.d_head)
-        self.norm = block_module(model, layer, sites.attn_norm)
+        self.norm = block_module(model, layer, arch.attn_norm)
         self.weights = {p: weight(block_module(model, layer, p)) for p in dict.fromkeys(self.paths)}
 
     def input_grads(self, proj_grads: dict, x: Tensor) -> Tensor:
@@ -143,8 +143,8 @@ def queries_keys(backward: Backward, layer: int, hidden: Tensor) -> tuple[Tensor
     model = backward.model
     args, kwargs = backward.hooks.block_inputs[layer]
     hooks = _QueriesKeys(model, capture=frozenset({"q", "k"}))
-    sites = sites_of(model)
-    value = block_module(model, layer, sites.proj[2]) if sites.layout == "separate" else None
+    arch = model.arch
+    value = block_module(model, layer, arch.qkv[2]) if arch.qkv_layout == "separate" else None
     own = value.__dict__.get("forward") if value is not None else None  # accelerate wraps forward per instance
     if value is not None:  # values are not needed: a zero value projection saves its matmul
         out_features = weight(value).shape[0]

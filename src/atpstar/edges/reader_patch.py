@@ -18,7 +18,7 @@ from ..substrate.capture import Intervention
 
 _CHUNK = 2**24  # floats of writer deltas gathered at once (64 MB in float32)
 from .graph import LOGITS, MLP_IN, READER_KINDS, EdgeGraph
-from .sites import block_module, column, final_norm, sites_of, weight
+from .sites import block_module, column, final_norm, weight
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ReaderPatch(Intervention):
     def _install(self) -> None:
         super()._install()
         model, graph, d = self.model, self.graph, self.deltas
-        sites = sites_of(model)
+        arch = model.arch
         layer = graph.reader_layer[d.reader]
         kind = graph.reader_kind[d.reader]
         self._expected = set()
@@ -73,7 +73,7 @@ class ReaderPatch(Intervention):
                 continue
             mlp = here & (kind == MLP_IN)
             if mlp.any():
-                self._norm_hook(block_module(model, l, sites.mlp_norm), d.take(mlp), (l, "mlp"))
+                self._norm_hook(block_module(model, l, arch.mlp_norm), d.take(mlp), (l, "mlp"))
             attn = here & (kind < MLP_IN)
             if attn.any():
                 self._attn_hooks(l, d.take(attn))
@@ -90,12 +90,12 @@ class ReaderPatch(Intervention):
         self._handles.append(norm.register_forward_pre_hook(hook))
 
     def _attn_hooks(self, layer: int, deltas: ReaderDeltas) -> None:
-        model, graph, sites = self.model, self.graph, sites_of(self.model)
-        norm = block_module(model, layer, sites.attn_norm)
+        model, graph, arch = self.model, self.graph, self.model.arch
+        norm = block_module(model, layer, arch.attn_norm)
         self._handles.append(norm.register_forward_pre_hook(lambda m, args: self._stash.__setitem__(layer, args[0])))
         kinds = graph.reader_kind[deltas.reader]
-        for path in dict.fromkeys(sites.proj):
-            use = torch.tensor([sites.proj[int(k)] == path for k in kinds.tolist()], dtype=torch.bool)
+        for path in dict.fromkeys(arch.qkv):
+            use = torch.tensor([arch.qkv[int(k)] == path for k in kinds.tolist()], dtype=torch.bool)
             if not use.any():
                 continue
             part = deltas.take(use)

@@ -15,12 +15,12 @@ from torch import Tensor
 from ..substrate.capture import Intervention, run
 from ..types import RESID
 from .graph import EdgeGraph
-from .sites import block_module, first, sites_of, weight
+from .sites import block_module, first, weight
 
 
 def head_writes(model, layer: int, z: Tensor) -> Tensor:
     """(B, H, T, d) per-head writes from head outputs ``z`` (B, H, T, D) of ``layer``."""
-    w_o = weight(block_module(model, layer, sites_of(model).o_proj))  # (d, H*D)
+    w_o = weight(block_module(model, layer, model.arch.o_proj))  # (d, H*D)
     w_o = w_o.reshape(model.d_model, model.n_heads, model.d_head)
     return torch.einsum("bhtk,dhk->bhtd", z, w_o)
 
@@ -28,11 +28,11 @@ def head_writes(model, layer: int, z: Tensor) -> Tensor:
 def capture_writes(model, graph: EdgeGraph, ids: Tensor, extra=frozenset()) -> tuple[Tensor, dict, Tensor]:
     """Writes (B, W, T, d) of the run on ``ids`` (no grad), the Intervention cache (which also holds
     ``extra`` sites and the residual stream entering every block) and the last position's logits."""
-    sites = sites_of(model)
+    arch = model.arch
     captured: dict = {}
     handles = []
     for layer in range(model.n_layers):
-        paths = [("mlp", sites.mlp_write)] + ([] if graph.per_head else [("attn", sites.attn_write)])
+        paths = [("mlp", arch.mlp_write)] + ([] if graph.per_head else [("attn", arch.attn_write)])
         for name, path in paths:
             hook = lambda m, a, out, key=(layer, name): captured.__setitem__(key, first(out))  # noqa: E731
             handles.append(block_module(model, layer, path).register_forward_hook(hook))
