@@ -154,9 +154,9 @@ def test_eap_graph_of_edge_scores_sums_every_position():
 
     from atpstar.edges import EdgeGraph, EdgeScores
     from atpstar.edges.export import eap_graph_of
+    from atpstar.substrate.arch import ARCHS
 
-    model = SimpleNamespace(name="m", n_layers=2, n_heads=4, n_kv_heads=2,
-                            arch=SimpleNamespace(family="llama", parallel_residual=False))
+    model = SimpleNamespace(name="m", n_layers=2, n_heads=4, n_kv_heads=2, arch=ARCHS["llama"])
     graph = EdgeGraph.of(model)
     effect = torch.randn(graph.n_writers, graph.n_readers, 3, generator=torch.Generator().manual_seed(0),
                          dtype=torch.float64)

@@ -10,6 +10,7 @@ import torch
 
 import atpstar
 from atpstar.edges import EdgeGraph, EdgeScores
+from atpstar.substrate.arch import ARCHS
 
 NAMES = ["embed@0 -> L0.q.H0@0", "embed@1 -> L0.k.G0@1", "L0.head.H0@1 -> logits@1", "L0.mlp@2 -> logits@2",
          "embed@2 -> L0.mlp@2", "L0.head.H1@0 -> L0.mlp@0"]
@@ -31,8 +32,7 @@ def test_edge_recall_equals_node_recall_of_the_same_ranking():
 
 
 def test_edge_recall_from_edge_scores():
-    model = SimpleNamespace(name="m", n_layers=1, n_heads=2, n_kv_heads=1,
-                            arch=SimpleNamespace(family="llama", parallel_residual=False))
+    model = SimpleNamespace(name="m", n_layers=1, n_heads=2, n_kv_heads=1, arch=ARCHS["llama"])
     graph = EdgeGraph.of(model)
     rng = np.random.default_rng(0)
     truth_effect = torch.tensor(rng.normal(size=(graph.n_writers, graph.n_readers, 2)))
