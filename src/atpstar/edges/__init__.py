@@ -11,7 +11,8 @@ Public API::
     scores.top(k), scores.to_frame(top=None), scores.edges(k), scores.group("positions", "heads")
     ranked = subsampling(model, pairs, edges=None, p=0.01, samples=1000)   # also blocks(size=16), hierarchical()
     checked = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=30), stop=None)   # exact, ranked order
-    to_eap_graph(table, cfg) / eap_graph_of(scores, d_model, circuit) / tl_hook(name) / tl_edge_hooks(edge)
+    to_eap_graph(table, cfg) / eap_graph_of(scores, d_model, circuit, verified) / write_mib_folder(...)
+    tl_hook(name, group_size=...) / tl_edge_hooks(edge, group_size=...)
 
 Modules, one idea each:
 
@@ -26,7 +27,8 @@ Modules, one idea each:
 - :mod:`.baselines`: the paper's baselines on edges — :func:`subsampling`, :func:`blocks`,
   :func:`hierarchical`, :func:`iterative` (the node estimators' cores of :mod:`atpstar.methods`, with an EdgePatcher);
 - :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
-- :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
+- :mod:`.export`, :mod:`.mib`: the EAP-IG / MIB graph JSON of an edge table, MIB's submission folder;
+- :mod:`.tl_hooks`: TransformerLens hook names of nodes, writers and readers.
 """
 
 from .atp import atp
@@ -38,11 +40,12 @@ from .scores import EdgeScores, edge_frame
 __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScores", "EdgeSet", "atp", "edge_acp",
            "edge_frame", "edge_patch", "heads_additive"]
 
-from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
-                     to_eap_graph, write_eap_json)
+from .export import eap_config, eap_graph_of, from_eap_graph, to_eap_graph, write_eap_json  # noqa: E402
+from .mib import mib_folder_name, write_mib_folder  # noqa: E402
+from .tl_hooks import tl_edge_hooks, tl_hook  # noqa: E402
 from .verify import EdgeVerification, verify_edges  # noqa: E402
 from .baselines import EDGE_BASELINES, blocks, hierarchical, iterative, subsampling  # noqa: E402
 
 __all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
             "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "hierarchical",
-            "iterative", "subsampling"]
+            "iterative", "subsampling", "write_mib_folder"]

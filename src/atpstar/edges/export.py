@@ -1,30 +1,33 @@
-"""Edges for other tools: the EAP-IG / MIB graph JSON and TransformerLens hook names (SPEC.md §11).
+"""Edges for EAP-IG and MIB: the graph JSON of EAP-IG's ``Graph.to_json``, written and read back.
 
-**EAP-IG / MIB.** EAP-IG's ``Graph.to_json`` (and the MIB circuit-localization track, which reads
-the same file) writes ``{"cfg": {...}, "nodes": {name: {"in_graph": bool}}, "edges": {name:
-{"score": float, "in_graph": bool}}}`` with nodes ``input``, ``a{L}.h{H}``, ``m{L}``, ``logits``
-and edges ``parent->child``, the reader of an attention head named by its input, ``a3.h0->a5.h1<q>``
+EAP-IG's ``Graph.to_json`` (and the MIB circuit-localization track, which reads the same file)
+writes ``{"cfg": {...}, "nodes": {name: {"in_graph": bool}}, "edges": {name: {"score": float,
+"in_graph": bool}}}`` with nodes ``input``, ``a{L}.h{H}``, ``m{L}``, ``logits`` and edges
+``parent->child``, the reader of an attention head named by its input, ``a3.h0->a5.h1<q>``
 (``<k>``, ``<v>``). Its edges are summed over positions. Here:
 
+- **the score is MIB's importance**: EAP-IG and MIB score an edge by its effect on the *loss*
+  (MIB attributes −metric), so a larger score means "patching this edge hurts the behaviour more".
+  atpstar's effect is ``metric(patched) − metric(clean)``, so the score written is **−effect**
+  (summed over positions), and :func:`from_eap_graph` reads ``effect = −score`` back;
 - writers ``embed`` → ``input``, ``L{l}.head.H{h}`` → ``a{l}.h{h}``, ``L{l}.mlp`` → ``m{l}``; readers
   ``L{l}.q.H{h}`` → ``a{l}.h{h}<q>``, ``L{l}.mlp`` → ``m{l}``, ``logits`` → ``logits``;
-- under grouped-query attention our key and value readers are per key-value head (``L{l}.k.G{g}``),
-  EAP-IG's per query head: the group's score is **split evenly** over the query heads that share it
-  (so sums are kept and :func:`from_eap_graph` adds them back);
-- a layer's whole attention write (``L{l}.attn``, where heads do not add up, e.g. Gemma 3) has no
-  EAP-IG node: such a table is refused;
-  (``cfg`` then also records ``n_key_value_heads``, a key EAP-IG's loader ignores);
+- **one of our edges can stand for several of EAP-IG's**: under grouped-query attention our key and
+  value readers are per key-value head (``L{l}.k.G{g}``) where EAP-IG's (TransformerLens with
+  ungrouped attention) are per query head; a layer's whole attention write ``L{l}.attn`` (Gemma 3,
+  whose post-attention norm mixes the heads) is every head of the layer in EAP-IG's graph. Such an
+  edge's score is **split evenly** over the EAP-IG edges it stands for, and each of them is in the
+  circuit when it is. Even splitting keeps sums: EAP-IG's per-query-head key scores of one group add
+  up to the group's (the gradient of the shared key input is the sum of its copies' gradients), so
+  summing EAP-IG's scores over a group gives atpstar's, and averaging them gives what is written here.
+  :func:`from_eap_graph` adds the parts back (``cfg`` records ``n_key_value_heads`` and
+  ``per_head_writers``, keys EAP-IG's loader ignores);
 - every edge of the full graph is written (as ``Graph.to_json`` does); those absent from the table get
   score 0 and ``in_graph`` false. A node is in the graph when an in-graph edge touches it; ``logits``
   always is.
 
-**TransformerLens.** :func:`tl_hook` names where a node, writer or reader lives in a
-``HookedTransformer``: ``L3.q.H5@12`` → ``blocks.3.attn.hook_q`` [:, 12, 5]; writers ``hook_embed``
-(plus ``hook_pos_embed`` on models with learned positions), ``blocks.{l}.attn.hook_result``,
-``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_mlp_out``; readers ``blocks.{l}.hook_q_input`` /
-``hook_k_input`` / ``hook_v_input`` (head index: the query head, or the key-value head under GQA, as
-TransformerLens indexes them), ``blocks.{l}.hook_mlp_in``, and for ``logits``
-``blocks.{n_layers-1}.hook_resid_post`` (as EAP-IG). :func:`tl_edge_hooks` does both ends of an edge.
+:func:`eap_graph_of` writes a run's :class:`~atpstar.edges.EdgeScores` with the exact effects of the
+verified edges in place of their estimates; :mod:`atpstar.edges.mib` writes MIB's submission folder.
 """
 
 from __future__ import annotations
@@ -32,30 +35,35 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["EAP_CFG_KEYS", "TLHook", "eap_config", "eap_edge_names", "eap_graph_of", "from_eap_graph", "mib_folder_name",
-           "tl_edge_hooks", "tl_hook", "to_eap_graph", "write_eap_json", "write_json"]
+__all__ = ["EAP_CFG_KEYS", "SCORES", "eap_config", "eap_edge_names", "eap_graph_of", "edge_values", "from_eap_graph",
+           "to_eap_graph", "write_eap_json", "write_json"]
 
 EAP_CFG_KEYS = ("n_layers", "n_heads", "parallel_attn_mlp", "d_model")
 """The model facts EAP-IG's ``Graph.from_model`` reads from ``cfg``."""
+SCORES = ("effect", "ranking")
+"""What :func:`eap_graph_of` writes as the score (always as MIB's importance, −value): ``effect``, the
+signed effect (exact where verified, else the method's estimate); ``ranking``, the method's ranking score
+(AtP*'s GradDrop score) with the estimate's sign, |exact effect| where verified."""
 
 _WRITER = re.compile(r"^(?:(?P<embed>embed)|L(?P<layer>\d+)\.(?:(?P<head>head)\.H(?P<unit>\d+)|(?P<attn>attn)|(?P<mlp>mlp)))$")
-_READER = re.compile(r"^(?:(?P<logits>logits)|L(?P<layer>\d+)\.(?:(?P<qkv>[qkv])\.[HG](?P<unit>\d+)|(?P<mlp>mlp)))$")
-_NODE = re.compile(r"^L(?P<layer>\d+)\.(?P<kind>q|k|v|head|neuron)\.[HGN](?P<unit>\d+)$")
+_READER = re.compile(r"^(?:(?P<logits>logits)|L(?P<layer>\d+)\.(?:(?P<qkv>[qkv])\.(?P<hg>[HG])(?P<unit>\d+)|(?P<mlp>mlp)))$")
 _EAP_NODE = re.compile(r"^(?:(?P<input>input)|(?P<logits>logits)|a(?P<layer>\d+)\.h(?P<head>\d+)|m(?P<mlp>\d+))$")
 
 
-# ---------------------------------------------------------------------------------------------- EAP-IG
-
 def eap_config(model) -> dict:
     """EAP-IG's ``cfg`` for an atpstar ``Model`` (plus ``n_key_value_heads``, which EAP-IG ignores)."""
-    return {"n_layers": int(model.n_layers), "n_heads": int(model.n_heads),
-            "parallel_attn_mlp": bool(model.arch.parallel_residual), "d_model": int(model.d_model),
-            "n_key_value_heads": int(model.n_kv_heads)}
+    from .graph import heads_additive
+
+    cfg = {"n_layers": int(model.n_layers), "n_heads": int(model.n_heads),
+           "parallel_attn_mlp": bool(model.arch.parallel_residual), "d_model": int(model.d_model),
+           "n_key_value_heads": int(model.n_kv_heads)}
+    if not heads_additive(model):
+        cfg["per_head_writers"] = False
+    return cfg
 
 
 def eap_edge_names(cfg: dict) -> list[str]:
@@ -76,20 +84,20 @@ def eap_edge_names(cfg: dict) -> list[str]:
     return names + [f"{parent}->logits" for parent in stream]
 
 
-def _eap_writer(name: str) -> str:
+def _eap_writers(name: str, n_heads: int) -> list[str]:
+    """EAP-IG writer names for one of ours: every head of the layer for a whole-layer attention write."""
     m = _WRITER.match(name)
     if m is None:
         raise ValueError(f"not a writer name: {name!r} (expected embed, L3.head.H5, L3.attn or L3.mlp)")
     if m["embed"]:
-        return "input"
+        return ["input"]
     if m["attn"]:
-        raise ValueError(f"{name}: a layer's whole attention write has no EAP-IG node (EAP-IG needs one write "
-                         "per head; this model's heads do not add up, e.g. Gemma 3's post-attention norm)")
-    return f"a{m['layer']}.h{m['unit']}" if m["head"] else f"m{m['layer']}"
+        return [f"a{m['layer']}.h{h}" for h in range(n_heads)]
+    return [f"a{m['layer']}.h{m['unit']}"] if m["head"] else [f"m{m['layer']}"]
 
 
 def _eap_readers(name: str, n_heads: int, n_kv: int) -> list[str]:
-    """EAP-IG reader names for one of ours: several for a key-value group under GQA."""
+    """EAP-IG reader names for one of ours: the query heads of a key-value group under GQA."""
     m = _READER.match(name)
     if m is None:
         raise ValueError(f"not a reader name: {name!r} (expected L3.q.H5, L3.k.G1, L3.v.G1, L3.mlp or logits)")
@@ -99,7 +107,7 @@ def _eap_readers(name: str, n_heads: int, n_kv: int) -> list[str]:
     if m["mlp"]:
         return [f"m{layer}"]
     unit, x = int(m["unit"]), m["qkv"]
-    if x == "q" or n_kv == n_heads:
+    if x == "q" or m["hg"] == "H" or n_kv == n_heads:  # a query head's own input (also k/v per query head)
         return [f"a{layer}.h{unit}<{x}>"]
     rep = n_heads // n_kv
     return [f"a{layer}.h{h}<{x}>" for h in range(unit * rep, (unit + 1) * rep)]
@@ -110,15 +118,16 @@ def _split(edge_name: str) -> tuple[str, str]:
     return left.split("@")[0], right.split("@")[0]
 
 
-def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph=None) -> dict:
+def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph=None, negate: bool = True) -> dict:
     """The EAP-IG graph dict (what ``Graph.to_json`` writes) of a tidy edge table.
 
     ``table``: rows with ``writer`` and ``reader`` names (or an edge ``name``), per position or already
-    summed (``pos`` −1); ``value``: the column written as the score (``effect``, the signed estimate,
-    as EAP-IG's scores are; or ``effect_exact``, ``score``); rows of the same writer and reader are
-    summed over positions, NaN counting as 0. ``in_graph``: which edges are in the circuit — None:
-    every edge of the table with a finite value; a boolean column of the table; or a collection of
-    EAP-IG edge names. ``cfg``: :func:`eap_config` (``n_key_value_heads`` defaults to ``n_heads``)."""
+    summed (``pos`` −1); ``value``: the column written (``effect``, ``effect_exact``, ...); rows of the
+    same writer and reader are summed over positions, NaN counting as 0, and the score written is
+    −sum (MIB's importance, see the module's docstring; ``negate=False`` writes the sum as it is).
+    ``in_graph``: which edges are in the circuit — None: every edge of the table with a finite value;
+    a boolean column of the table; or a collection of EAP-IG edge names. ``cfg``: :func:`eap_config`
+    (``n_key_value_heads`` defaults to ``n_heads``)."""
     n_heads = int(cfg["n_heads"])
     n_kv = int(cfg.get("n_key_value_heads", n_heads))
     if table.empty:
@@ -132,22 +141,19 @@ def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph
     member = (np.isfinite(values) if in_graph is None or not isinstance(in_graph, str)
               else table[in_graph].fillna(False).to_numpy(dtype=bool))
     frame = pd.DataFrame({"writer": writers.to_numpy(), "reader": readers.to_numpy(),
-                          "value": np.nan_to_num(values, nan=0.0), "member": member})
+                          "value": np.nan_to_num(values, nan=0.0) * (-1.0 if negate else 1.0), "member": member})
     frame = frame.groupby(["writer", "reader"], sort=False).agg(value=("value", "sum"), member=("member", "any"))
 
     all_names = eap_edge_names(cfg)
     scores = dict.fromkeys(all_names, 0.0)
     members = dict.fromkeys(all_names, False)
-    writer_cache: dict[str, str] = {}
-    reader_cache: dict[str, list[str]] = {}
     for (writer, reader), row in frame.iterrows():
-        parent = writer_cache.get(writer) or writer_cache.setdefault(writer, _eap_writer(writer))
-        children = reader_cache.get(reader) or reader_cache.setdefault(reader, _eap_readers(reader, n_heads, n_kv))
-        for child in children:
-            name = f"{parent}->{child}"
+        parents, children = _eap_writers(writer, n_heads), _eap_readers(reader, n_heads, n_kv)
+        share = float(row["value"]) / (len(parents) * len(children))
+        for name in (f"{p}->{c}" for p in parents for c in children):
             if name not in scores:
                 raise ValueError(f"{writer} -> {reader} is not an edge of EAP-IG's graph for this model ({name})")
-            scores[name] += float(row["value"]) / len(children)
+            scores[name] += share
             members[name] = members[name] or bool(row["member"])
     if in_graph is not None and not isinstance(in_graph, str):
         chosen = set(in_graph)
@@ -155,40 +161,78 @@ def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph
         if unknown:
             raise ValueError(f"unknown EAP-IG edge names: {sorted(unknown)[:5]}")
         members = {name: name in chosen for name in all_names}
+    return {"cfg": _out_cfg(cfg, n_kv), "nodes": _nodes(cfg, members),
+            "edges": {n: {"score": scores[n], "in_graph": members[n]} for n in all_names}}
 
+
+def _out_cfg(cfg: dict, n_kv: int) -> dict:
+    out = {k: cfg[k] for k in EAP_CFG_KEYS}
+    if n_kv != int(cfg["n_heads"]):  # EAP-IG ignores these; from_eap_graph needs them to add the parts back
+        out["n_key_value_heads"] = n_kv
+    if cfg.get("per_head_writers", True) is False:
+        out["per_head_writers"] = False
+    return out
+
+
+def _nodes(cfg: dict, members: dict) -> dict:
     touched = set()
     for name, is_in in members.items():
         if is_in:
             parent, child = name.split("->")
             touched.update((parent, child.split("<")[0]))
-    node_names = ["input"] + [n for layer in range(int(cfg["n_layers"]))
-                              for n in [f"a{layer}.h{h}" for h in range(n_heads)] + [f"m{layer}"]] + ["logits"]
-    nodes = {n: {"in_graph": n == "logits" or n in touched} for n in node_names}
-    edges = {n: {"score": scores[n], "in_graph": members[n]} for n in all_names}
-    out_cfg = {k: cfg[k] for k in EAP_CFG_KEYS}
-    if n_kv != n_heads:  # EAP-IG ignores it; from_eap_graph needs it to add the split groups back
-        out_cfg["n_key_value_heads"] = n_kv
-    return {"cfg": out_cfg, "nodes": nodes, "edges": edges}
+    names = ["input"] + [n for layer in range(int(cfg["n_layers"]))
+                         for n in [f"a{layer}.h{h}" for h in range(int(cfg["n_heads"]))] + [f"m{layer}"]] + ["logits"]
+    return {n: {"in_graph": n == "logits" or n in touched} for n in names}
 
 
-def eap_graph_of(scores, d_model: int, circuit=None) -> dict:
-    """The EAP-IG graph of an :class:`~atpstar.edges.EdgeScores`: every edge's signed effect summed over
-    positions (``scores.group("positions")``, so no position is left out) as its score, and in the graph:
-    ``circuit`` = an int N (the N edges of largest |summed effect|), a collection of edge names
-    (``"L3.head.H5 -> L7.k.G1"``, ``@t`` ignored: that edge at any position puts it in), or None (all)."""
-    table = scores.group("positions")
+def edge_values(scores, verified: pd.DataFrame | None = None, score: str = "effect"):
+    """(W, R, T) per-position values of an :class:`~atpstar.edges.EdgeScores` for export: the signed
+    ``effect`` estimate, or (``score="ranking"``) the method's ranking score (AtP*: GradDrop's) with
+    the estimate's sign; the exact effect (``verified``' ``effect_exact``, by edge name) where verified."""
+    import torch
+
+    from .edgeset import EdgeSet
+
+    if score not in SCORES:
+        raise ValueError(f"score={score!r}: choose from {SCORES}")
+    values = scores.effect.double().clone() if score == "effect" else scores.effect.double().sign() * scores.score.double()
+    if verified is not None and len(verified):
+        exact = torch.tensor(pd.to_numeric(verified["effect_exact"], errors="coerce").to_numpy(dtype=float))
+        keep = exact.isfinite()
+        edges = EdgeSet.from_names(scores.graph, verified["name"][keep.numpy()])
+        values[edges.writer, edges.reader, edges.pos] = exact[keep].double()
+    return values
+
+
+def eap_graph_of(scores, d_model: int, circuit=None, verified: pd.DataFrame | None = None,
+                 score: str = "effect") -> dict:
+    """The EAP-IG graph of an :class:`~atpstar.edges.EdgeScores`, every edge summed over its positions.
+
+    Each position contributes its :func:`edge_values` (exact effects where ``verified``, a table with
+    ``name`` and ``effect_exact`` such as a run's ``verified_edges``, has them); the score written is
+    −sum (MIB's importance). In the graph: ``circuit`` = an int N (the N edges of largest |sum|), a
+    collection of edge names (``"L3.head.H5 -> L7.k.G1"``, ``@t`` ignored: that edge at any position
+    puts it in), or None (all)."""
     g = scores.graph
+    values = edge_values(scores, verified, score)
+    present = values.isfinite().any(-1) & g.valid
+    w, r = present.nonzero(as_tuple=True)
+    summed = values.nan_to_num().sum(-1)[w, r].numpy()
+    table = pd.DataFrame({"writer": np.asarray(g.writer_names, dtype=object)[w.numpy()],
+                          "reader": np.asarray(g.reader_names, dtype=object)[r.numpy()], "value": summed})
     cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": bool(g.parallel_residual),
            "d_model": int(d_model), "n_key_value_heads": g.n_kv_heads}
+    if not g.per_head:
+        cfg["per_head_writers"] = False
     if circuit is None:
         member = np.ones(len(table), dtype=bool)
     elif isinstance(circuit, (int, np.integer)) and not isinstance(circuit, bool):
         member = np.zeros(len(table), dtype=bool)
-        member[np.argsort(-table["effect"].abs().to_numpy(), kind="stable")[: int(circuit)]] = True
+        member[np.argsort(-np.abs(summed), kind="stable")[: int(circuit)]] = True
     else:
         wanted = {tuple(_split(name)) for name in circuit}
-        member = np.array([(w, r) in wanted for w, r in zip(table["writer"], table["reader"])], dtype=bool)
-    return to_eap_graph(table.assign(in_circuit=member), cfg, value="effect", in_graph="in_circuit")
+        member = np.array([(a, b) in wanted for a, b in zip(table["writer"], table["reader"])], dtype=bool)
+    return to_eap_graph(table.assign(in_circuit=member), cfg, value="value", in_graph="in_circuit")
 
 
 def write_eap_json(table: pd.DataFrame, cfg: dict, path, **options) -> Path:
@@ -204,114 +248,75 @@ def write_json(graph: dict, path) -> Path:
     return path
 
 
-def mib_folder_name(task: str, model: str) -> str:
-    """The MIB leaderboard's folder for one circuit: ``{task}_{model}`` (e.g. ``ioi_gpt2``)."""
-    return f"{task}_{model}"
-
-
 def from_eap_graph(graph, n_key_value_heads: int | None = None) -> pd.DataFrame:
     """Read an EAP-IG graph (a dict or a JSON path) back as a tidy edge table summed over positions:
-    ``name, writer, reader, pos`` (−1), ``effect`` (the score) and ``in_graph``; per-head ``<k>``/``<v>``
-    scores are added back into their key-value group."""
-    if not isinstance(graph, dict):
-        graph = json.loads(Path(graph).read_text(encoding="utf-8"))
-    n_heads = int(graph["cfg"]["n_heads"])
-    n_kv = int(n_key_value_heads or graph["cfg"].get("n_key_value_heads", n_heads))
+    ``name, writer, reader, pos`` (−1), ``score`` (EAP-IG's, summed over the parts of our edge),
+    ``effect`` (−score: atpstar's sign) and ``in_graph``; per-query-head ``<k>``/``<v>`` scores are added
+    back into their key-value group, and per-head writers into the layer's ``L{l}.attn`` when ``cfg``
+    says the heads' writes are not separate (``per_head_writers``: false)."""
+    graph, where = _read_graph(graph)
+    cfg = graph["cfg"]
+    n_heads = int(cfg["n_heads"])
+    n_kv = int(n_key_value_heads or cfg.get("n_key_value_heads", n_heads))
     rep = n_heads // n_kv
+    per_head = cfg.get("per_head_writers", True) is not False
     out: dict[tuple[str, str], list] = {}
     for name, info in graph["edges"].items():
+        if name.count("->") != 1 or not isinstance(info, dict) or "score" not in info:
+            raise ValueError(f"{where}: edge {name!r} is not an EAP-IG edge entry (expected 'parent->child' with "
+                             "{'score': float, 'in_graph': bool})")
         parent, child = name.split("->")
         child, _, qkv = child.partition("<")
-        writer = _our_node(parent, writer=True)
-        reader = _our_node(child, writer=False)
+        writer = _our_node(parent, where, per_head)
+        reader = _our_node(child, where, True)
         if qkv:
-            layer, head = _EAP_NODE.match(child)["layer"], int(_EAP_NODE.match(child)["head"])
+            layer, head = reader.split(".")[0][1:], int(reader.rsplit("H", 1)[1])
             x = qkv.rstrip(">")
             reader = f"L{layer}.q.H{head}" if x == "q" else f"L{layer}.{x}.G{head // rep}"
         entry = out.setdefault((writer, reader), [0.0, False])
         entry[0] += float(info["score"])
-        entry[1] = entry[1] or bool(info["in_graph"])
-    rows = [(f"{w} -> {r}", w, r, -1, s, m) for (w, r), (s, m) in out.items()]
-    return pd.DataFrame(rows, columns=["name", "writer", "reader", "pos", "effect", "in_graph"])
+        entry[1] = entry[1] or bool(info.get("in_graph", False))
+    rows = [(f"{w} -> {r}", w, r, -1, s, -s, m) for (w, r), (s, m) in out.items()]
+    return pd.DataFrame(rows, columns=["name", "writer", "reader", "pos", "score", "effect", "in_graph"])
 
 
-def _our_node(name: str, writer: bool) -> str:
+def _read_graph(graph) -> tuple[dict, str]:
+    """(the graph dict, where it came from), or a ValueError saying what is wrong with it."""
+    where = "the graph dict"
+    if isinstance(graph, (str, Path)):
+        path, where = Path(graph), str(graph)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such EAP-IG graph file: {path}")
+        try:
+            graph = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a text file ({err.reason}): expected an EAP-IG graph JSON file, as "
+                             "EAP-IG's Graph.to_json or `atpstar export` writes") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}): expected "
+                             "an EAP-IG graph JSON file, as EAP-IG's Graph.to_json or `atpstar export` writes") from None
+    elif not isinstance(graph, dict):
+        raise ValueError(f"an EAP-IG graph is a dict or the path of its JSON file, not {type(graph).__name__}")
+    missing = [k for k in ("cfg", "nodes", "edges") if k not in graph] if isinstance(graph, dict) else None
+    if missing is None or missing:
+        got = sorted(graph)[:6] if isinstance(graph, dict) else type(graph).__name__
+        raise ValueError(f"{where} is not an EAP-IG graph: it lacks {missing or ['cfg', 'nodes', 'edges']} (has {got}); "
+                         "expected {'cfg': {...}, 'nodes': {...}, 'edges': {...}}, as EAP-IG's Graph.to_json writes")
+    bad = [k for k in ("n_layers", "n_heads") if not isinstance(graph["cfg"], dict) or k not in graph["cfg"]]
+    if bad or not isinstance(graph["edges"], dict):
+        raise ValueError(f"{where}: its cfg lacks {bad} or its edges are not a dict of name -> entry; expected EAP-IG's "
+                         "cfg (n_layers, n_heads, parallel_attn_mlp, d_model)")
+    return graph, where
+
+
+def _our_node(name: str, where: str, per_head: bool) -> str:
     m = _EAP_NODE.match(name)
     if m is None:
-        raise ValueError(f"not an EAP-IG node name: {name!r}")
+        raise ValueError(f"{where}: {name!r} is not an EAP-IG node name (expected input, a3.h5, m3 or logits)")
     if m["input"]:
         return "embed"
     if m["logits"]:
         return "logits"
     if m["mlp"] is not None:
         return f"L{m['mlp']}.mlp"
-    return f"L{m['layer']}.head.H{m['head']}"
-
-
-# ------------------------------------------------------------------------------------- TransformerLens
-
-class TLHook(NamedTuple):
-    """Where a site lives in a TransformerLens ``HookedTransformer``: the hook's name, the head index
-    (None for hooks without a head axis) and the position (None when the name has none)."""
-
-    hook: str
-    head: int | None = None
-    pos: int | None = None
-
-    @property
-    def index(self) -> tuple:
-        """Index into the hook's activation (batch, pos[, head, ...])."""
-        pos = slice(None) if self.pos is None else self.pos
-        return (slice(None), pos) if self.head is None else (slice(None), pos, self.head)
-
-
-_NODE_HOOK = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "head": "attn.hook_z",
-              "neuron": "mlp.hook_post"}
-
-
-def tl_hook(name: str, n_layers: int | None = None, role: str | None = None) -> TLHook:
-    """The TransformerLens hook of a node (``L3.q.H5@12``), writer (``L3.head.H5@12``, ``embed``) or
-    reader (``L7.k.G1@12``, ``L3.mlp``, ``logits``) name; ``@t`` is optional.
-
-    Some names are both: ``L3.head.H5`` is a node (``attn.hook_z``) and a writer (``attn.hook_result``),
-    ``L3.k.G1`` a node (``attn.hook_k``) and a reader (``hook_k_input``), ``L3.mlp`` a writer
-    (``hook_mlp_out``) and a reader (``hook_mlp_in``). ``role=None`` reads node names as nodes;
-    ``role="writer"`` / ``"reader"`` reads the name as that end of an edge. ``logits`` needs
-    ``n_layers``. For neurons the ``head`` field holds the neuron index."""
-    if role not in (None, "writer", "reader"):
-        raise ValueError(f"role must be None, 'writer' or 'reader', not {role!r}")
-    base, _, at = name.strip().partition("@")
-    pos = int(at) if at else None
-    m = _NODE.match(base)
-    if m and role is None:
-        return TLHook(f"blocks.{m['layer']}.{_NODE_HOOK[m['kind']]}", int(m["unit"]), pos)
-    w = _WRITER.match(base) if role != "reader" else None
-    r = _READER.match(base) if role != "writer" else None
-    if w and r:
-        raise ValueError(f"{name!r} is both a writer and a reader: give role='writer' or role='reader'")
-    if w:
-        if w["embed"]:
-            return TLHook("hook_embed", None, pos)
-        layer = w["layer"]
-        if w["head"]:
-            return TLHook(f"blocks.{layer}.attn.hook_result", int(w["unit"]), pos)
-        return TLHook(f"blocks.{layer}.hook_attn_out" if w["attn"] else f"blocks.{layer}.hook_mlp_out", None, pos)
-    if r:
-        if r["logits"]:
-            if n_layers is None:
-                raise ValueError("the logits reader's hook is blocks.{n_layers-1}.hook_resid_post: give n_layers")
-            return TLHook(f"blocks.{int(n_layers) - 1}.hook_resid_post", None, pos)
-        layer = r["layer"]
-        if r["mlp"]:
-            return TLHook(f"blocks.{layer}.hook_mlp_in", None, pos)
-        return TLHook(f"blocks.{layer}.hook_{r['qkv']}_input", int(r["unit"]), pos)
-    what = {None: "node, writer or reader", "writer": "writer", "reader": "reader"}[role]
-    raise ValueError(f"not a {what} name: {name!r}")
-
-
-def tl_edge_hooks(edge: str, n_layers: int | None = None) -> tuple[TLHook, TLHook]:
-    """(writer hook, reader hook) of an edge name ``"L3.head.H5@12 -> L7.k.G1@12"``."""
-    if "->" not in edge:
-        raise ValueError(f"not an edge name: {edge!r} (expected 'writer@t -> reader@t')")
-    left, right = (s.strip() for s in edge.split("->"))
-    return tl_hook(left, n_layers, role="writer"), tl_hook(right, n_layers, role="reader")
+    return f"L{m['layer']}.head.H{m['head']}" if per_head else f"L{m['layer']}.attn"

@@ -79,29 +79,41 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from ...edges.export import eap_graph_of, write_json
+    from ...edges.mib import write_mib_folder
     from ..folder import load_run
 
     folder = load_run(args.dir)
     if folder.edge_scores is None:
         raise ValueError(f"{args.dir} has no edge scores: make the run with --level edges (or both)")
     verified = folder.verified_edges
-    which = args.circuit or ("verified" if verified is not None and len(verified) else "top:100")
-    if which == "verified":
-        if verified is None or not len(verified):
-            raise ValueError(f"{args.dir} verified no edges: use --circuit top:N")
-        circuit = verified["name"].tolist()
-    elif which == "all":
-        circuit = None
-    elif which.startswith("top:") and which[4:].isdigit() and int(which[4:]) > 0:
-        circuit = int(which[4:])
-    else:
-        raise ValueError(f"--circuit {which!r}: use verified, top:N (N > 0) or all")
+    which, circuit = _export_circuit(args, verified)
     d_model = folder.meta["stages"].get("edges", {}).get("d_model", 0)
-    graph = eap_graph_of(folder.edge_scores, d_model, circuit)
+    score = args.score
+    if args.mib is not None:
+        config = folder.meta.get("config", {})
+        path = write_mib_folder(folder.edge_scores, d_model, args.mib, config.get("task", "task"),
+                                config.get("model", "model"), verified=verified, score=score, circuit=circuit)
+        print(f"MIB submission folder: {path.parent} (importance scores of every edge, exact where verified)")
+        return 0
+    graph = eap_graph_of(folder.edge_scores, d_model, circuit, verified=verified, score=score)
     path = write_json(graph, args.out or Path(args.dir) / "eap-graph.json")
     n = sum(e["in_graph"] for e in graph["edges"].values())
     print(f"EAP-IG graph: {path} ({n:,} of {len(graph['edges']):,} edges in the graph: {which})")
     return 0
+
+
+def _export_circuit(args, verified) -> tuple[str, object]:
+    """(--circuit's choice, the circuit for eap_graph_of) from the options and the run's verified edges."""
+    which = args.circuit or ("verified" if verified is not None and len(verified) else "top:100")
+    if which == "verified":
+        if verified is None or not len(verified):
+            raise ValueError(f"{args.dir} verified no edges: use --circuit top:N")
+        return which, verified["name"].tolist()
+    if which == "all":
+        return which, None
+    if which.startswith("top:") and which[4:].isdigit() and int(which[4:]) > 0:
+        return which, int(which[4:])
+    raise ValueError(f"--circuit {which!r}: use verified, top:N (N > 0) or all")
 
 
 def cmd_tasks(args) -> int:

@@ -47,10 +47,13 @@ examples:
 examples:
   atpstar export runs/ioi-edges                       # runs/ioi-edges/eap-graph.json: the verified edges in the graph
   atpstar export runs/ioi-edges --circuit top:200 --out circuits/ioi_smollm2/graph.json
+  atpstar export runs/ioi-edges --mib submission      # submission/ioi_smollm2-135m-instruct/importances.json
 
 writes EAP-IG's Graph.to_json format (nodes input, a{L}.h{H}, m{L}, logits; edges summed over positions,
-'score' = signed effect, 'in_graph' = the circuit), which EAP-IG's Graph.from_json and the MIB circuit
-track read (MIB wants one folder per task and model: circuits/TASK_MODEL/).""",
+'in_graph' = the circuit), which EAP-IG's Graph.from_json and the MIB circuit track read. 'score' is MIB's
+importance: -effect (patching a high-score edge hurts the behaviour most), the exact effect where the edge
+was verified. A key/value head shared by several query heads (and Gemma 3's whole-layer attention write)
+is split evenly over the EAP-IG edges it stands for.""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
@@ -166,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which edges are in the graph: 'verified' (default when edges were verified), 'top:N' "
                              "(the N edges of largest |effect| summed over positions; default top:100 otherwise), "
                              "or 'all'")
+    export.add_argument("--mib", default=None, metavar="OUT",
+                        help="write MIB's circuit-track submission folder OUT/{task}_{model}/importances.json instead")
+    export.add_argument("--score", default="effect", choices=("effect", "ranking"),
+                        help="the score written, as MIB's importance (-value): 'effect' (default), the signed effect, "
+                             "exact where verified; 'ranking', the method's ranking score (AtP*'s GradDrop) with the "
+                             "effect's sign")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
     tasks.add_argument("--quiet", action="store_true", help="no progress bars")
