@@ -4,12 +4,14 @@
 is the ``ThetaBelow`` stop rule (one draw, re-bounded as nodes are verified), :mod:`.bound` turns the
 subsets' statistics into θ (pure math, no model), :mod:`.diagnosis` is the result; :mod:`.edges`
 (``diagnose_edges``) does the same for edges, and :mod:`.sampling` is the subset-patching loop and
-checkpoint both share. Imports the edges, the substrate and the vocabulary only.
+checkpoint both share. :mod:`.planner` (``plan``) chooses a design and predicts its θ before any patching,
+:mod:`.usefulness` warns when θ rules out nothing verified, :mod:`.evidence` labels the suspects. Imports the edges, the substrate and the vocabulary only.
 """
 
 from .diagnosis import Diagnosis, EdgeDiagnosis
 from .diagnostic import diagnose
 from .edges import diagnose_edges
+from .planner import Plan, plan
 from .theta import ThetaBelow
 
-__all__ = ["Diagnosis", "EdgeDiagnosis", "ThetaBelow", "diagnose", "diagnose_edges"]
+__all__ = ["Diagnosis", "EdgeDiagnosis", "Plan", "ThetaBelow", "diagnose", "diagnose_edges", "plan"]
