@@ -3,7 +3,7 @@
 Writes docs/evidence.md (tables; a hand-written "## Observations" section already in the file is
 kept) and benchmarks/results/atp_evidence.csv (one row per node: exact effect, every method's score).
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/atp_evidence.py [--pairs 3]
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.atp_evidence [--pairs 3]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def report(args, model, pairs, df: pd.DataFrame, seconds: dict, passes: dict) ->
         f"metric logit(IO) − logit(S). Ground truth: exact activation patching of every node on every pair, "
         f"c(n) = |mean effect|. Estimators: `atpstar.atp` with `qk_fix`/`graddrop` on/off. Ranks are "
         f"1 = highest score, ties broken pessimistically. Single CPU core; times: {times}. "
-        f"Regenerate with `python benchmarks/atp_evidence.py --pairs {len(pairs)} --seed {args.seed}` "
+        f"Regenerate with `python -m benchmarks.atp_evidence --pairs {len(pairs)} --seed {args.seed}` "
         f"(raw table: `{CSV}`).\n\nPairs (clean / noise): {texts}. Clean logit diff per pair: {clean}.\n"
     )
     sections = [

@@ -17,7 +17,7 @@ path) and compares the cost of stopping when θ < the target with verifying blin
 
 Writes benchmarks/results/diagnostic_cost.csv, .._coverage.csv, .._curve.csv and docs/diagnostic_cost.png.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_cost.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_cost
        [--tasks ioi,city,rand] [--p 0.2] [--samples 300] [--seeds 200] [--quick]
 (about 10 minutes on one thread of the shared machine; reruns resume from the checkpoints in
 benchmarks/results/study/ckpt/)
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -36,13 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.types import ALL_KINDS  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.types import ALL_KINDS
+from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
 PNG = Path("docs/diagnostic_cost.png")

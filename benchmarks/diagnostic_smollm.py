@@ -9,7 +9,7 @@ unverified effect, and how additive the subsets really were (rms of I(S) − Σ_
 Writes benchmarks/results/diagnostic_smollm.csv and docs/diagnostic_smollm.png, and prints a
 Markdown table for docs/diagnostic.md.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_smollm.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_smollm
        [--pair 0] [--ks 5,20,100,1000] [--samples 1000] [--p 0.02] [--additivity]
 (about 6 minutes on one thread; reruns resume from the checkpoints under benchmarks/results/study/ckpt)
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import min_samples  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.types import ALL_KINDS  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import min_samples
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.types import ALL_KINDS
+from benchmarks.studylib import truth as study_truth
 
 CSV = Path("benchmarks/results/diagnostic_smollm.csv")
 PNG = Path("docs/diagnostic_smollm.png")

@@ -25,7 +25,7 @@ y_j = Σ_{n∈S_j} q_n (c − ê)(n)), ``--seeds`` seeds, checks every 10 nodes 
 Writes benchmarks/results/diagnostic_theta.csv (K = 10, 30, 100), .._curve.csv, .._coverage.csv and
 docs/diagnostic_theta.png.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_theta.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_theta
        [--tasks ioi,city,rand] [--configs 0.1:300,0.05:300] [--seeds 100] [--curve-max 300]
 """
 
@@ -43,14 +43,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import rebound_stats  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.diagnostics.theta import ThetaBelow  # noqa: E402
-from diagnostic_cost import mean_truth  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import rebound_stats
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.diagnostics.theta import ThetaBelow
+from benchmarks.diagnostic_cost import mean_truth
+from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
 PNG = Path("docs/diagnostic_theta.png")
