@@ -40,6 +40,7 @@ from atpstar import Budget, NodeSet
 from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta
 from atpstar.diagnostics.diagnostic import diagnose, memberships
 from atpstar.types import ALL_KINDS
+from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
@@ -174,13 +175,8 @@ def curve_rows(task, full, ranking, truth, kmax, step, samples):
 
 
 def plot(curve: pd.DataFrame, atp_cost: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(curve["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         one = curve[curve["task"] == task]
         for (p, j), part in one.groupby(["p", "J"]):
@@ -194,8 +190,7 @@ def plot(curve: pd.DataFrame, atp_cost: dict) -> None:
         top = ax.secondary_xaxis("top", functions=(lambda k, b=base: k + b, lambda f, b=base: f - b))
         top.set_xlabel("total cost, forward-pass equivalents per pair")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from atpstar import Budget, NodeSet
 from atpstar.diagnostics.bound import min_samples
 from atpstar.diagnostics.diagnostic import diagnose, memberships
 from atpstar.types import ALL_KINDS
+from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import truth as study_truth
 
 CSV = Path("benchmarks/results/diagnostic_smollm.csv")
@@ -123,12 +124,7 @@ def additivity(model, pairs, truth, pair: int, ranking: pd.DataFrame, ks=(0, 20,
 
 
 def plot(frame: pd.DataFrame, k_samples: int, samples: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     last = frame[frame["J"] == samples]
     ax = axes[0]
     ax.plot(last["K"], last["theta_subgaussian"], "o-", label="θ sub-Gaussian (finite-sample)")
@@ -144,9 +140,7 @@ def plot(frame: pd.DataFrame, k_samples: int, samples: int) -> None:
     ax.plot(one["J"], one["true_max"], "k^--", label="true largest unverified |c|")
     ax.set(xscale="log", yscale="log", xlabel="subsets J", title=f"θ vs subsets (K={k_samples})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    PNG.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 def main() -> None:

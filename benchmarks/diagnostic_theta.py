@@ -49,6 +49,7 @@ from atpstar.diagnostics.bound import rebound_stats
 from atpstar.diagnostics.diagnostic import diagnose, memberships
 from atpstar.diagnostics.theta import ThetaBelow
 from benchmarks.diagnostic_cost import mean_truth
+from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
@@ -197,13 +198,8 @@ def _timing(task: str, p: float) -> dict:
 
 def plot(curve: pd.DataFrame) -> None:
     """θ of the stop rule's path (shared variance bound, and the former per-check bound) against K."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(curve["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         one = curve[(curve["task"] == task)]
         for (p, j), part in one.groupby(["p", "J"]):
@@ -218,8 +214,7 @@ def plot(curve: pd.DataFrame) -> None:
         top = ax.secondary_xaxis("top", functions=(lambda k, j=one["J"].max(): k + j, lambda f, j=one["J"].max(): f - j))
         top.set_xlabel("diagnostic + verification, fwd-eq per pair (J = 300 designs)", fontsize=7)
         ax.legend(fontsize=6, loc="center right")
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ import torch
 
 from atpstar import edges as E
 from benchmarks.edgeslib.curves import ranks_of, recall
-from benchmarks.edgeslib.figures import pyplot, recall_axis, save
+from benchmarks.edgeslib.figures import recall_axis
 from benchmarks.edgeslib.setting import folders, setting, universe
 from benchmarks.edgeslib.stages import load_cache, truth_table
+from benchmarks.plotting import pyplot, save
 
 METHODS = {  # the node study's settings (benchmarks/studylib/rankings.py: attention nodes) where they apply
     "Subsampling": ("subsampling", {"p": 0.02, "samples": 500}),

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.plotting import pyplot, save
+
 from .setting import VARIANTS
 
 COLORS = {"AtP": "tab:blue", "AtP+QKfix": "tab:orange", "AtP+GradDrop": "tab:green", "AtP*": "tab:red",
           "random": "tab:gray", "oracle": "black"}
-
-
-def pyplot():
-    """matplotlib's pyplot, drawing to files only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def recall_axis(ax, frame: pd.DataFrame, n_edges: int) -> None:
@@ -31,12 +23,6 @@ def recall_axis(ax, frame: pd.DataFrame, n_edges: int) -> None:
     ax.axhline(n_edges, color="lightgray", lw=0.8)
     ax.text(frame.k.iloc[-1], n_edges, f"all {n_edges} edges", fontsize=7, ha="right", va="bottom", color="gray")
     ax.grid(alpha=0.3, which="both")
-
-
-def save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    pyplot().close(fig)
 
 
 def plot_curves(frame: pd.DataFrame, path: Path, n_edges: int, title: str) -> None:
