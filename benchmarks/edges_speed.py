@@ -1,9 +1,9 @@
 """Edge AtP* and exact edge patching against their node counterparts, SmolLM2-135M, one IOI pair.
 
 Prints the edge graph's size, the time and peak memory (peak resident set growth above the loaded
-model, :mod:`benchmarks.isolated`) of edge AtP* over every edge versus node AtP* (``kinds="all"`` and the default
-attention kinds), and the time per single patch of exact edge patching (``edge_acp`` on a random
-sample of edges) versus node ``acp`` (a random sample of nodes of every kind). One thread.
+model, :mod:`benchmarks.isolated`) of edge AtP* over every edge versus node AtP* (``kinds="all"`` and
+the default attention kinds), and the time per single patch of exact edge patching (``edge_acp`` on a
+random sample of edges) versus node ``acp`` (a random sample of nodes of every kind). One thread.
 Run: ``python -m benchmarks.edges_speed [--patches 1500]``.
 """
 
