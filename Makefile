@@ -40,8 +40,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/acp_throughput.py
-	$(BIN)/python benchmarks/atp_cost.py
+	$(BIN)/python -m benchmarks.acp_throughput
+	$(BIN)/python -m benchmarks.atp_cost
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

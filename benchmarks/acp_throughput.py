@@ -4,7 +4,7 @@ Prints: nodes of each kind, unpatched forward passes per second, the measured fi
 forward pass (a / b, see atpstar.substrate.batching), and single-node patches per second for dense and sparse
 node sets: batched as ``atpstar.acp`` does (cost-aware plan), batched the previous way (one batch
 per position and 4-layer span), and one patch per forward pass (the naive loop), with forward-pass
-equivalents per patch and the number of forward passes. Run: ``python benchmarks/acp_throughput.py``.
+equivalents per patch and the number of forward passes. Run: ``python -m benchmarks.acp_throughput``.
 """
 
 from __future__ import annotations

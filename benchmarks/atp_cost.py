@@ -1,33 +1,25 @@
 """Cost of AtP, AtP+QKfix, AtP+GradDrop and AtP* per prompt pair on SmolLM2-135M (all node kinds).
 
-Each variant runs in its own process so that peak memory (max RSS above the loaded model) is its
+Each variant runs in its own process so that peak memory (peak RSS above the loaded model) is its
 own. Times are reported in seconds, as multiples of one forward pass and of one full backward
 pass, and against exhaustive activation patching of the same nodes (extrapolated from a measured
-batched rate). Run: ``python benchmarks/atp_cost.py``.
+batched rate). Run: ``python -m benchmarks.atp_cost``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import time
 
 import torch
 
 import atpstar
-from acp_throughput import workloads  # same folder
-from atpstar.substrate.capture import Intervention, run
 from atpstar.methods.atp import method_name
-from atpstar.types import ALL_KINDS
+from atpstar.substrate.capture import Intervention, run
+from benchmarks.acp_throughput import workloads
+from benchmarks.isolated import answer, best_of, peak_of, run_child
 
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def setup(threads: int):
@@ -36,49 +28,46 @@ def setup(threads: int):
     return model, atpstar.tasks.ioi(model, n=1, seed=0)
 
 
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def child(args) -> None:
-    """Measure one variant (or the base passes) in this process and print JSON."""
+    """Measure one variant (or the base passes) in this process and answer with its JSON."""
     model, pairs = setup(args.threads)
-    ids = pairs.clean[0][None]
-    base = rss_mb()
     if args.variant == "base":
-        metric = atpstar.metrics.resolve(None, pairs)
-        fwd = best_of(lambda: run(model, ids), args.repeat)
-
-        def fwd_bwd():
-            hooks = Intervention(model, grad=True)
-            with torch.enable_grad():
-                metric(run(model, ids, hooks), pairs).sum().backward()
-
-        out = {"forward": fwd, "backward": best_of(fwd_bwd, args.repeat) - fwd}
-        nodes = atpstar.NodeSet.every(model, "all", pairs.max_len)
-        sample = workloads(model, pairs.max_len)["neuron (16 per layer x position)"]  # dense, as exhaustive runs are
-        start = time.perf_counter()
-        atpstar.acp(model, pairs, nodes=sample, progress=False)
-        out["acp_per_node"] = (time.perf_counter() - start) / len(sample)
-        out["n_nodes"] = len(nodes)
+        work = lambda: base_passes(model, pairs, args.repeat)  # noqa: E731
     else:
-        qk, gd = VARIANTS[int(args.variant)]
-        run_it = lambda: atpstar.atp(model, pairs, kinds="all", qk_fix=qk, graddrop=gd, progress=False)  # noqa: E731
-        run_it()
-        out = {"time": best_of(run_it, args.repeat)}
-    out["peak_mb"] = rss_mb() - base
-    print(json.dumps(out))
+        work = lambda: variant_time(model, pairs, *VARIANTS[int(args.variant)], args.repeat)  # noqa: E731
+    out, _, peak = peak_of(work)
+    answer({**out, "peak_mb": peak.growth_mb})
+
+
+def base_passes(model, pairs, repeat: int) -> dict:
+    """Forward and backward times, and the batched exact patching rate per node (dense neurons)."""
+    ids = pairs.clean[0][None]
+    metric = atpstar.metrics.resolve(None, pairs)
+    fwd = best_of(lambda: run(model, ids), repeat)
+
+    def fwd_bwd():
+        hooks = Intervention(model, grad=True)
+        with torch.enable_grad():
+            metric(run(model, ids, hooks), pairs).sum().backward()
+
+    out = {"forward": fwd, "backward": best_of(fwd_bwd, repeat) - fwd}
+    nodes = atpstar.NodeSet.every(model, "all", pairs.max_len)
+    sample = workloads(model, pairs.max_len)["neuron (16 per layer x position)"]  # dense, as exhaustive runs are
+    start = time.perf_counter()
+    atpstar.acp(model, pairs, nodes=sample, progress=False)
+    out["acp_per_node"] = (time.perf_counter() - start) / len(sample)
+    out["n_nodes"] = len(nodes)
+    return out
+
+
+def variant_time(model, pairs, qk: bool, gd: bool, repeat: int) -> dict:
+    run_it = lambda: atpstar.atp(model, pairs, kinds="all", qk_fix=qk, graddrop=gd, progress=False)  # noqa: E731
+    run_it()
+    return {"time": best_of(run_it, repeat)}
 
 
 def measure(variant: str, threads: int, repeat: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--threads", str(threads), "--repeat", str(repeat)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child("benchmarks.atp_cost", ["--child", variant, "--threads", threads, "--repeat", repeat], threads)
 
 
 def main() -> None:

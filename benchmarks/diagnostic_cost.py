@@ -17,7 +17,7 @@ path) and compares the cost of stopping when θ < the target with verifying blin
 
 Writes benchmarks/results/diagnostic_cost.csv, .._coverage.csv, .._curve.csv and docs/diagnostic_cost.png.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_cost.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_cost
        [--tasks ioi,city,rand] [--p 0.2] [--samples 300] [--seeds 200] [--quick]
 (about 10 minutes on one thread of the shared machine; reruns resume from the checkpoints in
 benchmarks/results/study/ckpt/)
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -36,13 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.types import ALL_KINDS  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import SubsetSums, node_stats, spent_delta
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.types import ALL_KINDS
+from benchmarks.plotting import pyplot, save
+from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
 PNG = Path("docs/diagnostic_cost.png")
@@ -176,13 +175,8 @@ def curve_rows(task, full, ranking, truth, kmax, step, samples):
 
 
 def plot(curve: pd.DataFrame, atp_cost: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(curve["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         one = curve[curve["task"] == task]
         for (p, j), part in one.groupby(["p", "J"]):
@@ -196,8 +190,7 @@ def plot(curve: pd.DataFrame, atp_cost: dict) -> None:
         top = ax.secondary_xaxis("top", functions=(lambda k, b=base: k + b, lambda f, b=base: f - b))
         top.set_xlabel("total cost, forward-pass equivalents per pair")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ unverified effect, and how additive the subsets really were (rms of I(S) − Σ_
 Writes benchmarks/results/diagnostic_smollm.csv and docs/diagnostic_smollm.png, and prints a
 Markdown table for docs/diagnostic.md.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_smollm.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_smollm
        [--pair 0] [--ks 5,20,100,1000] [--samples 1000] [--p 0.02] [--additivity]
 (about 6 minutes on one thread; reruns resume from the checkpoints under benchmarks/results/study/ckpt)
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import min_samples  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.types import ALL_KINDS  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import min_samples
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.types import ALL_KINDS
+from benchmarks.plotting import pyplot, save
+from benchmarks.studylib import truth as study_truth
 
 CSV = Path("benchmarks/results/diagnostic_smollm.csv")
 PNG = Path("docs/diagnostic_smollm.png")
@@ -125,12 +124,7 @@ def additivity(model, pairs, truth, pair: int, ranking: pd.DataFrame, ks=(0, 20,
 
 
 def plot(frame: pd.DataFrame, k_samples: int, samples: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     last = frame[frame["J"] == samples]
     ax = axes[0]
     ax.plot(last["K"], last["theta_subgaussian"], "o-", label="θ sub-Gaussian (finite-sample)")
@@ -146,9 +140,7 @@ def plot(frame: pd.DataFrame, k_samples: int, samples: int) -> None:
     ax.plot(one["J"], one["true_max"], "k^--", label="true largest unverified |c|")
     ax.set(xscale="log", yscale="log", xlabel="subsets J", title=f"θ vs subsets (K={k_samples})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    PNG.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 def main() -> None:

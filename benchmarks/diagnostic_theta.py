@@ -25,7 +25,7 @@ y_j = Σ_{n∈S_j} q_n (c − ê)(n)), ``--seeds`` seeds, checks every 10 nodes 
 Writes benchmarks/results/diagnostic_theta.csv (K = 10, 30, 100), .._curve.csv, .._coverage.csv and
 docs/diagnostic_theta.png.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks HF_HUB_OFFLINE=1 python benchmarks/diagnostic_theta.py
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_theta
        [--tasks ioi,city,rand] [--configs 0.1:300,0.05:300] [--seeds 100] [--curve-max 300]
 """
 
@@ -43,14 +43,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atpstar  # noqa: E402
-from atpstar import Budget, NodeSet  # noqa: E402
-from atpstar.diagnostics.bound import rebound_stats  # noqa: E402
-from atpstar.diagnostics.diagnostic import diagnose, memberships  # noqa: E402
-from atpstar.diagnostics.theta import ThetaBelow  # noqa: E402
-from diagnostic_cost import mean_truth  # noqa: E402
-from studylib import truth as study_truth  # noqa: E402
+import atpstar
+from atpstar import Budget, NodeSet
+from atpstar.diagnostics.bound import rebound_stats
+from atpstar.diagnostics.diagnostic import diagnose, memberships
+from atpstar.diagnostics.theta import ThetaBelow
+from benchmarks.diagnostic_cost import mean_truth
+from benchmarks.plotting import pyplot, save
+from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
 PNG = Path("docs/diagnostic_theta.png")
@@ -198,13 +198,8 @@ def _timing(task: str, p: float) -> dict:
 
 def plot(curve: pd.DataFrame) -> None:
     """θ of the stop rule's path (shared variance bound, and the former per-check bound) against K."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(curve["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         one = curve[(curve["task"] == task)]
         for (p, j), part in one.groupby(["p", "J"]):
@@ -219,8 +214,7 @@ def plot(curve: pd.DataFrame) -> None:
         top = ax.secondary_xaxis("top", functions=(lambda k, j=one["J"].max(): k + j, lambda f, j=one["J"].max(): f - j))
         top.set_xlabel("diagnostic + verification, fwd-eq per pair (J = 300 designs)", fontsize=7)
         ax.legend(fontsize=6, loc="center right")
-    fig.tight_layout()
-    fig.savefig(PNG, dpi=120)
+    save(fig, PNG, dpi=120)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Prints one JSON line and writes it to ``--out`` (benchmarks/results/edges_diagno
 
 Usage::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/edges_diagnostic_smollm.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.edges_diagnostic_smollm
 """
 
 from __future__ import annotations

@@ -1,89 +1,54 @@
 """Edge AtP* and exact edge patching against their node counterparts, SmolLM2-135M, one IOI pair.
 
-Prints the edge graph's size, the time and peak memory (resident set growth above the loaded model,
-sampled every 2 ms) of edge AtP* over every edge versus node AtP* (``kinds="all"`` and the default
-attention kinds), and the time per single patch of exact edge patching (``edge_acp`` on a random
-sample of edges) versus node ``acp`` (a random sample of nodes of every kind). One thread.
-Run: ``python benchmarks/edges_speed.py [--patches 1500]``.
+Prints the edge graph's size, the time and peak memory (peak resident set growth above the loaded
+model, :mod:`benchmarks.isolated`) of edge AtP* over every edge versus node AtP* (``kinds="all"`` and
+the default attention kinds), and the time per single patch of exact edge patching (``edge_acp`` on a
+random sample of edges) versus node ``acp`` (a random sample of nodes of every kind). One thread.
+Run: ``python -m benchmarks.edges_speed [--patches 1500]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import threading
-import time
 
 import torch
 
 import atpstar
-from atpstar.edges import EdgeGraph, EdgeSet, edge_acp
-from atpstar.edges import atp as edge_atp
+from atpstar import edges as E
 from atpstar.nodes import NodeSet
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measured(fn):
-    """(result, seconds, peak RSS growth in MiB) of ``fn()``."""
-    base, peak, done = rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss() - base)
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
-    done.set()
-    thread.join()
-    return out, seconds, max(peak[0], rss() - base) / 2**20
+from benchmarks.isolated import answer, peak_of, run_child
 
 
 def child(what: str, patches: int) -> None:
     """One measurement in a fresh process: peak memory growth of the first run, time of the second."""
-    import json
-
     torch.set_num_threads(1)
     model = atpstar.load_model("default")
     pairs = atpstar.tasks.ioi(model, n=1)
-    graph, n_pos = EdgeGraph.of(model), pairs.max_len
+    graph, n_pos = E.EdgeGraph.of(model), pairs.max_len
     gen = torch.Generator().manual_seed(0)
     if what == "edge_atp":
-        fn = lambda: edge_atp(model, pairs)  # noqa: E731
+        fn = lambda: E.atp(model, pairs)  # noqa: E731
     elif what in ("node_atp_all", "node_atp_attn"):
         fn = lambda: atpstar.atp(model, pairs, kinds="all" if what.endswith("all") else None, progress=False)  # noqa: E731
     elif what == "edge_acp":
-        every = EdgeSet.every(graph, n_pos)
+        every = E.EdgeSet.every(graph, n_pos)
         sample = every.take(torch.randperm(len(every), generator=gen)[:patches])
-        fn = lambda: edge_acp(model, pairs, sample)  # noqa: E731
+        fn = lambda: E.edge_acp(model, pairs, sample)  # noqa: E731
     else:
         nodes = NodeSet.every(model, "all", n_pos)
         sample = nodes.take(torch.randperm(len(nodes), generator=gen)[:patches])
         fn = lambda: atpstar.acp(model, pairs, nodes=sample, progress=False)  # noqa: E731
-    out, _, peak = measured(fn)
-    out, seconds, _ = measured(fn)
+    out, _, peak = peak_of(fn)
+    out, seconds, _ = peak_of(fn)
     extra = {"top": out.top(8)[["name", "score", "effect"]].to_string(index=False)} if what == "edge_atp" else {}
     if what.endswith("acp"):
         extra["forward_equivalents"] = float(out.info["cost"].forward)
-    print("RESULT " + json.dumps({"seconds": seconds, "peak_mib": peak, "n_pos": n_pos, "graph": repr(graph),
-                                  "edges": graph.n_edges(n_pos), **extra}))
+    answer({"seconds": seconds, "peak_mib": peak.growth_mb, "n_pos": n_pos, "graph": repr(graph),
+            "edges": graph.n_edges(n_pos), **extra})
 
 
 def measure(what: str, patches: int) -> dict:
-    import json
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, __file__, "--child", what, "--patches", str(patches)]
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(text.split("RESULT ", 1)[1])
+    return run_child("benchmarks.edges_speed", ["--child", what, "--patches", patches])
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ glibc's default allocator (time, and peak RSS as a user sees it) and, for the T 
 child with ``MALLOC_MMAP_THRESHOLD_=131072`` (every freed tensor of >= 128 KB goes back to the OS,
 so peak RSS tracks the peak of live tensors: the number a GPU's ``max_memory_allocated`` gives).
 Memory is the peak RSS above the process after a warm-up run of the same method on 8 tokens (weights
-paged in, one-time initialisations done).
+paged in, one-time initialisations done; :mod:`benchmarks.isolated` resets the peak there, on Linux).
 
-    python benchmarks/scaling.py                 # ~10 min on 2 CPU cores; writes docs/scaling.md
-    python benchmarks/scaling.py --max-len 512   # adds T = 512 (AtP* alone takes minutes there)
-    python benchmarks/scaling.py --quick --out /tmp/s.md   # seconds: tiny config, in-process (tests)
+    python -m benchmarks.scaling                 # ~10 min on 2 CPU cores; writes docs/scaling.md
+    python -m benchmarks.scaling --max-len 512   # adds T = 512 (AtP* alone takes minutes there)
+    python -m benchmarks.scaling --quick --out /tmp/s.md   # seconds: tiny config, in-process (tests)
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ import argparse
 import gc
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import atpstar
+from benchmarks.isolated import answer, peak_of, run_child
 
 METHODS = {"fwd+bwd": None, "AtP": dict(qk_fix=False, graddrop=False), "AtP*": dict(qk_fix=True, graddrop=True)}
 WIDTHS = [(512, 4), (1024, 4), (2048, 4), (4096, 4), (1024, 8)]
@@ -134,13 +132,6 @@ def _trim() -> None:
         pass
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MB."""
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(spec: dict, settle: bool = True) -> dict:
     """Time and peak memory of one method on one model/batch, in this process (``settle``: collect
     garbage and return free heap pages first, for a clean RSS baseline; skipped in quick mode)."""
@@ -150,25 +141,18 @@ def measure(spec: dict, settle: bool = True) -> dict:
     if settle:
         gc.collect()
         _trim()
-    base, _ = rss_mb()
-    start = time.perf_counter()
-    run_method(model, pairs, spec["method"])
-    seconds = time.perf_counter() - start
-    peak = rss_mb()[1] - base
+    _, seconds, peak = peak_of(lambda: run_method(model, pairs, spec["method"]))
     if spec.get("repeat") and seconds < 5:  # short runs: take the better of two
         start = time.perf_counter()
         run_method(model, pairs, spec["method"])
         seconds = min(seconds, time.perf_counter() - start)
-    return {"seconds": seconds, "peak_mb": peak, "params": params(model)}
+    return {"seconds": seconds, "peak_mb": peak.growth_mb, "params": params(model)}
 
 
 def child(spec: dict, live_memory: bool, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    if live_memory:
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--threads", str(threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """:func:`measure` in a fresh process (``live_memory``: freed tensors go back to the OS at once)."""
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if live_memory else {}
+    return run_child("benchmarks.scaling", ["--child", json.dumps(spec), "--threads", threads], threads, env)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -289,7 +273,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(measure(json.loads(args.child))))
+        answer(measure(json.loads(args.child)))
         return
     sweep, skip = Sweep(args), set(args.skip.split(","))
     model = [48, 2, 512] if args.quick else "smollm"
@@ -304,7 +288,7 @@ def main(argv=None) -> None:
         sweep.widths(QUICK_WIDTHS if args.quick else WIDTHS, 8 if args.quick else 32)
     if "precision" not in skip:
         sweep.precision(model, 2 if args.quick else 3)
-    header = (f"Measured by `python benchmarks/scaling.py` on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+    header = (f"Measured by `python -m benchmarks.scaling` on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{args.threads} torch thread(s), in {time.perf_counter() - start:.0f} s.")
     sweep.emit(f"\n{header}")
     write_doc(args.out, sweep.lines[:-1], header)

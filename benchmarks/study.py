@@ -8,18 +8,17 @@ of verified recall is its estimation cost per pair plus one forward per node ver
 until the true top-k are all verified. Writes the curves table, PNG figures and docs/study.md from
 every cached result (all models).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/study.py          # SmolLM2, attn + neuron
-    ... python benchmarks/study.py --groups neuron_pos                                    # neurons at every position
-    ... python benchmarks/study.py --model gemma3-270m --groups attn --pairs 2            # Gemma 3 270M
-    ... python benchmarks/study.py --docs-only                                            # docs from the cache
-    python benchmarks/study.py --quick --out /tmp/study                                     # seconds, run by the tests
+    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.study          # SmolLM2, attn + neuron
+    ... python -m benchmarks.study --groups neuron_pos                                    # neurons at every position
+    ... python -m benchmarks.study --model gemma3-270m --groups attn --pairs 2            # Gemma 3 270M
+    ... python -m benchmarks.study --docs-only                                            # docs from the cache
+    python -m benchmarks.study --quick --out /tmp/study                                     # seconds, run by the tests
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,12 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import atpstar  # noqa: E402
 from atpstar import tasks  # noqa: E402
-from studylib import frames, models, neuronpos, plots, report, truth  # noqa: E402
-from studylib.rankings import atp_rankings, baseline_rankings, iterative_from_truth, reference_rankings  # noqa: E402
+from benchmarks.studylib import frames, models, neuronpos, plots, report, truth  # noqa: E402
+from benchmarks.studylib.rankings import atp_rankings, baseline_rankings, iterative_from_truth, reference_rankings  # noqa: E402
 
 K_MAX = 100  # the largest top-k whose cost of verified recall is traced
 

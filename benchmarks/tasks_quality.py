@@ -1,6 +1,6 @@
 """How well the model does each builtin task: the table in docs/tasks.md.
 
-Usage: PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/tasks_quality.py [model] [n] [seed]
+Usage: PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.tasks_quality [model] [n] [seed]
 """
 
 from __future__ import annotations

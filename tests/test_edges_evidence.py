@@ -1,23 +1,23 @@
-"""benchmarks/edges_evidence.py --quick end to end (tiny random Llama, no download), and its recall-cost measure."""
+"""``python -m benchmarks.edges_evidence --quick`` end to end (tiny random Llama, no download), and its
+recall-cost measure (``atpstar.recall_cost`` over the edge universe, in the benchmark's rank order)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmarks import edges_baselines_evidence, edges_evidence
+from benchmarks.edgeslib.curves import ranks_of, recall
 
-import edges_evidence  # noqa: E402
 
-
-def test_verified_needed_matches_brute_force():
+def test_recall_over_the_universe_matches_brute_force():
     rng = np.random.default_rng(0)
     value = np.round(rng.random(30), 1)  # ties in the truth
     score = rng.random(30)
-    rank = edges_evidence.ranks_of(score)
-    got = edges_evidence.verified_needed(rank, value, 10)
+    table = pd.DataFrame({"name": [f"L0.head.H{i}@3 -> L1.q.H0@3" for i in range(30)], "exact": -value})
+    got = recall(table, ranks_of(score), 10, estimation=2.5)
+    assert np.array_equal(got["cost"], got["verified"] + 2.5)
+    got = got["verified"].to_numpy()
     order = np.argsort(-score, kind="stable")
     for k in range(1, 11):
         kth = np.sort(value)[::-1][k - 1]
@@ -30,7 +30,7 @@ def test_verified_needed_matches_brute_force():
             if seen == must.sum() and tied >= n_tied:
                 break
         assert got[k - 1] == n, k
-    assert list(edges_evidence.ranks_of(np.array([0.1, np.nan, 0.5, 0.1]))) == [1, 3, 0, 2]  # NaN last, ties by index
+    assert list(ranks_of(np.array([0.1, np.nan, 0.5, 0.1]))) == [1, 3, 0, 2]  # NaN last, ties by index
 
 
 def test_quick_runs_end_to_end_and_resumes(tmp_path):
@@ -51,9 +51,7 @@ def test_quick_runs_end_to_end_and_resumes(tmp_path):
     assert {"circuit.png", "recall_cost.png"} <= {p.name for p in (tmp_path / "figures").glob("*.png")}
     again = edges_evidence.main(["--quick", "--out", str(tmp_path), "--stage", "report"])  # from the caches
     assert again["cost_at"] == summary["cost_at"]
-    # the joint-patching baselines on the same universe and truth (benchmarks/edges_baselines_evidence.py)
-    import edges_baselines_evidence
-
+    # the joint-patching baselines on the same universe and truth (benchmarks.edges_baselines_evidence)
     frame = edges_baselines_evidence.main(["--quick", "--out", str(tmp_path)])
     n_edges = sum(truth[k].shape[1] for k in truth.files if not k.endswith("_seconds"))
     assert np.array_equal(frame["oracle"], frame["k"])

@@ -4,7 +4,6 @@ linearised QK fix, multi-process runs and the scaling benchmark's quick mode. CP
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from atpstar.methods.gradients import CleanRun
 from atpstar.methods.qkfix_linear import QKFix
 from atpstar.types import ALL_KINDS, PROBS, NodeKind
 
-ROOT = Path(__file__).resolve().parents[1]
 SITES = {k.value for k in ALL_KINDS} | {PROBS}
 
 
@@ -302,10 +300,9 @@ def test_sparse_exact_patching_shares_forward_passes():
 
 
 def test_scaling_benchmark_quick_mode(tmp_path, monkeypatch):
-    """``benchmarks/scaling.py --quick`` runs every sweep on a tiny config and rewrites only the measured
+    """``python -m benchmarks.scaling --quick`` runs every sweep on a tiny config and rewrites only the measured
     part of the document (between its markers)."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import scaling
+    from benchmarks import scaling
 
     out = tmp_path / "scaling.md"
     out.write_text(f"intro\n{scaling.BEGIN}\nstale numbers\n{scaling.END}\noutro\n")

@@ -1,17 +1,12 @@
 """The study's --quick mode end to end: truth, every method's ranking, recall curves, figures, docs."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.mark.slow
 def test_study_quick_runs_end_to_end(tmp_path, smollm):
-    import study
+    from benchmarks import study
 
     curves = study.main(["--quick", "--out", str(tmp_path)])
     methods = set(curves["method"])
@@ -38,7 +33,7 @@ def test_neurons_at_every_position_truth_matches_full_patching(tmp_path):
     import atpstar
     from atpstar import NodeKind
     from conftest import random_pairs, tiny_model
-    from studylib import frames, neuronpos
+    from benchmarks.studylib import frames, neuronpos
 
     model, pairs = tiny_model("llama"), random_pairs(lengths=(6, 8))
     layers, units = neuronpos.sample(model, 2, 5, seed=3)
