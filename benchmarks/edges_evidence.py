@@ -63,7 +63,8 @@ def stage_report(model, pairs, graph, readers, table, done, est, timing, out: Pa
                 f"{model.name}: cost of verified recall over {len(table)} edges into {len(readers)} readers, "
                 f"{len(pairs)} pairs")
     top = table.reindex(table.exact.abs().sort_values(ascending=False).index).head(25)
-    plot_circuit(top, graph, figs / "circuit.png", position_labels(model, pairs), f"{model.name}: the 25 largest verified edges")
+    plot_circuit(top, graph.n_heads // graph.n_kv_heads, figs / "circuit.png", position_labels(model, pairs),
+                 f"{model.name}: the 25 largest verified edges (width = |mean exact effect|)")
     cut = min(100, len(table) - 1)
     missed = miss[miss.AtP_miss]
     summary = {

@@ -1,12 +1,11 @@
-"""The command line end to end on a tiny model saved as a directory (the README's and docs' commands
-and flags; their coverage is checked by ``test_every_documented_flag_is_tested``): run folders, resume
-after Ctrl-C (in-process and with a real SIGINT), report, tasks, demo."""
+"""The command line end to end on a tiny model saved as a directory: run folders, resume after Ctrl-C
+(in-process and with a real SIGINT), report, tasks, demo; every flag exercised by a test and every flag
+the documents use known (the documents' commands themselves run in test_docs_commands.py)."""
 
 import importlib
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -16,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_docs_commands import commands
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
 from atpstar.run.cli import main
-from atpstar.run.cli.parser import EXAMPLES, build_parser
+from atpstar.run.cli.parser import build_parser
 from atpstar.run.options import parse_stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,61 +259,6 @@ def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
         np.testing.assert_allclose(run.scores["acp"].effect[kind], fresh.effect[kind], atol=2e-5, rtol=1e-5)
 
 
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-
-def _commands(text: str) -> list[str]:
-    """The ``atpstar ...`` command lines of a markdown text: in fenced bash blocks (comments dropped), then
-    inline in backquotes unless they hold a placeholder (``atpstar resume DIR``)."""
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        lines += [line.split("  #")[0].strip() for line in block.splitlines() if line.strip().startswith("atpstar ")]
-    inline = re.findall(r"(?<!`)`(atpstar [^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
-    return lines + [c for c in inline if len(c.split()) > 2 and not re.search(r"\b[A-Z]{1,3}\b|\[", c)]
-
-
-def _as_test(command: str, model: str) -> list[str]:
-    """A documented command with the tiny model in place of any --model, and --quiet where it applies."""
-    args = shlex.split(command)[1:]
-    if "--model" in args:
-        i = args.index("--model")
-        del args[i:i + 2]
-    if args[0] in ("run", "demo", "tasks"):
-        args += ["--model", model]
-    if args[0] in ("run", "demo", "resume") and "--quiet" not in args:
-        args.append("--quiet")
-    if args[0] in ("run", "demo") and "--pairs" not in args:  # fewer pairs and subsets: seconds, not minutes
-        args += ["--pairs", "2"]
-    if args[0] in ("run", "demo") and "--samples" not in args:
-        args += ["--samples", "400"]
-    return args
-
-
-def test_every_command_in_the_readme_docs_and_help_runs(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    """The commands of the README, the docs and every --help, in that order, in one folder (the same command
-    once; a run's resume / report refer to it, so distinct runs in the documents use distinct folders)."""
-    sources = {p.name: p.read_text(encoding="utf-8") for p in DOCUMENTS}
-    sources["--help"] = "\n".join("```bash\n" + EXAMPLES[k] + "\n```"
-                                   for k in ("main", "run", "demo", "report", "resume", "export", "tasks"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    seen = []
-    for name, text in sources.items():
-        for command in _commands(text):
-            if command not in seen and (EDGE_ENGINE or not _needs_edge_engine(command)):
-                seen.append(command)
-                assert main(_as_test(command, tiny_dir)) == 0, f"{name}: {command}\n{capsys.readouterr().err}"
-    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"} | ({"export"} if EDGE_ENGINE else set())
-
-
-EDGE_ENGINE = importlib.util.find_spec("atpstar.edges.atp") is not None
-"""Edge AtP (atpstar.edges.atp, issue #14's engine) is installed: the documents' edge commands run too."""
-
-
-def _needs_edge_engine(command: str) -> bool:
-    return bool(re.search(r"--level (edges|both)", command)) or command.split()[1] == "export"
-
-
 def test_edge_flags_are_checked_before_anything_runs(tmp_path, capsys):
     assert main(["run", "--level", "edges", "--method", "acp", "--out", str(tmp_path / "x")]) == 2
     assert "must be one of atp*" in capsys.readouterr().err and not (tmp_path / "x").exists()
@@ -321,18 +266,10 @@ def test_edge_flags_are_checked_before_anything_runs(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
 
 
-def test_the_readme_python_example_runs(tiny_dir, monkeypatch, capsys):  # noqa: F811
-    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
-    model = atpstar.load_model(tiny_dir)
-    monkeypatch.setattr(atpstar, "load_model", lambda *args, **kwargs: model)
-    exec(compile(code, "README.md", "exec"), {})
-    out = capsys.readouterr().out
-    assert "With probability at least 0.95" in out and re.search(r"L\d\.(q|k|v|head)\.", out)
-
-
 def test_every_flag_is_exercised_by_a_test():
-    """Every ``--flag`` of every subcommand appears in these test files, and every flag the documents use exists."""
-    parser, source = build_parser(), Path(__file__).read_text(encoding="utf-8") + (ROOT / "tests" / "test_errors.py").read_text()
+    """Every ``--flag`` of every subcommand appears in a test file, and every flag the documents use exists."""
+    parser = build_parser()
+    source = "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "tests").glob("test_*.py")))
     sub = next(a for a in parser._actions if a.dest == "command")
     known = set()
     for name, command in sub.choices.items():
@@ -341,8 +278,7 @@ def test_every_flag_is_exercised_by_a_test():
                 known.add(flag)
                 if flag.startswith("--") and flag != "--help":
                     assert f'"{flag}"' in source, f"atpstar {name} {flag} is not exercised by a test"
-    documented = {f for text in (p.read_text(encoding="utf-8") for p in DOCUMENTS) for c in _commands(text)
-                  for f in re.findall(r"(?<=\s)--[a-z-]+", c)}
+    documented = {f for _, c in commands() if c.startswith("atpstar ") for f in re.findall(r"(?<=\s)--[a-z-]+", c)}
     assert documented and documented <= known, documented - known
 
 

@@ -78,6 +78,11 @@ def test_run_folder_exports_verified_exact_effects_and_a_mib_folder(tiny_dir, tm
         assert back.loc[f"{w} -> {r}", "effect"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
         estimate = float(scores.effect[wi, ri].nansum())
         assert expected != pytest.approx(estimate, rel=1e-3, abs=1e-6)  # the export did not write the estimate
+    # --score ranking: the ranking score (AtP*: GradDrop's), signed by the estimate, exact where verified
+    assert main(["export", str(out), "--circuit", "all", "--score", "ranking", "--out", str(tmp_path / "r.json")]) == 0
+    ranked = json.loads((tmp_path / "r.json").read_text())
+    same = eap_graph_of(scores, folder.meta["stages"]["edges"]["d_model"], None, verified=verified, score="ranking")
+    assert ranked["edges"] == same["edges"] and ranked["edges"] != json.loads((tmp_path / "g.json").read_text())["edges"]
     assert main(["export", str(out), "--mib", str(tmp_path / "sub")]) == 0
     meta = json.loads((out / "run.json").read_text())
     sub = tmp_path / "sub" / mib_folder_name(meta["config"]["task"], meta["config"]["model"]) / "importances.json"

@@ -42,52 +42,11 @@ def plot_curves(frame: pd.DataFrame, path: Path, n_edges: int, title: str) -> No
     save(fig, path)
 
 
-def plot_circuit(top: pd.DataFrame, graph, path: Path, labels: dict, title: str) -> None:
-    """The top verified edges as a layered graph: one column per position (x), layer (y); writers are
-    circles (embed at -1, a head's write at ℓ+0.35 spread by head, an MLP's write at ℓ+0.7), readers squares."""
-    columns = {p: i for i, p in enumerate(sorted(set(top.pos)))}
+def plot_circuit(top: pd.DataFrame, group_size: int, path: Path, labels: dict, title: str) -> None:
+    """The top verified edges as the report draws a circuit (``atpstar.run.report.circuit``): one column
+    per position with the pairs' tokens there, layers bottom to top, one box per component, its colour key
+    in the legend; drawn from the mean exact effects."""
+    from atpstar.run.report.circuit import save_circuit
 
-    def writer_xy(kind, layer, unit, pos):
-        x = columns[pos] - 0.35 + (0.075 * unit if kind == "head" else 0.0)
-        return x, (-1.0 if kind == "embed" else layer + (0.35 if kind in ("head", "attn") else 0.7))
-
-    def reader_xy(kind, layer, unit, pos):
-        x = columns[pos] + 0.4 + (0.0 if kind in ("logits", "mlp") else 0.05 * unit)
-        return x, (graph.n_layers + 0.3 if kind == "logits" else float(layer))
-
-    fig, ax = pyplot().subplots(figsize=(2.5 + 1.9 * len(columns), 7.5))
-    nodes = {}
-    span = max(abs(top.exact).max(), 1e-9)
-    for row in top.itertuples():
-        w = writer_xy(row.writer_kind, row.writer_layer, row.writer_unit, row.pos)
-        r = reader_xy(row.reader_kind, row.reader_layer, row.reader_unit, row.pos)
-        nodes[(row.writer, row.pos)] = (*w, "writer")
-        nodes[(row.reader, row.pos)] = (*r, "reader")
-        ax.annotate("", xy=r, xytext=w,
-                    arrowprops=dict(arrowstyle="-|>", color="tab:red" if row.exact > 0 else "tab:blue",
-                                    lw=0.6 + 3.5 * abs(row.exact) / span, alpha=0.7, shrinkA=3, shrinkB=3,
-                                    connectionstyle="arc3,rad=-0.12"))
-    for (name, pos), (x, y, role) in nodes.items():
-        label_node(ax, name, x, y, role)
-    ax.set_xticks(list(columns.values()))
-    ax.set_xticklabels([f"pos {p}\n{labels.get(p, '')}" for p in columns], fontsize=7)
-    ax.set_xlim(-0.9, len(columns) - 0.1)
-    ax.set_ylim(-1.8, graph.n_layers + 1.2)
-    ax.set_ylabel("layer (writers: circles, readers: squares; logits at the top)")
-    ax.set_title(title + "\n(red: exact effect > 0, blue: < 0; width ∝ |exact effect|)", fontsize=9)
-    ax.grid(alpha=0.2, axis="y")
-    save(fig, path)
-
-
-def label_node(ax, name: str, x: float, y: float, role: str) -> None:
-    """A writer (circle) or reader (square) of the circuit figure and its name."""
-    color = "black" if role == "writer" else "tab:purple"
-    ax.plot(x, y, "o" if role == "writer" else "s", ms=5, color=color)
-    label = name.replace(".head.", ".")
-    if ".H" in label and role == "writer":  # heads of one layer side by side: labels above/below, alternating
-        up = int(label.rsplit("H", 1)[1]) % 2
-        ax.annotate(label, (x, y), xytext=(0, 5 if up else -6), textcoords="offset points", ha="center",
-                    va="bottom" if up else "top", fontsize=5.5, color=color, rotation=30 if up else -30)
-    else:
-        ax.annotate(label, (x, y), xytext=(-4 if role == "writer" else 4, 0), textcoords="offset points",
-                    ha="right" if role == "writer" else "left", va="center", fontsize=6.5, color=color)
+    frame = top.assign(effect=top.exact, effect_exact=top.exact, token=[labels.get(p, "") for p in top.pos])
+    save_circuit(frame, path, limit=len(frame), group_size=group_size, dpi=130, title=title)

@@ -184,7 +184,7 @@ def intro(curves: pd.DataFrame, timings: dict, args) -> str:
         f"Backward/forward time ratio measured on this machine: {ratios}. Baselines: {options}; "
         "Iterative (distribution only) reads the cached exact per-pair effects instead of re-patching.\n\n"
         "Regenerate (the truth is cached; `--recompute` recomputes it):\n\n"
-        "```\nOMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.study                      # SmolLM2: attention + final-position neurons\n"
+        "```bash\nOMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.study                      # SmolLM2: attention + final-position neurons\n"
         "OMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.study --groups neuron_pos --baselines Blocks,Hierarchical\n"
         "OMP_NUM_THREADS=1 PYTHONPATH=src python -m benchmarks.study --model gemma3-270m --groups attn --pairs 2 "
         "--baselines Blocks,Hierarchical\n"

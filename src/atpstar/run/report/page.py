@@ -230,19 +230,20 @@ def circuit_section(edges: pd.DataFrame | None, meta: dict, edge_diagnosis: dict
     title = "Circuit: the strongest edges (writer → reader)"
     if edges is None:
         return section("circuit", title, '<p class="note">This run ranked nodes only: add <code>--level edges</code> '
-                       "(or <code>both</code>) to rank the edges between them (writer → reader, SPEC §11) and draw "
+                       "(or <code>both</code>) to rank the edges between them (writer → reader) and draw "
                        "the circuit.</p>")
     facts_ = meta["stages"].get("edges", {})
-    gqa = bool(facts_.get("n_kv_heads")) and facts_.get("n_kv_heads") != facts_.get("n_heads")
+    heads, kv_heads = facts_.get("n_heads"), facts_.get("n_kv_heads")
+    group_size = heads // kv_heads if heads and kv_heads else 1
     chosen, column = circuit.circuit_edges(edges)
     source = ("the verified edges with their exact effects" if column == "effect_exact"
               else "the top of the ranking with its estimated effects (no edge was verified)")
-    note = (f'<p class="note">The figure draws {esc(source)}, summed over positions: layers bottom to top, '
-            "width = |effect|, green raises the metric, red lowers it; dashed lines enter a key, dotted a value. "
+    note = (f'<p class="note">The figure draws {esc(source)}, position by position (columns), layers bottom '
+            "to top, width = |effect|; its key names the colours and line styles. "
             f"The table lists the top {min(len(edges), data.TOP_ROWS)} of {facts_.get('edges', len(edges)):,} edges "
             "ranked; click a column to sort.</p>")
     table = edges.head(data.TOP_ROWS)[[c for c in CIRCUIT_TABLE_COLUMNS if c in edges.columns]]
-    body = (note + '<div class="side">' + image("circuit", circuit.circuit_figure(edges, gqa=gqa))
+    body = (note + '<div class="side">' + image("circuit", circuit.circuit_figure(edges, group_size=group_size))
             + html_table(table, "circuit-table") + "</div>")
     body += ('<div class="edge-diagnostic"><h3>Edge diagnostic: how large can a missed edge be?</h3>'
              + diagnostic(edge_diagnosis, edge_suspects, unit="edge") + "</div>")
