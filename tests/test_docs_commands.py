@@ -31,8 +31,8 @@ import json
 import re
 import shlex
 import shutil
-import sys
 import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
