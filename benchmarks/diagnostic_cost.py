@@ -15,7 +15,8 @@ largest unverified |c|, for each K, and for all three K at once with δ/(i(i+1))
 The θ-vs-verified curve re-bounds the real subsets at every K up to ``--curve-max`` (the stop rule's
 path) and compares the cost of stopping when θ < the target with verifying blindly (every node).
 
-Writes benchmarks/results/diagnostic_cost.csv, .._coverage.csv, .._curve.csv and docs/diagnostic_cost.png.
+Writes benchmarks/results/diagnostic_cost.csv, .._coverage.csv, .._curve.csv and diagnostic_cost.png (the stop rule it
+draws is the former one, with drop; docs/diagnostic.md shows the present one, diagnostic_theta.png).
 
 Usage: OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.diagnostic_cost
        [--tasks ioi,city,rand] [--p 0.2] [--samples 300] [--seeds 200] [--quick]
@@ -44,7 +45,7 @@ from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import truth as study_truth
 
 OUT = Path("benchmarks/results")
-PNG = Path("docs/diagnostic_cost.png")
+PNG = Path("benchmarks/results/diagnostic_cost.png")
 CKPT = Path("benchmarks/results/study/ckpt")
 DELTA, K0, KS = 0.05, 10, (10, 30, 100)
 

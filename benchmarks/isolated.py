@@ -111,3 +111,32 @@ def run_child(module: str, argv, threads: int = 1, env: dict | None = None) -> d
         raise RuntimeError(f"{' '.join(cmd)} failed (exit status {proc.returncode}, {len(lines)} answers):\n"
                            f"{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len(RESULT):])
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command run to its end in a child process, as a user runs it."""
+    seconds: float
+    """Wall-clock time from start to exit."""
+    peak_gb: float
+    """The child's own peak resident memory."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_command(argv: list[str], env: dict | None = None) -> Command:
+    """Run ``argv`` (e.g. ``[sys.executable, "-m", "atpstar", "demo"]``) from the repository root with the
+    extra ``env`` and ``PYTHONPATH=src``, to its end: its time, its own peak memory, status and output."""
+    import tempfile
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all children
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Command(seconds, usage.ru_maxrss / 2**20, child.returncode, out.read(), err.read())

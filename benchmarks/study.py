@@ -12,13 +12,17 @@ every cached result (all models).
     ... python -m benchmarks.study --groups neuron_pos                                    # neurons at every position
     ... python -m benchmarks.study --model gemma3-270m --groups attn --pairs 2            # Gemma 3 270M
     ... python -m benchmarks.study --docs-only                                            # docs from the cache
-    python -m benchmarks.study --quick --out /tmp/study                                     # seconds, run by the tests
+    python -m benchmarks.study --quick                  # under a minute, run by the tests; writes a new temporary folder
+
+A quick run never writes to the published docs (docs/) or the cached results (benchmarks/results/study/):
+its page, figures and results go to ``--out`` (default: a new temporary folder, printed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +36,8 @@ from benchmarks.studylib import frames, models, neuronpos, plots, report, truth 
 from benchmarks.studylib.rankings import atp_rankings, baseline_rankings, iterative_from_truth, reference_rankings  # noqa: E402
 
 K_MAX = 100  # the largest top-k whose cost of verified recall is traced
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+"""The published docs: study.md and its figures (docs/study/) are written here by full runs only."""
 
 
 def get_truth(model, task: str, args, positional: bool = False):
@@ -136,19 +142,31 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--truth-only", action="store_true", help="only compute (and cache) the ground truth")
     parser.add_argument("--scatter-only", action="store_true", help="only redraw the pair-0 scatter plots")
     parser.add_argument("--docs-only", action="store_true", help="only rebuild figures and study.md from cached curves")
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="where study.md and the figures go")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where study.md and the figures go (default: docs/; with --quick a new temporary folder)")
     parser.add_argument("--results", type=Path, default=truth.ROOT, help="where the truth and curves are cached")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="atpstar-study-quick-")) if args.quick else DOCS
     if args.quick:
         args.tasks, args.pairs, args.groups = "ioi", 1, "attn"
         if args.results == truth.ROOT:
             args.results = args.out / "results"
+        check_quick_paths(args.out, args.results)
     args.groups = args.groups.split(",")
     args.baselines = [b for b in args.baselines.split(",") if b]
     args.tag = models.tag_of(args.model)
     args.prefix = models.prefix(args.tag)
     args.figures = args.out / "study"
     return args
+
+
+def check_quick_paths(out: Path, results: Path) -> None:
+    """A quick run's numbers are not the study's: refuse to write them over the docs or the cached results."""
+    for path, published in ((out, DOCS), (results, DOCS), (results, DOCS.parent / truth.ROOT)):
+        if path.resolve() == published or published in path.resolve().parents:
+            raise SystemExit(f"--quick would write its trial numbers into {published}: pass another --out "
+                             "(or none: a new temporary folder)")
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -171,6 +189,8 @@ def main(argv=None) -> pd.DataFrame:
     curves, timings = report.load_results(args.results)
     plots.curves(curves, args.figures)
     report.write(curves, timings, args)
+    if args.quick:
+        print(f"quick run written to {args.out}")
     return curves
 
 

@@ -4,11 +4,24 @@ import numpy as np
 import pytest
 
 
+def snapshot(root: Path) -> dict:
+    """Every file under ``root`` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
-def test_study_quick_runs_end_to_end(tmp_path, smollm):
+def test_study_quick_runs_end_to_end_and_leaves_the_docs_alone(tmp_path, smollm, monkeypatch):
+    """`python -m benchmarks.study --quick`, as the README offers it (no --out): a new temporary folder gets
+    the page, figures and results; nothing under docs/ or the cached results changes."""
+    import tempfile
+
     from benchmarks import study
 
-    curves = study.main(["--quick", "--out", str(tmp_path)])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the quick run's temporary folder goes here
+    published = {**snapshot(study.DOCS), **snapshot(study.DOCS.parent / "benchmarks" / "results")}
+    curves = study.main(["--quick"])
+    assert {**snapshot(study.DOCS), **snapshot(study.DOCS.parent / "benchmarks" / "results")} == published
+    (tmp_path,) = tmp_path.glob("atpstar-study-quick-*")
     methods = set(curves["method"])
     assert {"oracle", "random", "AtP", "AtP+QKfix", "AtP+GradDrop", "AtP*", "Subsampling", "Blocks",
             "Hierarchical"} <= methods
@@ -25,6 +38,24 @@ def test_study_quick_runs_end_to_end(tmp_path, smollm):
     pngs = {p.name for p in (tmp_path / "study").glob("*.png")}
     assert {"curves_ioi_single.png", "scatter_ioi_pair0_attn.png"} <= pngs
     assert (tmp_path / "results" / "truth_ioi.npz").exists()
+
+
+def test_quick_mode_writes_outside_the_docs(tmp_path, monkeypatch):
+    """Without --out a quick run writes to a new temporary folder; --out (or --results) inside docs/ or the
+    cached results is refused, so a trial run cannot overwrite the published numbers."""
+    import tempfile
+
+    import study
+    from studylib import truth
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = study.parse(["--quick"])
+    assert args.out.parent == tmp_path and args.results == args.out / "results" and args.figures == args.out / "study"
+    assert study.parse([]).out == study.DOCS  # the full study still publishes
+    for argv in (["--out", str(study.DOCS)], ["--out", str(study.DOCS / "trial")],
+                 ["--results", str(study.DOCS.parent / truth.ROOT)], ["--results", str(study.DOCS / "results")]):
+        with pytest.raises(SystemExit, match="--quick would write its trial numbers into"):
+            study.parse(["--quick", *argv])
 
 
 def test_neurons_at_every_position_truth_matches_full_patching(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .models import DEFAULT_TAG, describe
-from .plots import geo_mean_over_pairs
+from .plots import CURVES_LEGEND, SCATTER_LEGEND, caption, geo_mean_over_pairs
 from .rankings import ATP_VARIANTS, BASELINES
 
 OBSERVATIONS = "\n## Observations"
@@ -222,14 +222,27 @@ def why_neurons(curves: pd.DataFrame, timings: dict) -> str:
         "those before the final position (`earlier`).")
 
 
+def figure_order(name: str) -> tuple:
+    """Figures in reading order: the default model first, then tasks as in TASK_ORDER, groups, single before dist."""
+    parts = name.removesuffix(".png").split("_")[1:]
+    task = next((i for i, t in enumerate(TASK_ORDER) if t in parts), 9)
+    model = "" if parts[0] in TASK_ORDER else parts[0]
+    return (model, task, "neuronpos" in parts or "pos" in parts, "dist" in parts, name)
+
+
+def figure(name: str, folder: str) -> str:
+    """A figure and its caption (in italics, under it)."""
+    return f"![{name}]({folder}/{name})\n\n*{caption(name)}*"
+
+
 def write(curves: pd.DataFrame, timings: dict, args) -> None:
-    figures = sorted(p.name for p in args.figures.glob("*.png"))
+    figures = sorted((p.name for p in args.figures.glob("*.png")), key=figure_order)
     rel = args.figures.name
     per_model = "\n\n".join(f"### {m}\n\n{claims(curves[curves['model'] == m])}" for m in curves["model"].unique())
     sections = [
         ("Which neurons", why_neurons(curves, timings)),
         ("Timings", timing_table(timings)),
-        ("Figures", "\n\n".join(f"![{f}]({rel}/{f})" for f in figures if f.startswith("curves"))),
+        ("Figures", "\n\n".join([CURVES_LEGEND, *(figure(f, rel) for f in figures if f.startswith("curves"))])),
         ("Cost to verify the true top-10 (all nodes of each group)", cost_table(curves, 10)),
         ("Cost to verify the true top-50", cost_table(curves, 50)),
         ("Sampled neurons before the final position: cost to verify the true top-10",
@@ -237,7 +250,7 @@ def write(curves: pd.DataFrame, timings: dict, args) -> None:
         ("Sampled neurons before the final position: cost to verify the true top-50",
          cost_table(curves, 50, "earlier")),
         ("Claim checks (computed, per model)", per_model),
-        ("Estimate vs exact", "\n\n".join(f"![{f}]({rel}/{f})" for f in figures if f.startswith("scatter"))),
+        ("Estimate vs exact", "\n\n".join([SCATTER_LEGEND, *(figure(f, rel) for f in figures if f.startswith("scatter"))])),
     ]
     text = intro(curves, timings, args) + "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)
     path = args.out / "study.md"

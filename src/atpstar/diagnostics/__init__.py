@@ -1,17 +1,19 @@
-"""The false-negative diagnostic (SPEC.md §9): how large could an unverified node's effect still be?
+"""The false-negative diagnostic: how large could an unverified node's effect still be?
 
 :mod:`.diagnostic` patches random subsets of the unverified nodes jointly (``diagnose``), :mod:`.theta`
 is the ``ThetaBelow`` stop rule (one draw, re-bounded as nodes are verified), :mod:`.bound` turns the
 subsets' statistics into θ (pure math, no model), :mod:`.diagnosis` is the result; :mod:`.edges`
 (``diagnose_edges``) does the same for edges, and :mod:`.sampling` is the subset-patching loop and
 checkpoint both share. :mod:`.planner` (``plan``) chooses a design and predicts its θ before any patching,
+:mod:`.defaults` (``design``) is the one design the command line's --diagnose and --stop theta share,
 :mod:`.usefulness` warns when θ rules out nothing verified, :mod:`.evidence` labels the suspects. Imports the edges, the substrate and the vocabulary only.
 """
 
 from .diagnosis import Diagnosis, EdgeDiagnosis
+from .defaults import design
 from .diagnostic import diagnose
 from .edges import diagnose_edges
 from .planner import Plan, plan
 from .theta import ThetaBelow
 
-__all__ = ["Diagnosis", "EdgeDiagnosis", "Plan", "ThetaBelow", "diagnose", "diagnose_edges", "plan"]
+__all__ = ["Diagnosis", "EdgeDiagnosis", "Plan", "ThetaBelow", "design", "diagnose", "diagnose_edges", "plan"]
