@@ -33,15 +33,12 @@ def warn_first_position(pairs, tok, bos: bool, stacklevel: int = 3) -> None:
     differ = first_position_differs(pairs)
     if not differ:
         return
-    if not bos:
-        why, fix = "no beginning-of-sequence token is in front (bos=False, or --no-bos)", \
-            "build the pairs with bos=True (the default; on the command line leave out --no-bos)"
-    elif bos_id(tok) is None:
+    if bos:  # asked for, but the model has none (with one, every prompt starts with it)
         why, fix = "this model's tokenizer has no beginning-of-sequence (or end-of-text) token to put in front", \
             "start every clean and noise prompt with the same fixed token (e.g. a newline or a word)"
     else:
-        why, fix = "the prompts do not start with the beginning-of-sequence token", \
-            "start both prompts of each pair with the same token"
+        why, fix = "no beginning-of-sequence token is in front (bos=False, or --no-bos)", \
+            "build the pairs with bos=True (the default; on the command line leave out --no-bos)"
     examples = ", ".join(f"pair {i}: {_piece(tok, pairs.clean[i][0])} vs {_piece(tok, pairs.noise[i][0])}"
                          for i in differ[:SHOWN])
     more = f" and {len(differ) - SHOWN} more" if len(differ) > SHOWN else ""
