@@ -13,13 +13,12 @@ Writes benchmarks/results/bos.csv (one row per model, task and setting; settings
 OMP_NUM_THREADS=1: about 6-9 minutes per pronoun setting (every attention node patched) and 1-2 minutes
 per other setting on a shared 2-core CPU, about 45 minutes for both models.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bos.py [--models default,gemma3-270m]
+    OMP_NUM_THREADS=1 PYTHONPATH=src HF_HUB_OFFLINE=1 python -m benchmarks.bos [--models default,gemma3-270m]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,13 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import atpstar  # noqa: E402
-from atpstar import tasks  # noqa: E402
-from atpstar.sink import first_position_differs  # noqa: E402
-from atpstar.tokens import bos_id  # noqa: E402
-from studylib import models  # noqa: E402
+import atpstar
+from atpstar import tasks
+from atpstar.sink import first_position_differs
+from atpstar.tokens import bos_id
+from benchmarks.studylib import models
 
 CSV = Path("benchmarks/results/bos.csv")
 PRONOUNS = [  # (clean, noise): the clean name is a woman's (answer " she"), the noise name a man's (" he")
@@ -106,7 +103,7 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="default,gemma3-270m")
     parser.add_argument("--tasks", default="pronouns,ioi,rand")
@@ -115,7 +112,7 @@ def main() -> None:
     parser.add_argument("--full", default="pronouns", help="tasks whose every attention node is patched exactly")
     parser.add_argument("--out", default=str(CSV))
     parser.add_argument("--recompute", action="store_true", help="redo the settings already in --out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     rows = [] if args.recompute or not out.exists() else pd.read_csv(out).to_dict("records")
     done = {(r["model"], r["task"], bool(r["bos"])) for r in rows}
