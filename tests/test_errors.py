@@ -199,6 +199,7 @@ BAD_CONFIGS = [
     ({"seed": -1}, "seed must be an integer >= 0"),
     ({"task": "nosuchtask"}, "unknown task 'nosuchtask'.*ioi"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"bos": "no"}, "bos must be True or False .*beginning-of-sequence token"),
     ({"checkpoint_every": -1}, "checkpoint_every must be seconds >= 0"),
     ({"model": ""}, "--model must be"),
     ({"diagnose": True, "verify_budget": "0"}, "--diagnose .* needs verification"),
@@ -281,6 +282,14 @@ def test_cli_argument_errors_exit_2(capsys, tmp_path):
             main(argv)
         assert exit_info.value.code == 2
         assert "error:" in capsys.readouterr().err
+
+
+def test_cli_bos_is_a_switch_without_a_value(capsys, tmp_path):
+    for flag in ("--bos", "--no-bos"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", f"{flag}=no", "--out", str(tmp_path / "r")])
+        assert exit_info.value.code == 2
+        assert "argument --bos/--no-bos: ignored explicit argument 'no'" in capsys.readouterr().err
 
 
 def test_cli_bad_values_give_one_line_errors(capsys, tmp_path, tiny_dir):  # noqa: F811

@@ -17,6 +17,7 @@ import atpstar  # noqa: E402
 from atpstar import tasks  # noqa: E402
 from atpstar.tasks import common  # noqa: E402
 from atpstar.tasks.common import evaluate, load_data  # noqa: E402
+from atpstar.tokens import word_ids  # noqa: E402
 
 ioi_module = importlib.import_module("atpstar.tasks.ioi")  # the package attribute is the function
 
@@ -56,7 +57,8 @@ def test_text_answers_are_single_tokens_and_texts_match_ids(model, name):
     tok = model.tokenizer
     pairs = tasks.TASKS[name](model, n=32)
     for (clean, noise), c, x, a, d in zip(pairs.texts, pairs.clean, pairs.noise, pairs.answer, pairs.distractor):
-        assert tok(clean)["input_ids"] == c.tolist() and tok(noise)["input_ids"] == x.tolist()
+        bos = [tok.bos_token_id]  # SmolLM2's tokenizer does not add it: the builders put it in front
+        assert bos + word_ids(tok, clean) == c.tolist() and bos + word_ids(tok, noise) == x.tolist()
         for token in (int(a), int(d)):
             word = tok.decode([token])
             assert word.startswith(" ") and tok(word, add_special_tokens=False)["input_ids"] == [token]
@@ -91,7 +93,8 @@ def test_rand_answer_is_the_true_next_token(model):
     pairs = tasks.rand(model, n=32)
     assert pairs.metric == "logprob" and bool((pairs.distractor == -1).all())
     for c, a in zip(pairs.clean, pairs.answer):
-        text = tok.decode(c.tolist() + [int(a)])
+        assert int(c[0]) == tok.bos_token_id
+        text = tok.decode(c[1:].tolist() + [int(a)])
         assert any(s.startswith(text) for s in sentences)
 
 
@@ -114,7 +117,7 @@ def test_ioi_warns_or_raises_with_too_few_names(model, monkeypatch):
 
 def test_finish_never_returns_empty(model):
     with pytest.raises(ValueError, match="could not make any prompt pair"):
-        common.finish(model, "x", [], 5, "no data", None, False)
+        common.finish(model, "x", [], 5, "no data", None, False, True)
 
 
 # ----------------------------------------------------------------------------- user files

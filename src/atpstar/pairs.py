@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from . import pairsfile
-from .tokens import tokenizer
+from .sink import warn_first_position
+from .tokens import encode, tokenizer
 
 NO_TOKEN = -1
 
@@ -77,22 +78,28 @@ class PromptPairs:
 
     @classmethod
     def from_strings(cls, model, clean: Sequence[str], noise: Sequence[str], answer, distractor=None,
-                     metric=None, add_special_tokens: bool = True) -> "PromptPairs":
-        """Tokenize prompt strings; answers are strings (exactly one token each, e.g. ``" Mary"``) or ids."""
+                     metric=None, bos: bool = True) -> "PromptPairs":
+        """Tokenize prompt strings; answers are strings (exactly one token each, e.g. ``" Mary"``) or ids.
+
+        ``bos=True`` puts the model's beginning-of-sequence token in front of every prompt (position 0;
+        one only, also when the tokenizer adds it itself; none if the model has no such token), as
+        TransformerLens does; ``bos=False`` leaves it out. Pairs whose prompts differ at their first
+        token get a warning (see :mod:`atpstar.sink`)."""
         tok = tokenizer(model)
         clean, noise = _texts(clean, "clean"), _texts(noise, "noise")
         answer = _answers(answer, "answer")
         distractor = None if distractor is None else _answers(distractor, "distractor")
         if len(clean) != len(noise):
             raise ValueError(f"got {len(clean)} clean prompts but {len(noise)} noise prompts")
-        encode = lambda s: tok(s, add_special_tokens=add_special_tokens)["input_ids"]  # noqa: E731
-        clean_ids = [encode(s) for s in clean]
-        noise_ids = [encode(s) for s in noise]
+        clean_ids = [encode(tok, s, bos) for s in clean]
+        noise_ids = [encode(tok, s, bos) for s in noise]
         answers = [single_token(tok, a, i, "answer") for i, a in enumerate(answer)]
         distractors = None
         if distractor is not None:
             distractors = [None if d is None else single_token(tok, d, i, "distractor") for i, d in enumerate(distractor)]
-        return cls.from_ids(clean_ids, noise_ids, answers, distractors, metric, tuple(zip(clean, noise)))
+        pairs = cls.from_ids(clean_ids, noise_ids, answers, distractors, metric, tuple(zip(clean, noise)))
+        warn_first_position(pairs, tok, bos)
+        return pairs
 
     # --- views -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -229,11 +236,14 @@ def single_token(tok, answer, i: int, what: str) -> int:
 
 
 def _from_file(reader):
-    def load(cls, path, model, skip_bad: bool = False) -> PromptPairs:
-        return cls.from_ids(*reader(path, tokenizer(model), skip_bad=skip_bad))
+    def load(cls, path, model, skip_bad: bool = False, bos: bool = True) -> PromptPairs:
+        pairs = cls.from_ids(*reader(path, tokenizer(model), skip_bad=skip_bad, bos=bos))
+        warn_first_position(pairs, tokenizer(model), bos)
+        return pairs
 
     load.__doc__ = (f"Read pairs from a {reader.__name__[5:].upper()} file with columns clean, noise, answer"
-                    "[, distractor][, metric] (see docs/tasks.md); ``skip_bad=True`` skips malformed rows with a warning.")
+                    "[, distractor][, metric] (see docs/tasks.md); ``skip_bad=True`` skips malformed rows with a "
+                    "warning; ``bos`` as in :meth:`PromptPairs.from_strings` (the model's BOS token in front by default).")
     return classmethod(load)
 
 

@@ -3,7 +3,8 @@
 
 Schema (one pair per row): ``clean``, ``noise``, ``answer`` (one token, e.g. ``" Mary"``),
 optional ``distractor`` (one token) and optional ``metric`` (a builtin metric name, the same on
-every row that gives one). All malformed rows are reported together, with line numbers.
+every row that gives one). All malformed rows are reported together, with line numbers. Prompts get
+the model's beginning-of-sequence token in front unless ``bos=False`` (see :mod:`atpstar.tokens`).
 """
 
 from __future__ import annotations
@@ -15,28 +16,28 @@ import warnings
 from pathlib import Path
 
 from .metrics import BUILTIN
-from .tokens import encode, word_ids
+from .tokens import with_bos, word_ids
 
 REQUIRED = ("clean", "noise", "answer")
 OPTIONAL = ("distractor", "metric")
 SHOWN_ERRORS = 20
 
 
-def read_jsonl(path, tok, skip_bad: bool = False) -> tuple:
+def read_jsonl(path, tok, skip_bad: bool = False, bos: bool = True) -> tuple:
     """Rows of a JSON-lines file (one object per line; blank lines are ignored): see :func:`_build`."""
     records = [(lineno, _json_record(line)) for lineno, line in enumerate(_read_text(path).split("\n"), 1)
                if line.strip()]
-    return _build(path, tok, records, skip_bad)
+    return _build(path, tok, records, skip_bad, bos)
 
 
-def read_csv(path, tok, skip_bad: bool = False) -> tuple:
+def read_csv(path, tok, skip_bad: bool = False, bos: bool = True) -> tuple:
     """Rows of a CSV file with a header row naming the columns: see :func:`_build`."""
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     try:
         records = [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
     except csv.Error as err:
         raise ValueError(f"{path}: line {reader.line_num}: not readable as CSV ({err})") from None
-    return _build(path, tok, records, skip_bad)
+    return _build(path, tok, records, skip_bad, bos)
 
 
 def _read_text(path) -> str:
@@ -67,7 +68,7 @@ def _json_record(line: str):
     return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
 
 
-def _build(path, tok, records: list, skip_bad: bool) -> tuple:
+def _build(path, tok, records: list, skip_bad: bool, bos: bool) -> tuple:
     """``(clean, noise, answer, distractor, metric, texts)``, the arguments of ``PromptPairs.from_ids``."""
     if not records:
         raise ValueError(f"{path}: no rows found")
@@ -76,7 +77,7 @@ def _build(path, tok, records: list, skip_bad: bool) -> tuple:
         try:
             if isinstance(record, str):
                 raise ValueError(record)
-            rows.append((lineno, *_parse_row(tok, record)))
+            rows.append((lineno, *_parse_row(tok, record, bos)))
         except ValueError as e:
             errors.append(f"line {lineno}: {e}")
     if errors and not skip_bad:
@@ -102,7 +103,7 @@ def _file_metric(path, rows: list):
     return metrics[0] if metrics else None
 
 
-def _parse_row(tok, record: dict):
+def _parse_row(tok, record: dict, bos: bool):
     """``(clean_ids, noise_ids, answer_id, distractor_id | None, texts, metric | None)`` or ValueError."""
     values = {k: record.get(k) for k in REQUIRED + OPTIONAL}
     missing = [k for k in REQUIRED if values[k] is None]
@@ -114,9 +115,10 @@ def _parse_row(tok, record: dict):
     empty = [k for k in REQUIRED if values[k] == ""]
     if empty:
         raise ValueError(f"empty field(s) {', '.join(empty)}")
-    clean, noise = encode(tok, values["clean"]), encode(tok, values["noise"])
-    if len(clean) != len(noise):
+    clean, noise = word_ids(tok, values["clean"]), word_ids(tok, values["noise"])
+    if len(clean) != len(noise):  # the texts' own tokens, as the user wrote them (a BOS token comes on top)
         raise ValueError(f"clean is {len(clean)} tokens but noise is {len(noise)}; they must be equal")
+    clean, noise = with_bos(tok, clean, bos), with_bos(tok, noise, bos)
     metric = values["metric"] or None
     if metric is not None and metric not in BUILTIN:
         raise ValueError(f"unknown metric {metric!r}; use one of {sorted(BUILTIN)}")

@@ -35,6 +35,9 @@ class RunConfig:
     methods: list = field(default_factory=lambda: ["atp*"])
     """Methods to run; the first one's ranking is verified. With ``acp`` among them (exact patching of
     every node) the run has ground truth, and the report draws each method's recall-vs-cost curve."""
+    bos: bool = True
+    """Put the model's beginning-of-sequence token in front of every prompt (position 0), as TransformerLens
+    does; False: the prompts start with their first word (a warning if clean and noise differ there)."""
     kinds: str = "all"
     level: str = "nodes"
     """``nodes`` (SPEC §1), ``edges`` (writer -> reader at one position, SPEC §11) or ``both``."""
@@ -62,6 +65,9 @@ class RunConfig:
         opts.check_task(self.task)
         if self.pairs is not None:
             opts.check_int("pairs", self.pairs, 1)
+        if not isinstance(self.bos, bool):
+            raise ValueError(f"bos must be True or False (the model's beginning-of-sequence token in front of "
+                             f"every prompt, or not), got {self.bos!r}")
         self.methods = opts.parse_methods(self.methods)
         opts.parse_kinds(self.kinds)
         opts.check_level(self.level, self.methods, self.diagnose)

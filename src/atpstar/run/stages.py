@@ -86,16 +86,17 @@ def load(ctx: Context) -> None:
 
 def make_pairs(ctx: Context) -> None:
     from .. import tasks
+    from ..sink import first_position_differs, starts_with_bos
 
     cfg, file = ctx.cfg, ctx.folder.stage("pairs.pt")
     if file.is_file():
         ctx.pairs = load_pairs(file)
     else:
         if cfg.task in tasks.TASKS:
-            pairs = tasks.TASKS[cfg.task](ctx.model, n=cfg.pairs or DEFAULT_PAIRS, seed=cfg.seed)
+            pairs = tasks.TASKS[cfg.task](ctx.model, n=cfg.pairs or DEFAULT_PAIRS, seed=cfg.seed, bos=cfg.bos)
         else:
             loader = tasks.from_csv if cfg.task.lower().endswith(".csv") else tasks.from_jsonl
-            pairs = loader(cfg.task, ctx.model)
+            pairs = loader(cfg.task, ctx.model, bos=cfg.bos)
             if cfg.pairs is not None and cfg.pairs < len(pairs):
                 pairs = pairs.select(range(cfg.pairs))
         pairs.check_vocab(ctx.model.vocab_size)
@@ -104,7 +105,8 @@ def make_pairs(ctx: Context) -> None:
     tokens, index = display_tokens(ctx.model, ctx.pairs)
     lengths = ctx.pairs.lengths
     ctx.record("pairs", n=len(ctx.pairs), lengths=[min(lengths), max(lengths)], metric=_metric_name(ctx.pairs),
-               texts=[list(t) for t in ctx.pairs.texts[:3]], tokens=tokens, display_pair=index)
+               texts=[list(t) for t in ctx.pairs.texts[:3]], tokens=tokens, display_pair=index,
+               bos=starts_with_bos(ctx.model, ctx.pairs), first_token_differs=len(first_position_differs(ctx.pairs)))
     example = f"; e.g. {ctx.pairs.texts[0][0]!r} vs {ctx.pairs.texts[0][1]!r}" if ctx.pairs.texts else ""
     ctx.say(f"pairs: {len(ctx.pairs)} from {cfg.task} (metric {_metric_name(ctx.pairs)}){example}")
 

@@ -14,14 +14,15 @@ from .common import encode, finish, load_data, rng, single_token_words, tokenize
 FORMAT = "The city of {city} is located in the country of"
 
 
-def city(model, n: int = 64, seed: int = 0, only_correct: bool = False, metric="logprob"):
-    """``n`` city prompt pairs (each clean city used once), metric ``"logprob"`` or ``"logit_diff"``."""
+def city(model, n: int = 64, seed: int = 0, only_correct: bool = False, metric="logprob", bos: bool = True):
+    """``n`` city prompt pairs (each clean city used once), metric ``"logprob"`` or ``"logit_diff"``; ``bos``:
+    the model's beginning-of-sequence token in front of every prompt (see :mod:`atpstar.tokens`)."""
     resolve(metric)  # fail early on an unknown metric name
     tok = tokenizer(model)
     facts = load_data("cities.json")
     country = single_token_words(tok, sorted({f["country"] for f in facts}))
     facts = [f for f in facts if f["country"] in country]
-    prompts = {f["city"]: encode(tok, FORMAT.format(city=f["city"])) for f in facts}
+    prompts = {f["city"]: encode(tok, FORMAT.format(city=f["city"]), bos) for f in facts}
     r = rng(seed)
     order = facts[:]
     r.shuffle(order)
@@ -38,4 +39,4 @@ def city(model, n: int = 64, seed: int = 0, only_correct: bool = False, metric="
         rows.append((clean, prompts[g["city"]], country[f["country"]], country[g["country"]], texts))
     why = (f"{len(facts)} cities with a single-token country, each used once as the clean city, "
            "and only if a city of another country has a prompt of the same token length")
-    return finish(model, "city", rows, n, why, metric, only_correct)
+    return finish(model, "city", rows, n, why, metric, only_correct, bos)

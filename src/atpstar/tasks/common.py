@@ -12,7 +12,8 @@ import torch
 from ..substrate.capture import run
 from ..metrics import resolve
 from ..pairs import PromptPairs
-from ..tokens import encode, tokenizer, word_ids  # noqa: F401  (the builders import them from here)
+from ..sink import warn_first_position
+from ..tokens import encode, tokenizer, with_bos, word_ids  # noqa: F401  (the builders import them from here)
 
 BATCH = 32
 
@@ -36,20 +37,12 @@ def single_token_words(tok, words, prefix: str = " ") -> dict[str, int]:
     return {w: i[0] for w, i in ids.items() if len(i) == 1}
 
 
-def lead_ids(tok) -> list[int]:
-    """Special tokens the tokenizer puts in front of every prompt (e.g. BOS), possibly none."""
-    full, bare = encode(tok, "a"), word_ids(tok, "a")
-    for start in range(len(full) - len(bare) + 1):
-        if full[start:start + len(bare)] == bare:
-            return full[:start]
-    return []
-
-
-def finish(model, task: str, rows: list, n: int, why: str, metric, only_correct: bool) -> PromptPairs:
+def finish(model, task: str, rows: list, n: int, why: str, metric, only_correct: bool, bos: bool) -> PromptPairs:
     """Turn ``rows`` of ``(clean_ids, noise_ids, answer, distractor, texts)`` into pairs.
 
-    Warns when fewer than ``n`` pairs were made (``why`` says what limited it), raises when none
-    were, and applies the ``only_correct`` filter.
+    Warns when fewer than ``n`` pairs were made (``why`` says what limited it) and when clean and noise
+    differ at their first token (``bos`` says whether a BOS token was asked for), raises when none
+    were made, and applies the ``only_correct`` filter.
     """
     if not rows:
         raise ValueError(f"{task}: could not make any prompt pair ({why})")
@@ -57,6 +50,7 @@ def finish(model, task: str, rows: list, n: int, why: str, metric, only_correct:
         warnings.warn(f"{task}: made {len(rows)} of the {n} pairs asked for ({why})", stacklevel=3)
     clean, noise, answer, distractor, texts = zip(*rows)
     pairs = PromptPairs.from_ids(clean, noise, answer, distractor, metric=metric, texts=texts)
+    warn_first_position(pairs, tokenizer(model), bos, stacklevel=4)
     return keep_correct(model, pairs, task) if only_correct else pairs
 
 

@@ -13,8 +13,9 @@ from .common import encode, finish, load_data, rng, single_token_words, tokenize
 ATTEMPTS_PER_PAIR = 20
 
 
-def ioi(model, n: int = 64, seed: int = 0, only_correct: bool = False):
-    """``n`` IOI prompt pairs (deterministic for ``seed``), metric ``logit_diff`` (IO − S)."""
+def ioi(model, n: int = 64, seed: int = 0, only_correct: bool = False, bos: bool = True):
+    """``n`` IOI prompt pairs (deterministic for ``seed``), metric ``logit_diff`` (IO − S); ``bos``: the
+    model's beginning-of-sequence token in front of every prompt (see :mod:`atpstar.tokens`)."""
     tok = tokenizer(model)
     data = load_data("ioi.json")
     names = single_token_words(tok, data["names"])
@@ -30,11 +31,11 @@ def ioi(model, n: int = 64, seed: int = 0, only_correct: bool = False):
         a, b, c, d = r.sample(pool, 4)
         clean = template.format(A=a, B=b, place=place, object=obj)
         noise = template.format(A=c, B=d, place=place, object=obj)
-        clean_ids, noise_ids = encode(tok, clean), encode(tok, noise)
+        clean_ids, noise_ids = encode(tok, clean, bos), encode(tok, noise, bos)
         if clean in seen or len(clean_ids) != len(noise_ids):
             continue
         seen.add(clean)
         rows.append((clean_ids, noise_ids, names[a], names[b], (clean, noise)))
     why = (f"{len(names)} single-token names, {len(data['templates'])} templates; {attempts} attempts "
            "to find distinct clean prompts whose noise prompt has the same token length")
-    return finish(model, "ioi", rows, n, why, "logit_diff", only_correct)
+    return finish(model, "ioi", rows, n, why, "logit_diff", only_correct, bos)

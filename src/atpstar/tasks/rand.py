@@ -7,15 +7,16 @@ Metric: log-prob of the answer. There is no distractor.
 
 from __future__ import annotations
 
-from .common import finish, lead_ids, load_data, rng, tokenizer, word_ids
+from .common import finish, load_data, rng, tokenizer, with_bos, word_ids
 
 MIN_PREFIX, MAX_PREFIX = 6, 16
 
 
-def rand(model, n: int = 64, seed: int = 0, only_correct: bool = False):
-    """``n`` RAND prompt pairs (each sentence used once as the clean snippet), metric ``logprob``."""
+def rand(model, n: int = 64, seed: int = 0, only_correct: bool = False, bos: bool = True):
+    """``n`` RAND prompt pairs (each sentence used once as the clean snippet), metric ``logprob``; ``bos``: the
+    model's beginning-of-sequence token in front of every prompt (without it, clean and noise differ at
+    their first token: see :mod:`atpstar.sink`)."""
     tok = tokenizer(model)
-    lead = lead_ids(tok)
     sentences = [word_ids(tok, s) for s in load_data("rand.txt")]
     r = rng(seed)
     order = [i for i, s in enumerate(sentences) if len(s) > MIN_PREFIX]
@@ -27,6 +28,6 @@ def rand(model, n: int = 64, seed: int = 0, only_correct: bool = False):
         others = [j for j in order if j != i and sentences[j][:k] != prefix and len(sentences[j]) >= k]
         noise = sentences[r.choice(others)][:k]
         texts = (tok.decode(prefix), tok.decode(noise))
-        rows.append((lead + prefix, lead + noise, sentences[i][k], None, texts))
+        rows.append((with_bos(tok, prefix, bos), with_bos(tok, noise, bos), sentences[i][k], None, texts))
     why = f"the bundled collection has {len(order)} sentences longer than {MIN_PREFIX} tokens, each used once"
-    return finish(model, "rand", rows, n, why, "logprob", only_correct)
+    return finish(model, "rand", rows, n, why, "logprob", only_correct, bos)

@@ -17,7 +17,7 @@ def echo_to_stderr(quiet: bool):
 def config_from_args(args, task: str):
     from ..pipeline import RunConfig
 
-    return RunConfig(model=args.model, task=task, pairs=args.pairs, methods=parse_methods(args.method),
+    return RunConfig(model=args.model, task=task, pairs=args.pairs, bos=args.bos, methods=parse_methods(args.method),
                      kinds=args.kinds, level=getattr(args, "level", "nodes"), verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
                      edge_universe=getattr(args, "edge_universe", None),
                      samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,

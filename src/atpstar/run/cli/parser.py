@@ -82,6 +82,11 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     what.add_argument("--pairs", type=int, default=4 if demo else None, metavar="N",
                       help="prompt pairs to build (built-in tasks, default %s) or to keep from a file (default: all)"
                       % (4 if demo else 8))
+    what.add_argument("--bos", action=argparse.BooleanOptionalAction, default=True,
+                      help="put the model's beginning-of-sequence token in front of every prompt (position 0; "
+                           "the default, as TransformerLens does); --no-bos: prompts start with their first word "
+                           "(a warning if clean and noise differ there: estimates at the first positions are "
+                           "then unreliable)")
     methods = "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
     what.add_argument("--method", default="atp*", metavar="M[,M...]",
                       help=f"one or more methods, comma-separated; the first one's ranking is verified. {methods}")

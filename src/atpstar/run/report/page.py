@@ -77,6 +77,19 @@ def token_chips(tokens: list[str], strength: np.ndarray) -> str:
     return '<div class="tokens">' + "".join(chips) + "</div>"
 
 
+def first_token(pairs: dict) -> str:
+    """What is at position 0: the BOS token, or a warning when clean and noise differ there (attention sink)."""
+    differ, tokens = pairs.get("first_token_differs"), pairs.get("tokens") or ["?"]
+    if differ is None:  # a run made before this was recorded
+        return "—"
+    if differ:
+        return (f"{differ} of {pairs.get('n', '?')} pairs differ in their first token ({tokens[0]!r} in the example): "
+                "AtP's estimates at the first positions are unreliable (attention sink): put the beginning-of-sequence "
+                "token in front (leave out --no-bos) or start clean and noise with the same token")
+    what = "the beginning-of-sequence token" if pairs.get("bos") else "no beginning-of-sequence token; clean and noise agree"
+    return f"{tokens[0]!r} at position 0 ({what})"
+
+
 def summary(meta: dict, nodes: pd.DataFrame) -> str:
     cfg, model, st = meta["config"], meta.get("model", {}), meta["stages"]
     pairs = st.get("pairs", {})
@@ -88,6 +101,7 @@ def summary(meta: dict, nodes: pd.DataFrame) -> str:
         ("task", esc(cfg["task"])),
         ("prompt pairs", esc(f'{pairs.get("n", "?")} (token lengths {pairs.get("lengths")}), metric {pairs.get("metric")}')),
         ("example pair", esc(" / ".join(repr(t) for t in example)) if example else "—"),
+        ("first token", esc(first_token(pairs))),
         ("methods", esc(", ".join(cfg["methods"]) + " (the first one's ranking is verified)")),
         ("node kinds", esc(cfg["kinds"])),
         ("level", esc(cfg.get("level", "nodes"))),
