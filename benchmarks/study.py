@@ -1,4 +1,4 @@
-"""The cost-of-verified-recall study (SPEC.md §7–§9): IOI, CITY and RAND on SmolLM2 and Gemma 3 270M.
+"""The cost-of-verified-recall study: IOI, CITY and RAND on SmolLM2 and Gemma 3 270M.
 
 For each model and task: exact ground truth (cached compressed under benchmarks/results/study/,
 computed on first use) for the node groups asked for: every attention node (``attn``), every neuron

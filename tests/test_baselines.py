@@ -1,4 +1,4 @@
-"""The paper's baselines (SPEC.md §8) on tiny models where the answer is known.
+"""The paper's baselines on tiny models where the answer is known.
 
 ``planted``: a float64 Llama with the final norm removed, so the model is linear after its
 last-layer MLP neurons. The scope is every last-layer neuron at every position (64 units × 7
@@ -79,7 +79,7 @@ def test_planted_effects_are_exact_and_additive():
 # --- subsampling ---------------------------------------------------------------------------------
 def test_subsampling_estimate_converges_to_the_additive_effect():
     """With additive effects the estimate is unbiased with standard error ≈ sqrt(Σ_m I(m)² / samples)
-    (SPEC.md §8; p(1−p)Σ I² · (1/(pK) + 1/((1−p)K)) = ΣI²/K). 4000 subsets: SE ≈ 0.063; every node
+    (p(1−p)Σ I² · (1/(pK) + 1/((1−p)K)) = ΣI²/K). 4000 subsets: SE ≈ 0.063; every node
     within 5 SE (seeded: deterministic; a fresh seed fails with probability < 448 · 6e-7)."""
     model, pairs, nodes, truth, plant = planted()
     samples = 4000

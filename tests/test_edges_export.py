@@ -106,13 +106,13 @@ def test_edge_names_without_writer_reader_columns():
 
 
 @pytest.mark.parametrize("name, role, hook", [
-    # node names (SPEC §1)
+    # node names
     ("L3.q.H5@12", None, TLHook("blocks.3.attn.hook_q", 5, 12)),
     ("L3.k.G1@2", None, TLHook("blocks.3.attn.hook_k", 1, 2)),
     ("L3.v.G0", None, TLHook("blocks.3.attn.hook_v", 0, None)),
     ("L0.head.H7@4", None, TLHook("blocks.0.attn.hook_z", 7, 4)),
     ("L2.neuron.N40@1", None, TLHook("blocks.2.mlp.hook_post", 40, 1)),
-    # writers (SPEC §11)
+    # writers
     ("L0.head.H7@4", "writer", TLHook("blocks.0.attn.hook_result", 7, 4)),
     ("embed@4", None, TLHook("hook_embed", None, 4)),
     ("L5.attn@3", None, TLHook("blocks.5.hook_attn_out", None, 3)),

@@ -1,4 +1,4 @@
-"""recall_cost on edges (SPEC §9 with edges as the units): the same numbers as for nodes of the same
+"""recall_cost on edges: the same numbers as for nodes of the same
 ranking and truth, from edge tables, edge names and EdgeScores; mismatched edge sets are refused."""
 
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Cost of verified recall (SPEC.md §9): known answers on hand-made rankings, the relaxed target,
+"""Cost of verified recall: known answers on hand-made rankings, the relaxed target,
 ties, NaN scores, mismatched node sets, every method's cost, and a ~10^6-node input."""
 
 import bisect

@@ -1,4 +1,4 @@
-"""Tests for atpstar.tasks: builtin prompt-pair builders and user-file loaders (SPEC.md §10)."""
+"""Tests for atpstar.tasks: builtin prompt-pair builders and user-file loaders."""
 
 from __future__ import annotations
 

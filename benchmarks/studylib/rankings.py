@@ -72,7 +72,7 @@ def reference_rankings(truth: pd.DataFrame, seed: int = 0) -> dict:
 
 
 def iterative_from_truth(per_pair: np.ndarray, nodes: pd.DataFrame, m: int = 20) -> tuple[pd.DataFrame, float]:
-    """Iterative baseline (SPEC.md §8) on cached exact per-pair effects ``(P, N)``.
+    """Iterative baseline on cached exact per-pair effects ``(P, N)``.
 
     Round r = 1..P: patch every not-yet-verified node on pair r (cost: that many forwards), rank the
     rest by |running mean effect| over pairs 1..r (the estimate of c(n) = |E[I]|), and fully verify the

@@ -1,4 +1,4 @@
-"""Cost accounting in forward-pass equivalents (SPEC.md §8, §9), in forward-pass equivalents.
+"""Cost accounting in forward-pass equivalents: what each method and stage spends.
 
 Every method reports ``Scores.info["cost"]`` as a :class:`Cost`: the forward work and backward work
 it did, each in *full passes over one prompt* (fractional when layers or positions were skipped),

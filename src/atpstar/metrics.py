@@ -1,4 +1,4 @@
-"""Metrics: a scalar per prompt computed from the model's output (SPEC.md §1).
+"""Metrics: a scalar per prompt computed from the model's output.
 
 A metric maps ``(logits, pairs)`` to one value per row, where ``logits`` is (rows, vocab) at each
 prompt's last position (or (rows, pos, vocab) when ``last_only=False``) and ``pairs`` holds the

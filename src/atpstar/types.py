@@ -1,6 +1,6 @@
 """The project's vocabulary: node kinds, node addresses and the sites where they live.
 
-A *node* is one intermediate activation of the model at one token position (SPEC.md §1):
+A *node* is one intermediate activation of the model at one token position:
 
 ==========  =======================================================  =====================
 kind        what it is                                               unit
@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 
 class NodeKind(str, Enum):
-    """The node kinds of SPEC.md §1. The string value is the name used everywhere (CLI, frames)."""
+    """The node kinds. The string value is the name used everywhere (CLI, frames)."""
 
     Q = "q"
     """Query vector of one query head at one position (post-rotary, post QK-norm)."""

@@ -1,4 +1,4 @@
-"""The statistics of the false-negative bound (SPEC.md §9; derivation in docs/diagnostic.md).
+"""The statistics of the false-negative bound (derivation in docs/diagnostic.md).
 
 Pure tensor mathematics, no model: random subsets ``S_j`` of N nodes (each node in independently
 with probability ``p``) and one number ``y_j`` per subset (its joint-patch effect minus the

@@ -65,7 +65,7 @@ def _match(universe, nodes, key=_node_key) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Diagnosis:
-    """How large an unverified node's mean effect |c(n)| can still be (SPEC.md §9)."""
+    """How large an unverified node's mean effect |c(n)| can still be."""
 
     delta: float
     """The bound may fail with probability at most δ."""
@@ -282,7 +282,7 @@ class Diagnosis:
 
 @dataclass(repr=False)
 class EdgeDiagnosis(Diagnosis):
-    """How large an unverified edge's mean effect |c(e)| can still be (SPEC.md §9 and §11): a
+    """How large an unverified edge's mean effect |c(e)| can still be: a
     :class:`Diagnosis` whose units are edges (``nodes`` holds the sampled :class:`~atpstar.edges.EdgeSet`)."""
 
     graph: object = None

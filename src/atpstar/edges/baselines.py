@@ -1,4 +1,4 @@
-"""The paper's baselines on edges (SPEC.md §8, with edges as the units of §11).
+"""The paper's baselines on edges, with edges (writer -> reader at one position) as the units.
 
 Subsampling, Blocks, Hierarchical and Iterative with the node estimators' own arithmetic
 (:func:`~atpstar.methods.subsampling.subsample`, :func:`~atpstar.methods.blocks.block_means`,
@@ -6,7 +6,7 @@ Subsampling, Blocks, Hierarchical and Iterative with the node estimators' own ar
 place of nodes and exact joint edge patches (:class:`~.patching.EdgePatcher`: several edges into one
 reader add their deltas, edges into different readers patch independently) in place of the
 JointPatcher (Iterative: exact single-edge patches, pair by pair). The options and what they mean
-are the node versions' (SPEC §8, docs/study.md: ``p``, ``samples``, ``size``, ``order``, ``branching``,
+are the node versions' (docs/study.md: ``p``, ``samples``, ``size``, ``order``, ``branching``,
 ``threshold``, ``relative``, ``seed``).
 
 **Scope**: every edge at every position (``edges=None``) or the given edges (names, an

@@ -1,4 +1,4 @@
-"""The edge vocabulary (SPEC.md §11): writers, readers, which edges exist, and their names.
+"""The edge vocabulary: writers, readers, which edges exist, and their names.
 
 At every position ``t`` the residual stream entering layer ℓ is a sum of *writes*. Writers, in
 index order ``w``:

@@ -9,7 +9,7 @@
   weights ``W_h^T`` and the norm's Jacobian at the clean input (a vector-Jacobian product).
 
 The clean forward and the block-by-block backward are :class:`~atpstar.methods.gradients.Backward`'s,
-so the GradDrop streams (SPEC.md §5) arrive at the readers exactly as they arrive at the node sites.
+so the GradDrop streams arrive at the readers exactly as they arrive at the node sites.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Patch readers, not the residual stream: only reader v sees ``x_v(t) + Δ`` (SPEC.md §11).
+"""Patch readers, not the residual stream: only reader v sees ``x_v(t) + Δ``.
 
 Per batch row, each patched reader ``(v, t)`` gets the sum ``Δ`` of its edges' writer deltas
 ``w_u(noise) − w_u(clean)``. A q/k/v reader's head slice of the projection output is replaced by the

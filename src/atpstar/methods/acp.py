@@ -1,4 +1,4 @@
-"""Exact activation patching (AcP, SPEC.md §2): the ground truth every estimator is tested against.
+"""Exact activation patching (AcP): the ground truth every estimator is tested against.
 
 For each (pair, node): run the clean prompt with that one node overwritten by its value on the
 noise prompt; effect ``I = L(patched) − L(clean)``. Many single-node patches run in one batched
@@ -55,7 +55,7 @@ def acp(model, pairs: PromptPairs, kinds=None, nodes=None, metric=None, batch_si
 
     Returns:
         :class:`~atpstar.scores.Scores` with ``effect`` = mean effect over pairs and
-        ``score`` = |mean effect| (the true contribution c(n) of SPEC.md §1).
+        ``score`` = |mean effect| (the true contribution c(n) of the node).
     """
     check_batch_size(batch_size)
     check_pairs(pairs)

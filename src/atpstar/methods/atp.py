@@ -1,4 +1,4 @@
-"""AtP and AtP* (SPEC.md §3–§6): first-order estimates of every node's patching effect at once.
+"""AtP and AtP*: first-order estimates of every node's patching effect at once.
 
 - AtP: ``Î(n) = (n(noise) − n(clean)) · ∂L/∂n`` from one noise forward, one clean forward and one
   backward. Score: ``mean over pairs |Î|``; effect: signed mean of ``Î``.

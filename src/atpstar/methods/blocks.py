@@ -1,4 +1,4 @@
-"""Blocks (SPEC.md §8): joint patches of blocks of consecutive nodes; a block's effect ranks its members.
+"""Blocks: joint patches of blocks of consecutive nodes; a block's effect ranks its members.
 
 The scope is sorted inside each (kind, layer) either **unit-major** (``order="unit"``, the default:
 one unit's positions in turn, then the next unit, as Hierarchical descends) or **position-major**

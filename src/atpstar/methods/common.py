@@ -1,4 +1,4 @@
-"""Shared pieces of the node-list baselines (SPEC.md §8): the node scope in a canonical order, flat
+"""Shared pieces of the node-list baselines: the node scope in a canonical order, flat
 per-node results turned into :class:`~atpstar.scores.Scores`, lexicographic ranks encoded as a
 score, and joint patches of contiguous node ranges in memory-bounded chunks.
 

@@ -1,4 +1,4 @@
-"""Gradients for the attribution estimators, streamed block by block (SPEC.md §3, §5).
+"""Gradients for the attribution estimators, streamed block by block.
 
 One clean forward pass records the graph; the backward then runs **one block at a time, from the
 top**, as a chain of vector-Jacobian products cut at the residual stream ``resid[m]`` (the input of

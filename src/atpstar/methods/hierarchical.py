@@ -1,4 +1,4 @@
-"""Hierarchical (SPEC.md §8): recursive Blocks, descending only into groups with a large joint effect.
+"""Hierarchical: recursive Blocks, descending only into groups with a large joint effect.
 
 The scope is sorted unit-major, ``(kind, layer, unit, pos)``. Level 0 has one group per
 (kind, layer). Every group of a level is patched jointly on every prompt pair; a group whose

@@ -1,4 +1,4 @@
-"""Iterative (SPEC.md §8, distribution setting): exact patching one prompt pair at a time, with the
+"""Iterative (distribution setting): exact patching one prompt pair at a time, with the
 current best nodes verified on every pair between rounds.
 
 Schedule. The pairs are visited in a seeded random order. Round ``r`` (``r = 0 .. rounds−1``):

@@ -1,4 +1,4 @@
-"""Subsampling (SPEC.md §8): joint patches of random node subsets, read out per node as the
+"""Subsampling: joint patches of random node subsets, read out per node as the
 difference between the subsets that contain it and those that do not.
 
 ``samples`` subsets S are drawn, each node included independently with probability ``p``; each

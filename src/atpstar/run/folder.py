@@ -7,7 +7,7 @@ Layout of ``DIR``::
     nodes.parquet     the node table (also nodes.csv): one row per node, ranked by the first method
     nodes.csv         (runs at ``--level nodes`` or ``both``)
     edges.parquet     the edge table (also edges.csv): the top edges of the first method's edge ranking
-    edges.csv         (runs at ``--level edges`` or ``both``; SPEC.md §11)
+    edges.csv         (runs at ``--level edges`` or ``both``)
     report.html       the self-contained report (``atpstar report DIR`` rebuilds it)
     stages/           each finished stage's results (prompt pairs, each method's Scores, the
                       verification, the diagnostic); a resumed run skips every stage found here

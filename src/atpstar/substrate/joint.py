@@ -1,4 +1,4 @@
-"""Joint patching: every node of a set takes its noise value in one forward pass (SPEC.md §8, §9).
+"""Joint patching: every node of a set takes its noise value in one forward pass.
 
 ``I(S; pair) = L(M(clean | do(n ← n(noise)) for all n in S)) − L(M(clean))``. Subsampling, Blocks,
 Hierarchical and the false-negative diagnostic are all built on it. Sets are given as a list of

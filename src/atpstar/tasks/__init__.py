@@ -1,4 +1,4 @@
-"""Prompt-pair distributions (SPEC.md §10) and loaders for your own pairs.
+"""Prompt-pair distributions and loaders for your own pairs.
 
 ``ioi``, ``city`` and ``rand`` build :class:`~atpstar.pairs.PromptPairs` from bundled data, for any
 tokenizer; ``from_jsonl`` / ``from_csv`` load user pairs with row-level validation. See docs/tasks.md.

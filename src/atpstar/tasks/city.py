@@ -1,4 +1,4 @@
-"""CITY-PP: city → country factual recall (SPEC.md §10).
+"""CITY-PP: city → country factual recall.
 
 Clean: "The city of Paris is located in the country of" → " France". Noise: the same sentence with
 a city of another country whose prompt has the same token length; its country is the distractor.

@@ -1,4 +1,4 @@
-"""IOI-PP: indirect-object identification prompt pairs (SPEC.md §10).
+"""IOI-PP: indirect-object identification prompt pairs.
 
 Clean: a template with the indirect object A and the subject B, e.g. "When Mary and John went to
 the store, John gave a drink to" → " Mary" (distractor " John"). Noise: the same template, place

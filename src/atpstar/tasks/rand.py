@@ -1,4 +1,4 @@
-"""RAND-PP: two unrelated natural-text snippets of equal token length (SPEC.md §10).
+"""RAND-PP: two unrelated natural-text snippets of equal token length.
 
 Clean: the first ``k`` tokens of a sentence from ``data/rand.txt`` (``k`` drawn per pair); the
 answer is the sentence's true next token. Noise: the first ``k`` tokens of another sentence.
