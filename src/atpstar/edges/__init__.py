@@ -27,6 +27,7 @@ Modules, one idea each:
   :func:`hierarchical`, :func:`iterative` (the node estimators' cores of :mod:`atpstar.methods`, with an EdgePatcher);
 - :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
 - :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
+- :mod:`.eap_ig`: the field's edge methods :func:`eap`, :func:`eap_ig_inputs`, :func:`eap_ig_activations` (EAP-IG).
 """
 
 from .atp import atp
@@ -50,3 +51,7 @@ edge_subsampling, edge_blocks, edge_hierarchical, edge_iterative = subsampling, 
 __all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
             "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "edge_blocks",
             "edge_hierarchical", "edge_iterative", "edge_subsampling", "hierarchical", "iterative", "subsampling"]
+
+from .eap_ig import eap, eap_ig_activations, eap_ig_inputs  # noqa: E402
+
+__all__ += ["eap", "eap_ig_activations", "eap_ig_inputs"]
