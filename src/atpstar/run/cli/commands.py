@@ -104,6 +104,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from ... import load_model, tasks
+    from ...circuits.evaluate_file import evaluate_file, format_evaluation
+    from ..options import resolve_device, torch_dtype
+
+    model = load_model(args.model, dtype=torch_dtype(args.dtype), device=resolve_device(args.device))
+    if args.task in tasks.TASKS:
+        pairs = tasks.TASKS[args.task](model, n=args.pairs or 8, seed=args.seed)
+    else:
+        pairs = (tasks.from_csv if args.task.lower().endswith(".csv") else tasks.from_jsonl)(args.task, model)
+        pairs = pairs.select(range(min(args.pairs or len(pairs), len(pairs))))
+    out = evaluate_file(model, pairs, args.circuit, curve=args.curve, batch_size=args.batch_size)
+    print(format_evaluation(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from ... import load_model, tasks
     from ...metrics import resolve

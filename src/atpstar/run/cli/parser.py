@@ -51,6 +51,15 @@ examples:
 writes EAP-IG's Graph.to_json format (nodes input, a{L}.h{H}, m{L}, logits; edges summed over positions,
 'score' = signed effect, 'in_graph' = the circuit), which EAP-IG's Graph.from_json and the MIB circuit
 track read (MIB wants one folder per task and model: circuits/TASK_MODEL/).""",
+    "evaluate": """\
+examples:
+  atpstar evaluate circuits/ioi_smollm2/graph.json --task ioi --pairs 8          # the in_graph circuit's faithfulness
+  atpstar evaluate graph.json --model EleutherAI/pythia-70m --task ioi --curve --json scores.json   # + MIB's CPR, CMD
+
+faithfulness f = (m(circuit) - m(empty)) / (m(full) - m(empty)), the metric averaged over the pairs; in a circuit's
+run every reader reads the clean run's value of the edges in the circuit and the noise prompt's of the others
+(docs/circuits.md). --curve ranks the file's edge scores at MIB's grid (0.1%% ... 100%% of the edges, pruned),
+CPR = area under f (signed scores), CMD = area under |1 - f| (absolute scores).""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
@@ -166,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which edges are in the graph: 'verified' (default when edges were verified), 'top:N' "
                              "(the N edges of largest |effect| summed over positions; default top:100 otherwise), "
                              "or 'all'")
+    evaluate = add("evaluate", "score a circuit (EAP-IG / MIB graph JSON) by its faithfulness on a model and task")
+    evaluate.add_argument("circuit", metavar="CIRCUIT.json", help="an EAP-IG / MIB graph JSON (Graph.to_json)")
+    evaluate.add_argument("--model", default="default", metavar="M", help="the model the circuit is of (as for run)")
+    evaluate.add_argument("--task", default="ioi", metavar="T", help="ioi, city, rand, or your pairs file")
+    evaluate.add_argument("--pairs", type=int, default=None, metavar="N", help="prompt pairs (default 8 for built-in tasks)")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the task's pairs")
+    evaluate.add_argument("--curve", action="store_true", help="also MIB's curves of the file's scores: CPR, CMD, the "
+                          "smallest circuits with f >= 0.8 and 0.9")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    evaluate.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default cpu)")
+    evaluate.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' precision (default float32)")
+    evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per forward pass (default: automatic)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
     tasks.add_argument("--quiet", action="store_true", help="no progress bars")
