@@ -37,7 +37,7 @@ class MixedRun(Intervention):
     graph: EdgeGraph | None = None
     noise: Tensor | None = None
     outside: Tensor | None = None
-    _this: Tensor | None = field(default=None, init=False)
+    _diff: Tensor | None = field(default=None, init=False)
     _filled: int = field(default=0, init=False)
     _stash: dict = field(default_factory=dict, init=False)
 
@@ -45,13 +45,13 @@ class MixedRun(Intervention):
         self.capture = frozenset({RESID, *(["head"] if self.graph.per_head else [])})
         super().__post_init__()
 
-    # --- this run's writes, in writer order ------------------------------------------------------
+    # --- this run's writes, in writer order: kept as (noise write − this run's write) -------------
     def _append(self, writes: Tensor) -> None:
-        if self._this is None:
-            self._this = self.noise.new_zeros(self.noise.shape)
-        n = writes.shape[1]
-        self._this[:, self._filled:self._filled + n] = writes.to(self._this.dtype)
-        self._filled += n
+        if self._diff is None:
+            self._diff = torch.empty_like(self.noise)
+        lo, hi = self._filled, self._filled + writes.shape[1]
+        torch.sub(self.noise[:, lo:hi], writes.to(self.noise.dtype), out=self._diff[:, lo:hi])
+        self._filled = hi
 
     def _keep(self, layer: int, hidden: Tensor) -> None:
         super()._keep(layer, hidden)
@@ -71,7 +71,7 @@ class MixedRun(Intervention):
         mask = self.outside[:, :n_w, readers.to(self.outside.device)]
         if not bool(mask.any()):
             return None
-        diff = self.noise[:, :n_w] - self._this[:, :n_w]
+        diff = self._diff[:, :n_w]
         if mask.ndim == 3:
             return torch.einsum("bwtd,bwr->brtd", diff, mask.to(diff.dtype))
         return torch.einsum("bwtd,bwrt->brtd", diff, mask.to(diff.dtype))
