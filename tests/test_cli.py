@@ -278,7 +278,7 @@ def _as_test(command: str, model: str) -> list[str]:
     if "--model" in args:
         i = args.index("--model")
         del args[i:i + 2]
-    if args[0] in ("run", "demo", "tasks"):
+    if args[0] in ("run", "demo", "tasks", "evaluate"):
         args += ["--model", model]
     if args[0] in ("run", "demo", "resume") and "--quiet" not in args:
         args.append("--quiet")
@@ -303,7 +303,8 @@ def test_every_command_in_the_readme_docs_and_help_runs(tiny_dir, tmp_path, caps
             if command not in seen and (EDGE_ENGINE or not _needs_edge_engine(command)):
                 seen.append(command)
                 assert main(_as_test(command, tiny_dir)) == 0, f"{name}: {command}\n{capsys.readouterr().err}"
-    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"} | ({"export"} if EDGE_ENGINE else set())
+    edge_commands = {"export", "evaluate"} if EDGE_ENGINE else set()
+    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks"} | edge_commands
 
 
 EDGE_ENGINE = importlib.util.find_spec("atpstar.edges.atp") is not None
@@ -311,7 +312,7 @@ EDGE_ENGINE = importlib.util.find_spec("atpstar.edges.atp") is not None
 
 
 def _needs_edge_engine(command: str) -> bool:
-    return bool(re.search(r"--level (edges|both)", command)) or command.split()[1] == "export"
+    return bool(re.search(r"--level (edges|both)", command)) or command.split()[1] in ("export", "evaluate")
 
 
 def test_edge_flags_are_checked_before_anything_runs(tmp_path, capsys):
