@@ -9,8 +9,10 @@ from conftest import StubTokenizer, random_pairs, tiny_hf
 
 import atpstar
 from atpstar.circuits import empty_circuit, faithfulness, full_circuit, node_circuit
+from atpstar.circuits import mib_scores, top_n
 from atpstar.circuits.mixture import MixedRun, outside_mask
 from atpstar.edges import EdgeGraph
+from atpstar.edges.eap_ig import eap
 from atpstar.edges.edgeset import EdgeSet
 from atpstar.edges.patching import edge_patch
 from atpstar.edges.sites import block_module, first, sites_of
@@ -122,3 +124,27 @@ def test_faithfulness_averages_the_metric_before_the_ratio_and_batching_changes_
     torch.testing.assert_close(batched.per_pair(), (batched.metric - batched.noise) / (batched.clean - batched.noise))
     assert not torch.allclose(batched.f, batched.per_pair().mean(1))  # the two averages differ here
     assert batched.info["cost"].forward == len(pairs) * (len(circuits) + 2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3"])
+def test_small_circuits_sum_the_inside_edges_as_large_ones_sum_the_outside_edges(arch, monkeypatch):
+    """Small circuits subtract their few inside edges from the readers' whole sum; the plain sum over outside
+    edges (the definition) gives the same metric, position-free and per position."""
+    model, pairs = _model(arch), random_pairs(lengths=(7, 9))
+    graph = EdgeGraph.of(model)
+    ranking = mib_scores(eap(model, pairs), pairs)
+    free = [top_n(graph, ranking, int(p * graph.n_edges()), True) for p in (0.02, 0.1)]  # connected circuits
+    gen = torch.Generator().manual_seed(1)
+    spots = free[1][..., None] & (torch.rand((*graph.shape, pairs.max_len), generator=gen) < 0.7)
+    fast = faithfulness(model, pairs, free, graph=graph).metric, faithfulness(model, pairs, spots, graph=graph).metric
+
+    def plain(self, readers):
+        mask = self.outside[:, :self._filled, readers]
+        spec = "bwtd,bwr->brtd" if mask.ndim == 3 else "bwtd,bwrt->brtd"
+        return torch.einsum(spec, self._diff[:, :self._filled], mask.to(self._diff.dtype))
+
+    monkeypatch.setattr(MixedRun, "_delta", plain)
+    slow = faithfulness(model, pairs, free, graph=graph).metric, faithfulness(model, pairs, spots, graph=graph).metric
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert (fast[0] - faithfulness(model, pairs, empty_circuit(graph), graph=graph).metric).abs().amax() > 1e-2

@@ -40,6 +40,7 @@ class MixedRun(Intervention):
     _diff: Tensor | None = field(default=None, init=False)
     _filled: int = field(default=0, init=False)
     _stash: dict = field(default_factory=dict, init=False)
+    _prefix: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.capture = frozenset({RESID, *(["head"] if self.graph.per_head else [])})
@@ -49,8 +50,10 @@ class MixedRun(Intervention):
     def _append(self, writes: Tensor) -> None:
         if self._diff is None:
             self._diff = torch.empty_like(self.noise)
+            self._prefix = {0: self.noise.new_zeros(self.noise[:, 0].shape)}
         lo, hi = self._filled, self._filled + writes.shape[1]
         torch.sub(self.noise[:, lo:hi], writes.to(self.noise.dtype), out=self._diff[:, lo:hi])
+        self._prefix[hi] = self._prefix[lo] + self._diff[:, lo:hi].sum(1)  # Σ of the first hi writers' differences
         self._filled = hi
 
     def _keep(self, layer: int, hidden: Tensor) -> None:
@@ -66,15 +69,22 @@ class MixedRun(Intervention):
 
     # --- the readers' inputs ---------------------------------------------------------------------
     def _delta(self, readers: Tensor) -> Tensor | None:
-        """(B, len(readers), T, d) Σ over outside edges of (noise write − this run's write); None if 0."""
+        """(B, len(readers), T, d) Σ over outside edges of (noise write − this run's write); None if 0.
+
+        Readers of one hook read the same first k writers (k: those that may feed them). When fewer of those
+        writers have an edge inside the circuit than outside it (small circuits), the sum is the first k
+        writers' total less the inside edges' share; otherwise the outside edges' sum itself."""
         n_w = self._filled
-        mask = self.outside[:, :n_w, readers.to(self.outside.device)]
-        if not bool(mask.any()):
+        outside = self.outside[:, :n_w, readers.to(self.outside.device)]
+        if not bool(outside.any()):
             return None
-        diff = self._diff[:, :n_w]
-        if mask.ndim == 3:
-            return torch.einsum("bwtd,bwr->brtd", diff, mask.to(diff.dtype))
-        return torch.einsum("bwtd,bwrt->brtd", diff, mask.to(diff.dtype))
+        valid = self.graph.valid[:n_w, readers.cpu()].to(outside.device)
+        k = int(valid.any(1).nonzero().max()) + 1
+        inside = (valid if outside.ndim == 3 else valid[..., None]).to(outside.dtype) - outside
+        used_in, used_out = (_writers(m) for m in (inside, outside))
+        if k in self._prefix and bool(valid[:k].all()) and int(used_in.sum()) < int(used_out.sum()):
+            return self._prefix[k][:, None] - _contract(self._diff[:, :n_w][:, used_in], inside[:, used_in])
+        return _contract(self._diff[:, :n_w][:, used_out], outside[:, used_out])
 
     def _install(self) -> None:
         super()._install()
@@ -135,6 +145,18 @@ class MixedRun(Intervention):
             return out
 
         return hook
+
+
+def _writers(mask: Tensor) -> Tensor:
+    """(W,) bool: writers with any edge in ``mask`` ((B, W, R) or (B, W, R, T)) in any row."""
+    return mask.transpose(0, 1).reshape(mask.shape[1], -1).any(1)
+
+
+def _contract(diff: Tensor, mask: Tensor) -> Tensor:
+    """(B, R, T, d) Σ_w mask[b, w, r(, t)] · diff[b, w, t, :]."""
+    if mask.ndim == 3:
+        return torch.einsum("bwtd,bwr->brtd", diff, mask.to(diff.dtype))
+    return torch.einsum("bwtd,bwrt->brtd", diff, mask.to(diff.dtype))
 
 
 def outside_mask(graph: EdgeGraph, circuits: Tensor) -> Tensor:
