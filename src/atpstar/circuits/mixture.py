@@ -83,8 +83,9 @@ class MixedRun(Intervention):
         inside = (valid if outside.ndim == 3 else valid[..., None]).to(outside.dtype) - outside
         used_in, used_out = (_writers(m) for m in (inside, outside))
         if k in self._prefix and bool(valid[:k].all()) and int(used_in.sum()) < int(used_out.sum()):
-            return self._prefix[k][:, None] - _contract(self._diff[:, :n_w][:, used_in], inside[:, used_in])
-        return _contract(self._diff[:, :n_w][:, used_out], outside[:, used_out])
+            whole = self._prefix[k][:, None]
+            return whole.expand(-1, len(readers), -1, -1) if not used_in.any() else whole - _contract(self._diff[:, :n_w], inside, used_in)
+        return _contract(self._diff[:, :n_w], outside, used_out)
 
     def _install(self) -> None:
         super()._install()
@@ -152,8 +153,11 @@ def _writers(mask: Tensor) -> Tensor:
     return mask.transpose(0, 1).reshape(mask.shape[1], -1).any(1)
 
 
-def _contract(diff: Tensor, mask: Tensor) -> Tensor:
-    """(B, R, T, d) Σ_w mask[b, w, r(, t)] · diff[b, w, t, :]."""
+def _contract(diff: Tensor, mask: Tensor, used: Tensor) -> Tensor:
+    """(B, R, T, d) Σ_w mask[b, w, r(, t)] · diff[b, w, t, :]; ``used``: the writers with any nonzero mask
+    entry (only those are gathered, when they are few)."""
+    if int(used.sum()) * 2 < len(used):
+        diff, mask = diff[:, used.to(diff.device)], mask[:, used.to(mask.device)]
     if mask.ndim == 3:
         return torch.einsum("bwtd,bwr->brtd", diff, mask.to(diff.dtype))
     return torch.einsum("bwtd,bwrt->brtd", diff, mask.to(diff.dtype))
