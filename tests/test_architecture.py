@@ -17,7 +17,7 @@ SRC = Path(atpstar.__file__).parent
 MAX_LINES = 400
 
 # Each stage may import itself and any stage of a lower rank; equal ranks may not import each other.
-RANK = {"vocabulary": 0, "substrate": 1, "tasks": 2, "methods": 2, "edges": 3, "diagnostics": 4, "verification": 5, "run": 6}
+RANK = {"vocabulary": 0, "substrate": 1, "tasks": 2, "methods": 2, "edges": 3, "diagnostics": 4, "circuits": 4, "verification": 5, "run": 6}
 
 
 def stage(module: str) -> str:

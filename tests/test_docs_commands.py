@@ -102,11 +102,11 @@ def as_quick(command: str, model: str) -> list[str]:
     if "--model" in args:
         i = args.index("--model")
         del args[i:i + 2]
-    if args[0] in ("run", "demo", "tasks"):
+    if args[0] in ("run", "demo", "tasks", "evaluate"):
         args += ["--model", model]
-    if args[0] in ("run", "demo", "resume") and "--quiet" not in args:
+    if args[0] in ("run", "demo", "resume", "evaluate") and "--quiet" not in args:
         args.append("--quiet")
-    if args[0] in ("run", "demo") and "--pairs" in args:
+    if args[0] in ("run", "demo", "evaluate") and "--pairs" in args:
         i = args.index("--pairs")
         args[i + 1] = str(min(int(args[i + 1]), 2))
     elif args[0] in ("run", "demo"):
@@ -128,7 +128,7 @@ def test_every_atpstar_command_of_the_documents_and_of_help_runs(tiny_dir, tmp_p
     """The documents' ``atpstar`` commands, then every --help's examples, in one folder (the same command
     once; a run's resume / report / export refer to it, so distinct runs use distinct folders)."""
     found = [(doc, c) for doc, c in commands() if c.startswith("atpstar ")]
-    found += [("--help", c) for k in ("main", "run", "demo", "report", "resume", "export", "tasks")
+    found += [("--help", c) for k in ("main", "run", "demo", "report", "resume", "export", "evaluate", "tasks")
               for c in shell_lines(Block("--help", "bash", EXAMPLES[k], 0)) if c.startswith("atpstar ")]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
@@ -137,7 +137,7 @@ def test_every_atpstar_command_of_the_documents_and_of_help_runs(tiny_dir, tmp_p
         if command not in seen:
             seen.append(command)
             assert main(as_quick(command, tiny_dir)) == 0, f"{doc}: {command}\n{capsys.readouterr().err}"
-    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks", "export"}
+    assert {c.split()[1] for c in seen} == {"run", "demo", "resume", "report", "tasks", "export", "evaluate"}
     assert (tmp_path / "submission").is_dir() and list(tmp_path.glob("runs/*/eap-graph.json"))
 
 
@@ -252,11 +252,14 @@ def test_no_command_hides_outside_a_bash_block():
 PRELUDE = {
     "diagnostic.md": "model = atpstar.load_model('default')\npairs = atpstar.tasks.ioi(model, n=2, seed=0)\n",
     "methods.md": "model = atpstar.load_model('default')\npairs = atpstar.tasks.ioi(model, n=2, seed=0)\n",
+    "circuits.md": "import atpstar\nmodel = atpstar.load_model('default')\npairs = atpstar.tasks.ioi(model, n=2, seed=0)\n",
 }
 """Names a document's code uses without defining them (the reader has them from an earlier step; the
 other documents' first blocks define their own)."""
 
 BEFORE = {
+    ("circuits.md", 0): "circuit_a = atpstar.edges.atp(model, pairs).edges(20)\n"
+                        "circuit_b = atpstar.edges.atp(model, pairs).edges(40)\n",
     ("edges.md", 1): "my_edges = atpstar.edges.atp(model, pairs).edges(40)\n"
                      "exact = atpstar.edges.edge_acp(model, pairs, my_edges)\n",
 }

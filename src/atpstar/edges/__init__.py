@@ -29,6 +29,7 @@ Modules, one idea each:
 - :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
 - :mod:`.export`, :mod:`.mib`: the EAP-IG / MIB graph JSON of an edge table, MIB's submission folder;
 - :mod:`.tl_hooks`: TransformerLens hook names of nodes, writers and readers.
+- :mod:`.eap_ig`: the field's edge methods :func:`eap`, :func:`eap_ig_inputs`, :func:`eap_ig_activations` (EAP-IG).
 """
 
 from .atp import atp
@@ -49,3 +50,7 @@ from .baselines import EDGE_BASELINES, blocks, hierarchical, iterative, subsampl
 __all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
             "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "hierarchical",
             "iterative", "subsampling", "write_mib_folder"]
+
+from .eap_ig import eap, eap_ig_activations, eap_ig_inputs  # noqa: E402
+
+__all__ += ["eap", "eap_ig_activations", "eap_ig_inputs"]

@@ -81,12 +81,15 @@ def atp(model, pairs: PromptPairs, qk_fix: bool = True, graddrop: bool = True, m
 class _PairEstimate:
     """All edge estimates of one prompt pair: (W, R, T) signed ordinary estimates and score terms."""
 
-    def __init__(self, model, graph: EdgeGraph, chunk, metric, qk_fix: bool, graddrop: bool):
+    def __init__(self, model, graph: EdgeGraph, chunk, metric, qk_fix: bool, graddrop: bool, delta: Tensor | None = None):
+        """``delta``: the (W, T, d) writer deltas when already captured (else two forward passes capture them)."""
         self.model, self.graph, self.chunk, self.metric = model, graph, chunk, metric
         self.qk_fix, self.graddrop = qk_fix, graddrop
-        clean_w, _, _ = capture_writes(model, graph, chunk.clean)
-        noise_w, _, _ = capture_writes(model, graph, chunk.noise)
-        self.delta = noise_w.sub_(clean_w)[0]  # (W, T, d)
+        if delta is None:
+            clean_w, _, _ = capture_writes(model, graph, chunk.clean)
+            noise_w, _, _ = capture_writes(model, graph, chunk.noise)
+            delta = noise_w.sub_(clean_w)[0]
+        self.delta = delta  # (W, T, d)
         n_tok = self.delta.shape[1]
         dtype = torch.promote_types(model.dtype, torch.float32)
         self.effect = torch.zeros(graph.n_writers, graph.n_readers, n_tok, dtype=dtype, device=self.delta.device)

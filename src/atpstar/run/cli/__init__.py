@@ -1,4 +1,4 @@
-"""Command line: ``atpstar run | demo | resume | report | tasks`` (``atpstar --help``).
+"""Command line: ``atpstar run | demo | resume | report | export | evaluate | tasks`` (``atpstar --help``).
 
 Bad input ends with a short ``atpstar: error: ...`` message on stderr and exit status 2 (no
 traceback); running out of memory with advice and status 3; Ctrl-C with how to resume and status
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     handler = {"run": commands.cmd_run, "demo": commands.cmd_demo, "resume": commands.cmd_resume,
                "report": commands.cmd_report, "tasks": commands.cmd_tasks,
-               "export": commands.cmd_export}[args.command]
+               "export": commands.cmd_export, "evaluate": commands.cmd_evaluate}[args.command]
     folder = getattr(args, "out", None) or getattr(args, "dir", None)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`: stop as cleanly as Ctrl-C does
     try:

@@ -116,6 +116,23 @@ def _export_circuit(args, verified) -> tuple[str, object]:
     raise ValueError(f"--circuit {which!r}: use verified, top:N (N > 0) or all")
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from ... import load_model, tasks
+    from ...circuits.evaluate_file import evaluate_file, format_evaluation
+    from ..options import resolve_device, torch_dtype
+
+    model = load_model(args.model, dtype=torch_dtype(args.dtype), device=resolve_device(args.device))
+    pairs = tasks.load(args.task, model, n=args.pairs, seed=args.seed, bos=args.bos)
+    out = evaluate_file(model, pairs, args.circuit, curve=args.curve, batch_size=args.batch_size)
+    print(format_evaluation(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from ... import load_model, tasks
     from ...metrics import resolve

@@ -54,6 +54,15 @@ writes EAP-IG's Graph.to_json format (nodes input, a{L}.h{H}, m{L}, logits; edge
 importance: -effect (patching a high-score edge hurts the behaviour most), the exact effect where the edge
 was verified. A key/value head shared by several query heads (and Gemma 3's whole-layer attention write)
 is split evenly over the EAP-IG edges it stands for.""",
+    "evaluate": """\
+examples:
+  atpstar evaluate runs/ioi-edges/eap-graph.json --task ioi --pairs 8      # the in_graph circuit's faithfulness
+  atpstar evaluate runs/ioi-edges/eap-graph.json --curve --json scores.json # + MIB's curves, CPR, CMD
+
+faithfulness f = (m(circuit) - m(empty)) / (m(full) - m(empty)), the metric averaged over the pairs; in a circuit's
+run every reader reads the clean run's value of the edges in the circuit and the noise prompt's of the others
+(docs/circuits.md). --curve ranks the file's edge scores at MIB's grid (0.1%% ... 100%% of the edges, pruned),
+CPR = area under f (signed scores), CMD = area under |1 - f| (absolute scores).""",
     "tasks": """\
 examples:
   atpstar tasks                         # examples made with the bundled model's tokenizer
@@ -180,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the score written, as MIB's importance (-value): 'effect' (default), the signed effect, "
                              "exact where verified; 'ranking', the method's ranking score (AtP*'s GradDrop) with the "
                              "effect's sign")
+    evaluate = add("evaluate", "score a circuit (EAP-IG / MIB graph JSON) by its faithfulness on a model and task")
+    evaluate.add_argument("circuit", metavar="CIRCUIT.json", help="an EAP-IG / MIB graph JSON (Graph.to_json)")
+    evaluate.add_argument("--model", default="default", metavar="M", help="the model the circuit is of (as for run)")
+    evaluate.add_argument("--task", default="ioi", metavar="T", help="ioi, city, rand, or your pairs file")
+    evaluate.add_argument("--pairs", type=int, default=None, metavar="N", help="prompt pairs (default 8 for built-in tasks)")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the task's pairs")
+    evaluate.add_argument("--bos", action=argparse.BooleanOptionalAction, default=True,
+                          help="the beginning-of-sequence token in front of every prompt (default, as for run)")
+    evaluate.add_argument("--curve", action="store_true", help="also MIB's curves of the file's scores: CPR, CMD, the "
+                          "smallest circuits with f >= 0.8 and 0.9")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    evaluate.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default cpu)")
+    evaluate.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' precision (default float32)")
+    evaluate.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per forward pass (default: automatic)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     tasks = add("tasks", "list the built-in tasks with one example prompt pair each")
     tasks.add_argument("--model", default="default", metavar="M", help="whose tokenizer builds the examples")
     tasks.add_argument("--quiet", action="store_true", help="no progress bars")
