@@ -1,6 +1,6 @@
 """The false-negative diagnostic on edges (SPEC.md §9 and §11): how large can an unverified edge's effect be?
 
-After verifying the top of an edge ranking (:func:`atpstar.edges.verify_edges`), :func:`diagnose_edges`
+After verifying the top of an edge ranking (:func:`atpstar.verify` of an EdgeScores), :func:`diagnose_edges`
 patches random subsets of the *unverified* edges jointly (:class:`~atpstar.edges.patching.EdgePatcher`:
 several edges into one reader add their writer deltas, edges into different readers patch
 independently), optionally subtracts each subset's predicted effect (the sum of its members' edge
@@ -45,7 +45,7 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
 
     Args:
         model, pairs, metric: as for :func:`atpstar.edges.edge_acp`.
-        verified: an :class:`~atpstar.edges.EdgeVerification` (the edges its ranking scored are the
+        verified: a :class:`~atpstar.verification.Verification` of edges (the edges its ranking scored are the
             universe, its ``edges`` the verified ones; it must belong to this model, these pairs and this
             metric), or the verified edges themselves (names, an edge table with writer, reader, pos, an
             EdgeSet; None or empty: nothing verified), the universe then being every edge of the graph.

@@ -10,7 +10,7 @@ Public API::
     patcher.single(edges) -> (N, pairs);  patcher.effects(edges, sets) -> (sets, pairs)   # joint patches
     scores.top(k), scores.to_frame(top=None), scores.edges(k), scores.group("positions", "heads")
     ranked = subsampling(model, pairs, edges=None, p=0.01, samples=1000)   # also blocks(size=16), hierarchical()
-    checked = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=30), stop=None)   # exact, ranked order
+    checked = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=30))   # exact, ranked order
     to_eap_graph(table, cfg) / eap_graph_of(scores, d_model, circuit) / tl_hook(name) / tl_edge_hooks(edge)
 
 Modules, one idea each:
@@ -25,7 +25,8 @@ Modules, one idea each:
 - :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` (also ``edge_atp``) — edge AtP, +QK fix, +GradDrop, AtP*;
 - :mod:`.baselines`: the paper's baselines on edges — :func:`subsampling`, :func:`blocks`,
   :func:`hierarchical`, :func:`iterative` (the node estimators' cores of :mod:`atpstar.methods`, with an EdgePatcher);
-- :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
+- :mod:`.units`: edges as the units of a ranking (:mod:`atpstar.units`), so :func:`atpstar.verify` verifies
+  the top of an edge ranking by exact edge patching;
 - :mod:`.export`: the EAP-IG / MIB graph JSON of an edge table, TransformerLens hook names.
 """
 
@@ -42,11 +43,11 @@ __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScor
 
 from .export import (eap_config, eap_graph_of, from_eap_graph, mib_folder_name, tl_edge_hooks, tl_hook,  # noqa: E402
                      to_eap_graph, write_eap_json)
-from .verify import EdgeVerification, verify_edges  # noqa: E402
+from . import units  # noqa: E402,F401  (registers edges as a unit kind: atpstar.verify takes EdgeScores)
 from .baselines import EDGE_BASELINES, blocks, hierarchical, iterative, subsampling  # noqa: E402
 
 edge_subsampling, edge_blocks, edge_hierarchical, edge_iterative = subsampling, blocks, hierarchical, iterative
 
-__all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
-            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "edge_blocks",
+__all__ += ["eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
+            "tl_hook", "to_eap_graph", "write_eap_json", "EDGE_BASELINES", "blocks", "edge_blocks",
             "edge_hierarchical", "edge_iterative", "edge_subsampling", "hierarchical", "iterative", "subsampling"]

@@ -87,7 +87,7 @@ def verify_edges(ctx: Context) -> None:
     if file.is_file() and (not (cfg.diagnose or theta) or ctx.folder.done("edge-diagnosis.json")):
         ctx.verified_edges = pd.read_parquet(file)
         return
-    from ..edges.verify import verify_edges as run_verify
+    from ..verification.loop import verify as run_verify
 
     if theta:
         setup_theta(ctx, stop, ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None)
@@ -96,12 +96,16 @@ def verify_edges(ctx: Context) -> None:
         ctx.say(f"--stop theta: {_universe_words(ctx)}; {stop.samples} random subsets at p = {stop.p:g} are patched "
                 "at the first check, then re-bounded as edges are verified")
     ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
+    checkpoint = ctx.folder.checkpoint("verify-edges.ckpt")
+    if checkpoint.exists():
+        load_checked(checkpoint)  # a damaged file: a clear error, not torch's unpickling one
     v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
-                   batch_size=cfg.batch_size, progress=ctx.progress)
+                   checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
+                   progress=ctx.progress)
     ctx.edge_verification, ctx.verified_edges = v, v.to_frame()
     save_frame(ctx.verified_edges, file)
-    ctx.record("verify:edges", edges=len(v.to_frame()), stopped=v.stopped, cost=v.cost.to_dict(),
-               per_pair=v.cost.per_pair(), seconds=v.cost.seconds)
+    ctx.record("verify:edges", edges=len(v), stopped=v.stopped, cost=v.cost.to_dict(), per_pair=v.cost.per_pair(),
+               seconds=v.cost.seconds, patched=v.patched, reused=v.reused, stop_index=v.stop_index)
     ctx.meta["stages"]["edges"]["verified"] = len(ctx.verified_edges)
     ctx.meta["stages"]["edges"]["stopped"] = v.stopped
     ctx.folder.write_meta(ctx.meta)

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from ..cost import Cost
-from .ranking import Ranking, as_ranking, check_unique
+from ..ranking import Ranking, as_ranking, check_unique
 
 
 def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0.9, kinds=None) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def _truth(truth, kinds):
         raise TypeError(f"truth must be exact effects: a Scores from acp, a Verification or a DataFrame with an "
                         f"'effect' or 'score' column, got {type(truth).__name__}")
     keep = value.isfinite()
-    return ranked.nodes.take(keep), value[keep].numpy()
+    return ranked.units.take(keep), value[keep].numpy()
 
 
 def _dims(*sets) -> tuple[int, int, int]:
@@ -130,10 +130,10 @@ def _matched(ranking, truth, kinds):
     ranked = as_ranking(ranking, kinds)
     if len(truth_nodes) == 0:
         raise ValueError("the truth has no nodes (of these kinds) with a finite effect")
-    dims = _dims(truth_nodes, ranked.nodes)
-    t_ids, r_ids = truth_nodes.ids(dims), ranked.nodes.ids(dims)
+    dims = _dims(truth_nodes, ranked.units)
+    t_ids, r_ids = truth_nodes.ids(dims), ranked.units.ids(dims)
     check_unique(truth_nodes, t_ids, "the truth")
-    check_unique(ranked.nodes, r_ids, "the ranking")
+    check_unique(ranked.units, r_ids, "the ranking")
     r_sorted, r_order = torch.sort(r_ids)
     at = torch.searchsorted(r_sorted, t_ids).clamp(max=max(len(r_ids) - 1, 0))
     found = r_sorted[at] == t_ids if len(r_ids) else torch.zeros(len(t_ids), dtype=torch.bool)
@@ -145,7 +145,7 @@ def _matched(ranking, truth, kinds):
     scored = ranked.from_scores or (isinstance(ranking, pd.DataFrame) and "score" in ranking.columns)
     extra = ~in_truth & (~ranked.score.isnan() if scored else torch.ones_like(in_truth))
     if extra.any():  # a NaN-scored entry the truth lacks is a node that exists for no pair: ignored
-        raise ValueError(_mismatch(ranked.nodes, extra, "the ranking has", "the truth lacks"))
+        raise ValueError(_mismatch(ranked.units, extra, "the ranking has", "the truth lacks"))
     rank = torch.cumsum(in_truth.long(), 0) - 1  # rank among the ranking's truth nodes
     return value, rank[position].numpy()
 
