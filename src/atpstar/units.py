@@ -106,14 +106,19 @@ class Units(Protocol):
 
 
 def unit_of(ranking) -> str:
-    """The unit kind a ranking is made of: its own ``unit_kind`` (Scores, EdgeScores, NodeSet, EdgeSet), an edge
-    table (``writer``/``reader`` columns) or edge names (``"a@t -> b@t"``) are edges; anything else nodes."""
+    """The unit kind a ranking (or a truth, a verified set) is made of: its own ``unit_kind`` (Scores, EdgeScores,
+    NodeSet, EdgeSet, Verification); an edge table (``writer``/``reader`` columns, or edge names ``"a@t -> b@t"``
+    and no ``kind`` column) or a list of edge names is edges; anything else nodes. The one place that tells
+    them apart."""
     unit = getattr(ranking, "unit_kind", None)
     if isinstance(unit, str):
         return unit
     columns = getattr(ranking, "columns", None)
     if columns is not None:
-        return "edge" if {"writer", "reader"} <= set(columns) else "node"
+        if {"writer", "reader"} <= set(columns):
+            return "edge"
+        named = "name" in columns and "kind" not in columns
+        return "edge" if named and ranking["name"].astype(str).str.contains("->").any() else "node"
     if isinstance(ranking, (list, tuple)) and ranking and isinstance(ranking[0], str) and "->" in ranking[0]:
         return "edge"
     return "node"

@@ -31,8 +31,7 @@ from ..metrics import resolve
 from ..pairs import check_pairs
 from .bound import SubsetSums, node_stats
 from .diagnosis import Design, EdgeDiagnosis
-from .diagnostic import _name, check_options
-from .sampling import Store, sample, store_key
+from .sampling import Store, check_options, estimates_name, sample, store_key
 
 __all__ = ["EdgeDiagnosis", "diagnose_edges"]
 
@@ -62,6 +61,9 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
         ``suspects`` (edge names, writer, reader, pos, effect, se, upper, ...), ``statement``, ``cost``,
         ``to_dict()`` and ``rebound(more_verified)``.
     """
+    if getattr(verified, "unit_kind", "edge") != "edge":
+        raise TypeError(f"verified is a {type(verified).__name__} of {verified.unit_kind}s, not of edges: bound what a "
+                        "node verification left with atpstar.diagnose, or pass an edge verification or edges")
     start = time.perf_counter()
     check_options(samples, p, delta, bound)
     check_pairs(pairs)
@@ -98,7 +100,7 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
     readers = sorted({int(k) for k in graph.reader_kind[universe.reader].unique()})
     return EdgeDiagnosis(
         delta=delta, p=p, samples=samples, bound=bound, nodes=units, stats=stats, n_unverified=len(left),
-        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=_name(estimates),
+        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=estimates_name(estimates),
         subset_effects=effects, kinds=[READER_KINDS[k] for k in readers], n_pairs=len(pairs), cost=cost,
         resumed=resumed, seed=seed, design=design, graph=graph)
 

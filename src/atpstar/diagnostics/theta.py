@@ -13,8 +13,8 @@ import math
 
 from .bound import min_samples, spent_delta
 from ..cost import Cost
-from .diagnostic import check_options, diagnose
-from .edges import diagnose_edges
+from .diagnostic import diagnose
+from .sampling import check_options
 
 __all__ = ["ThetaBelow"]
 
@@ -142,9 +142,6 @@ class ThetaBelow:
     @staticmethod
     def _draw(state, level: float, options: dict):
         """A fresh diagnostic of what ``state`` (a Verification of nodes or of edges) left unverified."""
-        if state.unit.name == "edge":
-            return diagnose_edges(state.model, state.pairs, state, delta=level, metric=state.metric, graph=state.graph,
-                                  **options)
         return diagnose(state.model, state.pairs, state, delta=level, metric=state.metric, **options)
 
     def __call__(self, state) -> str | None:

@@ -196,7 +196,8 @@ def check_diagnostic(samples, p, delta) -> None:
     """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
     import inspect
 
-    from ..diagnostics.diagnostic import check_options, diagnose
+    from ..diagnostics.diagnostic import diagnose
+    from ..diagnostics.sampling import check_options
 
     if samples is not None:
         check_int("samples", samples, 2)

@@ -135,13 +135,11 @@ def _plan_words(unit, ranked: Ranking, patcher, store) -> str:
 
 def _diagnose(model, pairs, result: Verification, ranking, metric, diagnose, progress, batch_size, memory_mb):
     """``verify(..., diagnose=...)``: the false-negative diagnostic of the units left unverified."""
-    from ..diagnostics.diagnostic import diagnose as diagnose_nodes
-    from ..diagnostics.edges import diagnose_edges
+    from ..diagnostics.diagnostic import diagnose as run_diagnostic
 
     options = {"estimates": ranking if hasattr(ranking, "effect") else None, "progress": progress,
                "batch_size": batch_size, "memory_mb": memory_mb, **(diagnose if isinstance(diagnose, dict) else {})}
-    run = diagnose_edges if result.unit.name == "edge" else diagnose_nodes
-    return run(model, pairs, result, metric=metric, **options)
+    return run_diagnostic(model, pairs, result, metric=metric, **options)
 
 
 def _add_prior(store: VerifiedStore, prior, key: str, unit) -> None:
@@ -151,7 +149,8 @@ def _add_prior(store: VerifiedStore, prior, key: str, unit) -> None:
         raise ValueError("prior is a Verification of a different run (another model, prompt pairs or metric); "
                          "its effects cannot be reused here")
     if prior.unit is not None and prior.unit.name != unit.name:
-        raise ValueError(f"prior is a verification of {prior.unit.plural}, this ranking is of {unit.plural}")
+        raise TypeError(f"prior is a verification of {prior.unit.plural}, but this ranking is of {unit.plural}: "
+                        f"pass a prior Verification of the same {unit.plural}, or prior=None")
     store.merge(unit.ids(prior.nodes), prior.per_pair, prior.node_cost, prior.node_seconds)
     if store.capture_seconds is None:
         store.capture_seconds = prior.cost.seconds - float(prior.node_seconds.sum())

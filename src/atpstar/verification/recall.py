@@ -31,6 +31,7 @@ import torch
 
 from ..cost import Cost
 from ..ranking import Ranking, as_ranking, check_unique
+from ..units import unit_of
 
 
 def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0.9, kinds=None) -> pd.DataFrame:
@@ -44,6 +45,9 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
             :class:`~atpstar.verification.Verification`, or a DataFrame with kind/layer/unit/pos and
             ``effect`` (signed mean; its absolute value is used) or ``score`` (= |mean effect|).
             Nodes with a NaN truth are not part of it.
+            Edges alike (ranking and truth of one unit kind, else a TypeError): an EdgeScores, an edge table
+            with ``name`` (and ``score``; a truth's ``effect_exact``, ``effect`` or ``score``), edge names, a
+            Verification of edges.
         k: the largest k (at most the number of truth nodes).
         estimation_cost: the method's estimation cost: forward-pass equivalents per pair (a
             number), a :class:`~atpstar.cost.Cost`, or a Scores whose ``info["cost"]`` to use;
@@ -59,7 +63,8 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
     if not 0 < relaxed <= 1:
         raise ValueError(f"relaxed must be a fraction in (0, 1], got {relaxed!r}")
     estimation = _per_pair_cost(estimation_cost)
-    if _is_edges(ranking) or _is_edges(truth):
+    unit = _unit(ranking, truth)
+    if unit == "edge":
         if kinds is not None:
             raise ValueError("kinds= selects node kinds; edge rankings take no kinds (filter the edge table instead)")
         value, rank = _matched_edges(ranking, truth)
@@ -178,17 +183,19 @@ def _prefix_order_statistic(values: np.ndarray, target: np.ndarray) -> np.ndarra
 
 
 # --- edges ------------------------------------------------------------------------------------------
-def _is_edges(x) -> bool:
-    if hasattr(x, "graph") and hasattr(x, "ranked_ids"):  # an EdgeScores
-        return True
-    if isinstance(x, pd.DataFrame):
-        return "reader" in x.columns or ("name" in x.columns and "kind" not in x.columns
-                                          and x["name"].astype(str).str.contains("->").any())
-    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str) and "->" in x[0]
+def _unit(ranking, truth) -> str:
+    unit, of_truth = unit_of(ranking), unit_of(truth)
+    if unit != of_truth:
+        raise TypeError(f"the ranking ({type(ranking).__name__}) is of {unit}s but the truth ({type(truth).__name__}) is "
+                        f"of {of_truth}s: rank and measure the same units (node Scores with a node truth, EdgeScores "
+                        "or edge tables with an edge truth)")
+    return unit
 
 
 def _edge_names(x, what: str) -> tuple[pd.Index, np.ndarray]:
     """(edge names in ranked order, score or NaN) of an edge ranking, or (names, |effect|) of a truth."""
+    if hasattr(x, "per_pair") and hasattr(x, "to_frame"):  # a Verification of edges: its table (effect_exact)
+        x = x.to_frame()
     if hasattr(x, "graph") and hasattr(x, "ranked_ids"):
         frame = x.to_frame()
         return pd.Index(frame["name"]), frame["score"].to_numpy(dtype=float)

@@ -32,9 +32,11 @@ class Budget:
         for name in ("forward", "seconds"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"Budget {name} must be a positive number, got {value!r}")
+                raise ValueError(f"Budget {name} must be a positive number, got {value!r}; e.g. "
+                                 f"budget=atpstar.Budget({name}={50 if name == 'forward' else 600})")
         if self.nodes is not None and (not isinstance(self.nodes, int) or isinstance(self.nodes, bool) or self.nodes < 1):
-            raise ValueError(f"Budget nodes must be a positive integer, got {self.nodes!r}")
+            raise ValueError(f"Budget nodes must be a positive integer (verified nodes or edges), got {self.nodes!r}; "
+                             "e.g. budget=atpstar.Budget(nodes=100)")
         if self.forward is not None and self.forward <= 2:
             raise ValueError(f"Budget forward={self.forward} per pair cannot pay for the clean and noise runs "
                              "(2 forward passes per pair) and any patch; verifying n nodes costs about 2 + n, "
@@ -99,6 +101,11 @@ class Verification:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    @property
+    def unit_kind(self) -> str:
+        """The kind of the verified units, ``"node"`` or ``"edge"`` (:mod:`atpstar.units`)."""
+        return "node" if self.unit is None else self.unit.name
 
     @property
     def verified_mask(self) -> Tensor:
