@@ -149,15 +149,17 @@ def resume(out, progress: bool = True, echo=None, batch_size: int | None = None)
 
 
 def _execute(folder: RunDir, meta: dict, progress: bool, echo) -> RunFolder:
-    from .edge_stages import diagnose_edges, edges
-    from .stages import NODE_STAGES, Context, report, tables
+    from .edge_stages import edges
+    from .stages import Context, estimate, load, make_pairs, report, tables
+    from .unit_stages import diagnose_edges, diagnose_nodes, verify_edges, verify_nodes
 
     ctx = Context(RunConfig.from_dict(meta["config"]), folder, meta, progress, echo or (lambda msg: None))
     meta["status"] = "running"
     meta.pop("error", None)
     folder.write_meta(meta)
     try:
-        for stage in (*NODE_STAGES, edges, diagnose_edges, tables):
+        for stage in (load, make_pairs, estimate, verify_nodes, diagnose_nodes, edges, verify_edges, diagnose_edges,
+                      tables):
             stage(ctx)
     except KeyboardInterrupt:
         meta["status"] = "interrupted"
