@@ -28,7 +28,7 @@ from ..checkpoint import fingerprint, run_key
 from ..cost import Cost
 from .diagnosis import Design, Diagnosis
 from .edges import diagnose_edges
-from .sampling import Store, check_options, estimates_name, sample, store_key
+from .sampling import BOUND, P, SAMPLES, Store, check_options, estimates_name, sample, store_key
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
@@ -40,9 +40,9 @@ from ..types import ALL_KINDS, NodeKind
 __all__ = ["Diagnosis", "diagnose", "memberships", "subset_seed"]
 
 
-def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 1000, p: float = 0.05,
+def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = SAMPLES, p: float = P,
              delta: float = 0.05, seed: int = 0, metric=None, checkpoint=None, progress: bool = True,
-             bound: str = "subgaussian", batch_size: int | None = None, memory_mb: float = 1024,
+             bound: str = BOUND, batch_size: int | None = None, memory_mb: float = 1024,
              checkpoint_every: float = 30.0, edges=None, graph=None):
     """Bound the effects that verification may have missed.
 

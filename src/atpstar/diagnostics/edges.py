@@ -31,14 +31,14 @@ from ..metrics import resolve
 from ..pairs import check_pairs
 from .bound import SubsetSums, node_stats
 from .diagnosis import Design, EdgeDiagnosis
-from .sampling import Store, check_options, estimates_name, sample, store_key
+from .sampling import BOUND, P, SAMPLES, Store, check_options, estimates_name, sample, store_key
 
 __all__ = ["EdgeDiagnosis", "diagnose_edges"]
 
 
-def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: int = 1000, p: float = 0.05,
+def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: int = SAMPLES, p: float = P,
                    delta: float = 0.05, seed: int = 0, metric=None, graph: EdgeGraph | None = None, checkpoint=None,
-                   progress: bool = True, bound: str = "subgaussian", batch_size: int | None = None,
+                   progress: bool = True, bound: str = BOUND, batch_size: int | None = None,
                    memory_mb: float = 1024, checkpoint_every: float = 30.0) -> EdgeDiagnosis:
     """Bound the edge effects that edge verification may have missed.
 

@@ -125,6 +125,10 @@ class Store:
         self.saved_at, self.dirty = time.monotonic(), False
 
 
+SAMPLES, P, BOUND = 1000, 0.05, "subgaussian"
+"""The diagnostic's defaults (random subsets, the chance a unit is in one, the bound), for nodes and edges."""
+
+
 def check_options(samples, p, delta, bound) -> None:
     """Raise ValueError for options :func:`diagnose` cannot run with (before any model work)."""
     check_probability(p, "p")

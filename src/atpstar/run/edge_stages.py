@@ -5,10 +5,9 @@ what differs for edges in the verification and diagnostic stages written once in
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
-from . import options as opts
+from .registry import RUN_METHODS
 from ..cost import Cost
 from .folder import load_edge_scores, method_slug, save_edge_scores
 from .stages import Context
@@ -16,12 +15,12 @@ from .stages import Context
 
 def edges(ctx: Context) -> None:
     """Every edge ranked by each edge method of ``--method`` (an AtP variant or a joint-patching baseline,
-    ``opts.EDGE_METHODS``); the first one's ranking is verified (:mod:`.unit_stages`), the others' edge
+    a row of :data:`.registry.RUN_METHODS` with an edge function); the first one's ranking is verified (:mod:`.unit_stages`), the others' edge
     scores are kept (``edge-scores-<method>.pt``) for comparison."""
     cfg = ctx.cfg
     if cfg.level == "nodes":
         return
-    for i, method in enumerate(m for m in cfg.methods if m in opts.EDGE_METHODS):
+    for i, method in enumerate(m for m in cfg.methods if RUN_METHODS[m].edge):
         scores = _edge_method(ctx, method, "edges" if i == 0 else f"edges:{method}")
         if i == 0:
             ctx.edge_scores = scores
@@ -40,18 +39,9 @@ def _edge_method(ctx: Context, method: str, stage: str):
             warnings.warn(plan, stacklevel=2)
         else:
             ctx.say(plan)
-    if method in opts.ATP_FLAGS:
-        from ..edges.atp import atp as edge_atp
-
-        fn, flags = edge_atp, dict(zip(("qk_fix", "graddrop"), opts.ATP_FLAGS[method]))
-    else:
-        from ..edges.baselines import EDGE_BASELINES
-
-        fn, flags = EDGE_BASELINES[method], {}
-    wanted = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size), ("seed", cfg.seed))
-             if k in wanted and v is not None}
-    scores = fn(ctx.model, ctx.pairs, **flags, **extra)
+    spec = RUN_METHODS[method]
+    options = spec.options(edges=True, seed=cfg.seed, batch_size=cfg.batch_size)
+    scores = spec.edge_function()(ctx.model, ctx.pairs, progress=ctx.progress, **options)
     cost = Cost.of(scores)
     if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
         from dataclasses import replace
@@ -96,7 +86,7 @@ def diagnosed(ctx: Context):
 
 
 def statement(ctx: Context, d) -> str:
-    if opts.parse_edge_universe(ctx.cfg.edge_universe) is None:
+    if ctx.plan.edge_universe is None:
         return d.statement
     return f"Universe (--edge-universe {ctx.cfg.edge_universe}): {universe_words(ctx)}. {d.statement}"
 
@@ -117,7 +107,7 @@ def edge_universe(ctx: Context):
 
     from ..edges.edgeset import EdgeSet
 
-    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    parsed = ctx.plan.edge_universe
     if parsed is None:
         return None
     what, n = parsed
@@ -132,7 +122,7 @@ def edge_universe(ctx: Context):
 
 
 def universe_words(ctx: Context) -> str:
-    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    parsed = ctx.plan.edge_universe
     method = ctx.cfg.methods[0]
     if parsed is None:
         n = int(ctx.edge_scores.score.isfinite().sum())

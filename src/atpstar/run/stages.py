@@ -4,7 +4,6 @@ already in the run folder, so that running them all again resumes an interrupted
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import options as opts
+from .registry import RUN_METHODS
 from ..cost import Cost
 from .folder import EDGES_CSV, EDGES_PARQUET, NODES_CSV, NODES_PARQUET, RunDir, atomic_write, display_tokens
 from .folder import edge_table, load_pairs, load_scores, method_slug, node_table
@@ -29,6 +29,8 @@ class Context:
     meta: dict
     progress: bool
     echo: object
+    plan: object = None
+    """The run's options parsed once (:class:`~atpstar.run.plan.Plan`)."""
     model: object = None
     pairs: object = None
     scores: dict = field(default_factory=dict)
@@ -134,21 +136,12 @@ def estimate(ctx: Context) -> None:
 
 
 def run_method(ctx: Context, method: str):
-    from ..methods import METHODS, acp, atp
-
-    cfg = ctx.cfg
-    common = {"kinds": cfg.kinds, "progress": ctx.progress}
-    if method in opts.ATP_FLAGS:
-        qk_fix, graddrop = opts.ATP_FLAGS[method]
-        extra = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
-        return atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **common, **extra)
+    """``method``'s Scores over the run's node kinds (exact patching resumes from its checkpoint)."""
+    cfg, spec = ctx.cfg, RUN_METHODS[method]
+    options = spec.options(seed=cfg.seed, batch_size=cfg.batch_size)
     if method == "acp":
-        return acp(ctx.model, ctx.pairs, batch_size=cfg.batch_size, checkpoint=ctx.folder.checkpoint("acp.ckpt"),
-                   checkpoint_every=cfg.checkpoint_every, **common)
-    fn = METHODS[method]
-    wanted = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("seed", cfg.seed), ("batch_size", cfg.batch_size)) if k in wanted and v is not None}
-    return fn(ctx.model, ctx.pairs, **common, **extra)
+        options.update(checkpoint=ctx.folder.checkpoint("acp.ckpt"), checkpoint_every=cfg.checkpoint_every)
+    return spec.node_function()(ctx.model, ctx.pairs, kinds=cfg.kinds, progress=ctx.progress, **options)
 
 
 def tables(ctx: Context) -> None:

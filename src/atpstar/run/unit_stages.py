@@ -13,10 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from . import options as opts
 from . import edge_stages
 from ..checkpoint import load_checked
-from ..diagnostics.theta import ThetaBelow
 from .folder import atomic_write, save_frame
 from .stages import Context, _plain
 
@@ -66,10 +64,10 @@ class Lane:
 def verify(ctx: Context, lane: "Lane") -> None:
     """Exact patching of the top of the lane's ranking, under the run's budget and stop rule (resumable)."""
     cfg = ctx.cfg
-    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
-    if cfg.level == lane.skip_level or (budget is None and stop is None):
+    plan = ctx.plan
+    if cfg.level == lane.skip_level or not plan.verifies:
         return
-    theta = isinstance(stop, ThetaBelow)
+    theta = plan.theta
     file = ctx.folder.stage(lane.names["verified"])
     if file.is_file() and (not (cfg.diagnose or theta) or ctx.folder.done(lane.names["diagnosis"])):
         import pandas as pd
@@ -78,9 +76,9 @@ def verify(ctx: Context, lane: "Lane") -> None:
         return
     from ..verification.loop import verify as run_verify
 
-    ranking = lane.ranking(ctx)
+    ranking, stop = lane.ranking(ctx), plan.stop_rule()
     if theta:
-        setup_theta(ctx, stop, ranking if cfg.methods[0] in opts.ATP_FLAGS else None)
+        setup_theta(ctx, stop, ranking if plan.primary.atp else None)
         lane.set(ctx, "rule", stop)
         lane.verifying(ctx, stop)
     what = "edge" if lane.unit == "edge" else cfg.methods[0]
@@ -88,7 +86,7 @@ def verify(ctx: Context, lane: "Lane") -> None:
     checkpoint = ctx.folder.checkpoint(lane.names["verify.ckpt"])
     if checkpoint.exists():
         load_checked(checkpoint)  # a damaged file: a clear error, not torch's unpickling one
-    v = run_verify(ctx.model, ctx.pairs, ranking, budget=opts.budget_object(budget), stop=stop, checkpoint=checkpoint,
+    v = run_verify(ctx.model, ctx.pairs, ranking, budget=plan.budget, stop=stop, checkpoint=checkpoint,
                    checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size, progress=ctx.progress)
     lane.set(ctx, "verification", v)
     lane.set(ctx, "frame", v.to_frame())
@@ -141,7 +139,7 @@ def _fresh(ctx: Context, lane: "Lane"):
     if checkpoint.exists():
         load_checked(checkpoint)
     options = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
-    estimates = lane.ranking(ctx) if cfg.methods[0] in opts.ATP_FLAGS else None
+    estimates = lane.ranking(ctx) if ctx.plan.primary.atp else None
     verified, extra = lane.diagnosed(ctx)
     return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
                         checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,

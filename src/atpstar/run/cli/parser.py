@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, DTYPES, EDGE_UNIVERSE_HELP, LEVELS, METHOD_HELP
+from ..options import DEVICES, DTYPES, EDGE_UNIVERSE_HELP, LEVELS
+from ..registry import RUN_METHODS
 
 DESCRIPTION = """\
 atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
@@ -79,7 +80,7 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
     what.add_argument("--pairs", type=int, default=4 if demo else None, metavar="N",
                       help="prompt pairs to build (built-in tasks, default %s) or to keep from a file (default: all)"
                       % (4 if demo else 8))
-    methods = "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+    methods = "; ".join(f"{k}: {m.help}" for k, m in RUN_METHODS.items())
     what.add_argument("--method", default="atp*", metavar="M[,M...]",
                       help=f"one or more methods, comma-separated; the first one's ranking is verified. {methods}")
     what.add_argument("--kinds", default=DEMO["kinds"] if demo else "all", metavar="K",
