@@ -22,13 +22,12 @@ import time
 import torch
 from torch import Tensor
 
-from .. import distributed
-from .bound import SubsetSums, memberships, node_stats, subset_seed
+from .bound import memberships, subset_seed
 from ..checkpoint import fingerprint, run_key
-from ..cost import Cost
-from .diagnosis import Design, Diagnosis
+from .diagnosis import Diagnosis
 from .edges import diagnose_edges
-from .sampling import BOUND, P, SAMPLES, Store, check_options, estimates_name, sample, store_key
+from .sampling import BOUND, P, SAMPLES, check_options, store_key
+from .subsets import Side, bound_unverified
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
@@ -87,30 +86,14 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     metric = resolve(metric, pairs)
     universe, done = _universe(model, pairs, verified, kinds, metric)
     dims = (model.n_layers, max(model.units(k) for k in ALL_KINDS), pairs.max_len)
-    left = universe.take(~torch.isin(universe.ids(dims), done.ids(dims)))
-    if len(left) == 0:
-        raise ValueError(f"no unverified node is left ({len(universe)} nodes, all verified): nothing to bound")
-    patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
-    live = _moving(model, patcher, left)
-    nodes = left.take(live)
-    presence = pairs.presence(nodes.pos)
-    estimate = None if estimates is None else _gather(estimates, nodes, pairs.max_len)
-    sums = SubsetSums(len(nodes))
-    effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
-    if len(nodes):
-        store = Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
-        resumed = min(len(store.effects), samples)
-        effects = sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
-    stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(nodes) else None
-    design = Design(nodes, torch.zeros(len(nodes), dtype=torch.float64) if estimate is None else estimate.clone(),
-                    presence, effects.mean(1) if len(nodes) else effects.new_zeros(0),
-                    torch.zeros(len(nodes), dtype=torch.bool))
-    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
-    return Diagnosis(
-        delta=delta, p=p, samples=samples, bound=bound, nodes=nodes, stats=stats, n_unverified=len(left),
-        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=estimates_name(estimates),
-        subset_effects=effects, kinds=[k.value for k in universe.kinds], n_pairs=len(pairs), cost=cost,
-        resumed=resumed, seed=seed, design=design)
+    side = Side("node", universe, done, ids=lambda units: units.ids(dims),
+                patcher=lambda left: JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb),
+                moving=lambda patcher, left: _moving(model, patcher, left),
+                gather=lambda units: _gather(estimates, units, pairs.max_len),
+                key=lambda units, p, seed: _key(model, pairs, units, metric, p, seed))
+    found = bound_unverified(side, pairs, estimates, samples, p, delta, seed, checkpoint, progress, bound, memory_mb,
+                             checkpoint_every, start)
+    return Diagnosis(**found, kinds=[k.value for k in universe.kinds])
 
 
 def _unit(verified, estimates) -> str:
