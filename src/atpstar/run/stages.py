@@ -145,20 +145,21 @@ def run_method(ctx: Context, method: str):
 
 
 def tables(ctx: Context) -> None:
+    """The run's tables, one per unit kind it ranks (nodes.parquet/.csv, edges.parquet/.csv)."""
     tokens = ctx.meta["stages"]["pairs"]["tokens"]
     facts = {}
-    if ctx.cfg.level != "edges":
-        ctx.say("writing the node table...")
-        frame = node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens)
-        save_frame(frame, ctx.folder / NODES_PARQUET)
-        atomic_write(ctx.folder / NODES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
-        facts["rows"] = len(frame)
-    if ctx.cfg.level != "nodes":
-        ctx.say("writing the edge table...")
-        frame = edge_table(ctx.edge_scores, ctx.verified_edges, tokens)
-        save_frame(frame, ctx.folder / EDGES_PARQUET)
-        atomic_write(ctx.folder / EDGES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
-        facts["edge_rows"] = len(frame)
+    kinds = (("node", "edges", lambda: node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens),
+              NODES_PARQUET, NODES_CSV, "rows"),
+             ("edge", "nodes", lambda: edge_table(ctx.edge_scores, ctx.verified_edges, tokens),
+              EDGES_PARQUET, EDGES_CSV, "edge_rows"))
+    for unit, skip_level, table, parquet, csv, fact in kinds:
+        if ctx.cfg.level == skip_level:
+            continue
+        ctx.say(f"writing the {unit} table...")
+        frame = table()
+        save_frame(frame, ctx.folder / parquet)
+        atomic_write(ctx.folder / csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+        facts[fact] = len(frame)
     ctx.meta["costs"] = costs(ctx.meta)
     ctx.record("tables", **facts)
 
