@@ -1,6 +1,6 @@
 """The false-negative diagnostic on edges, on SmolLM2 IOI (docs/edges.md, "The diagnostic on edges").
 
-Edge AtP* over every edge of 4 IOI pairs → ``verify_edges`` of the top 30 → ``diagnose_edges`` over the
+Edge AtP* over every edge of 4 IOI pairs → ``atpstar.verify`` of the top 30 → ``diagnose_edges`` over the
 edges into the q/k/v readers of the top ``--heads`` reader heads of the edge ranking (every writer before
 them, every position), AtP*'s edge estimates subtracted. Then the top suspect is patched exactly.
 Prints one JSON line and writes it to ``--out`` (benchmarks/results/edges_diagnostic_smollm.json).
@@ -21,7 +21,7 @@ import torch
 
 import atpstar
 from atpstar.diagnostics import diagnose_edges
-from atpstar.edges import EdgeSet, edge_acp, verify_edges
+from atpstar.edges import EdgeSet, edge_acp
 from atpstar.edges.graph import K, Q, V
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     scores = atpstar.edges.atp(model, pairs)
     t_atp = time.perf_counter() - t0
     t0 = time.perf_counter()
-    v = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=30))
+    v = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=30))
     t_verify = time.perf_counter() - t0
     graph, n_pos = scores.graph, scores.n_pos
     # the reader heads (a kv group's q, k, v readers) carrying the most edge AtP* score

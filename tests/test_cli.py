@@ -199,7 +199,7 @@ def test_ctrl_c_during_exact_patching_then_resume_loses_nothing(tiny_dir, tmp_pa
 
 
 def test_ctrl_c_during_verification_then_resume_reuses_verified_nodes(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from atpstar.verification import patcher as verify_patcher
+    from atpstar.substrate import node_patcher as verify_patcher
 
     args = ["--model", tiny_dir, "--pairs", "2", "--kinds", "attn", "--batch-size", "4", "--verify-budget", "24nodes",
             "--checkpoint-every", "0", "--quiet"]

@@ -279,7 +279,7 @@ QUICK = {
     ("edges.md", "p=0.01, samples=1000, seed=0"): "p=0.05, samples=20, seed=0",
     ("edges.md", "samples=300, p=0.05, delta=0.05"): "samples=60, p=0.2, delta=0.05",
     ("edges.md", "edges=into, samples=300, p=0.05"): "edges=into, samples=60, p=0.2",
-    ("edges.md", "d.rebound(more_checked)"): "d.rebound(atpstar.edges.verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=40)))",
+    ("edges.md", "d.rebound(more_checked)"): "d.rebound(atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=40)))",
     ("edges.md", "'L20.q.H3', 'L20.k.G1', 'L20.v.G1'"): "'L1.q.H3', 'L1.k.G1', 'L1.v.G1'",
     ("methods.md", "method(model, pairs, kinds=..., metric=..., **options)"): 'atpstar.atp(model, pairs, kinds="attn", metric="logit_diff")',
     ("scaling.md", "n=64"): "n=2",

@@ -16,7 +16,7 @@ from torch import nn
 
 import atpstar
 from atpstar import Cost, PromptPairs
-from atpstar.edges import EdgeGraph, EdgeSet, blocks, edge_acp, hierarchical, iterative, subsampling, verify_edges
+from atpstar.edges import EdgeGraph, EdgeSet, blocks, edge_acp, hierarchical, iterative, subsampling
 from atpstar.edges.patching import EdgePatcher
 
 T = 7
@@ -196,7 +196,7 @@ def test_recall_cost_and_verification_take_the_baselines():
         curve = atpstar.recall_cost(ranking, truth, k=10, estimation_cost=ranking)
         assert (curve["cost"] >= curve["k"]).all() and (curve["estimation"] == Cost.of(ranking).per_pair()).all()
         assert Cost.of(ranking).per_pair() > 0
-        checked = verify_edges(model, pairs, ranking, budget=atpstar.Budget(nodes=5))
+        checked = atpstar.verify(model, pairs, ranking, budget=atpstar.Budget(nodes=5))
         assert len(checked) == 5
         ids = checked.edges.ids(ranking.graph, 7)
         torch.testing.assert_close(checked.effect, truth.effect.flatten()[ids], atol=1e-6, rtol=1e-5)  # float32: batches of other sizes round differently

@@ -23,7 +23,6 @@ from atpstar.diagnostics import EdgeDiagnosis, diagnose_edges
 from atpstar.diagnostics.bound import SubsetSums, memberships, node_stats
 from atpstar.edges import EdgeGraph, EdgeSet, edge_acp
 from atpstar.edges.atp import atp as edge_atp
-from atpstar.edges.verify import verify_edges
 
 
 def allowed_failures(n: int, delta: float) -> float:
@@ -182,12 +181,12 @@ def test_edge_verification_is_the_universe_and_rebound():
     verifying more needs no new patch; the result reads back as plain JSON."""
     model, pairs, graph, edges, c = linear_case()
     scores = edge_atp(model, pairs, qk_fix=False, graddrop=False, graph=graph)
-    v = verify_edges(model, pairs, scores, budget=Budget(nodes=6))
+    v = atpstar.verify(model, pairs, scores, budget=Budget(nodes=6))
     assert len(v.ranking) == graph.n_edges(pairs.max_len)
     d = diagnose_edges(model, pairs, v, edges=edges, samples=300, p=0.1, progress=False)
     inside = torch.isin(v.edges.ids(graph, pairs.max_len), edges.ids(graph, pairs.max_len))
     assert d.n_verified == int(inside.sum())
-    more = verify_edges(model, pairs, scores, budget=Budget(nodes=40))
+    more = atpstar.verify(model, pairs, scores, budget=Budget(nodes=40))
     again = d.rebound(more)
     assert again.cost.forward == d.cost.forward and again.n_verified > d.n_verified
     assert len(again.nodes) < len(d.nodes)
@@ -208,7 +207,7 @@ def test_bad_input_is_refused():
     wrong = edge_atp(model, other, qk_fix=False, graddrop=False, graph=graph)
     with pytest.raises(ValueError, match="shape"):
         diagnose_edges(model, pairs, None, estimates=wrong, edges=edges, progress=False)
-    v = verify_edges(model, other, wrong, budget=Budget(nodes=3))
+    v = atpstar.verify(model, other, wrong, budget=Budget(nodes=3))
     with pytest.raises(ValueError, match="different run"):
         diagnose_edges(model, pairs, v, progress=False)
     with pytest.raises(ValueError, match="too few"):
@@ -216,14 +215,14 @@ def test_bad_input_is_refused():
 
 
 def test_theta_below_stops_edge_verification():
-    """``verify_edges(..., stop=ThetaBelow(...))``: one draw of edge subsets, re-bounded as edges are verified;
+    """``atpstar.verify(..., stop=ThetaBelow(...))``: one draw of edge subsets, re-bounded as edges are verified;
     it stops with a statement about edges, and that statement covers every unverified edge's exact effect."""
     from atpstar import ThetaBelow
 
     model, pairs, graph, edges, c = linear_case()
     scores = edge_atp(model, pairs, qk_fix=False, graddrop=False, graph=graph)
     rule = ThetaBelow(relative=0.5, samples=300, p=0.1, edges=edges, seed=2)
-    v = verify_edges(model, pairs, scores, budget=Budget(nodes=400), stop=rule, chunk=8)
+    v = atpstar.verify(model, pairs, scores, budget=Budget(nodes=400), stop=rule, chunk=8)
     assert v.stopped.startswith("theta below target") and "unverified edge" in v.stopped, v.stopped
     assert rule.draws == 1 and rule.checks >= 2 and isinstance(rule.last, EdgeDiagnosis)
     n_pos = pairs.max_len

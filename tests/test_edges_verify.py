@@ -1,4 +1,4 @@
-"""verify_edges: the top of an edge ranking, best first, verified by exact edge patching (the same numbers
+"""atpstar.verify on edges: the top of an edge ranking, best first, verified by exact edge patching (the same numbers
 as edge_acp of those edges), within a budget of edges / forward passes, stopped by the node pipeline's
 stop rules; recall_cost of the ranking against the exact truth."""
 
@@ -8,7 +8,6 @@ import torch
 import atpstar
 from atpstar.edges import EdgeGraph, EdgeScores
 from atpstar.edges.patching import edge_acp
-from atpstar.edges.verify import verify_edges
 from conftest import random_pairs, tiny_model
 
 
@@ -24,7 +23,7 @@ def _ranking(model, n_pos, seed=0):
 def test_verified_edges_are_the_top_of_the_ranking_with_exact_effects():
     model, pairs = tiny_model("llama"), random_pairs()
     scores = _ranking(model, pairs.max_len)
-    v = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=10), chunk=4)
+    v = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=10), chunk=4)
     assert len(v) == 10 and v.stopped == "budget"
     frame = v.to_frame()
     assert frame["name"].tolist() == scores.to_frame(top=10)["name"].tolist()
@@ -40,9 +39,9 @@ def test_stop_rule_and_forward_budget():
     model, pairs = tiny_model("llama"), random_pairs()
     scores = _ranking(model, pairs.max_len, seed=1)
     huge = atpstar.SmallEffects(window=3, threshold=1e9)  # every effect is small: fires after 3 edges
-    v = verify_edges(model, pairs, scores, stop=huge, chunk=5)
-    assert len(v) == 3 and v.stop_index == 3 and v.stopped.startswith("small effects")
-    v = verify_edges(model, pairs, scores, budget=atpstar.Budget(forward=10.0), chunk=2)
+    v = atpstar.verify(model, pairs, scores, stop=huge, chunk=5)
+    assert len(v) == 5 and v.stop_index == 3 and v.stopped.startswith("small effects")  # the paid chunk is kept
+    v = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(forward=10.0), chunk=2)
     # 4 capture passes per pair, then at most 1 per edge (less: patches skip layers and positions)
     assert v.stopped == "budget" and 6 <= len(v) < len(scores.ranked_ids())
     assert v.cost.per_pair() <= 10.0
@@ -74,9 +73,9 @@ def test_a_stop_rules_own_time_is_not_verification_time():
         time.sleep(0.4)
         return "enough" if len(calls) % 4 == 0 else None
 
-    v = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=12), stop=slow, chunk=4)
+    v = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=12), stop=slow, chunk=4)
     assert calls == [4, 8, 12] and len(v) == 12
     assert v.cost.seconds < 0.4 * len(calls) - 0.3
     calls.clear()
-    timed = verify_edges(model, pairs, scores, budget=atpstar.Budget(seconds=0.5), stop=slow, chunk=4)
+    timed = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(seconds=0.5), stop=slow, chunk=4)
     assert timed.stopped == "enough" and calls == [4, 8, 12, 16] and len(timed) == 16  # the rule's 0.4 s per chunk used up no budget

@@ -11,7 +11,7 @@ from test_substrate import linear_after_node
 
 import atpstar
 from atpstar import Budget, NodeKind, SmallEffects, verify
-from atpstar.verification import patcher as verify_patcher
+from atpstar.substrate import node_patcher as verify_patcher
 
 
 def _setup(arch="llama", lengths=(6, 8), kinds="all"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -18,6 +19,9 @@ _LETTER_OF = {KIND_INDEX[k]: k.unit_letter for k in ALL_KINDS}
 class NodeSet:
     """N nodes; ``kind`` holds indices into :data:`~atpstar.types.ALL_KINDS`. Positions are aligned
     positions (see :mod:`atpstar.pairs`)."""
+
+    unit_kind: ClassVar[str] = "node"
+    """The unit kind (:mod:`atpstar.units`)."""
 
     kind: Tensor
     layer: Tensor

@@ -8,6 +8,7 @@ or that exists for no pair (a position before a short prompt's first token).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ from .types import ALL_KINDS, NodeKind
 
 @dataclass
 class Scores:
+    unit_kind: ClassVar[str] = "node"
+    """The unit kind (:mod:`atpstar.units`)."""
+
     method: str
     effect: dict
     """{kind: (layers, units, pos)} signed mean over pairs of the (estimated) effect I(n)."""

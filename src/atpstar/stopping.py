@@ -1,5 +1,5 @@
-"""Stop rules for :func:`atpstar.verify` and :func:`atpstar.edges.verify_edges` (SPEC.md §7): when to stop
-verifying a ranking (shared by node and edge verification, so it lives with the vocabulary).
+"""Stop rules for :func:`atpstar.verify`: when to stop verifying a ranking, of nodes or edges alike (so
+it lives with the vocabulary).
 
 A rule is any callable ``rule(state) -> str | None``: ``state`` is the partial
 :class:`~atpstar.verification.Verification` (nodes verified so far, in rank order, with exact effects);
@@ -81,7 +81,7 @@ def first_stop(rules, state, start: int):
             found = rule.check(state, start)
         else:
             reason = rule(state)
-            found = None if reason is None else (len(state.nodes), str(reason) or f"stop rule {type(rule).__name__}")
+            found = None if reason is None else (len(state), str(reason) or f"stop rule {type(rule).__name__}")
         if found is not None and (best is None or found[0] < best[0]):
             best = found
     return best

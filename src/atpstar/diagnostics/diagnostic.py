@@ -22,27 +22,27 @@ import time
 import torch
 from torch import Tensor
 
-from .. import distributed
-from .bound import (BOUNDS, SubsetSums, check_probability, memberships, min_samples, node_stats,
-                    subset_seed)
+from .bound import memberships, subset_seed
 from ..checkpoint import fingerprint, run_key
-from ..cost import Cost
-from .diagnosis import Design, Diagnosis
-from .sampling import Store, sample, store_key
+from .diagnosis import Diagnosis
+from .edges import diagnose_edges
+from .sampling import BOUND, P, SAMPLES, check_options, store_key
+from .subsets import Side, bound_unverified
 from ..substrate.joint import JointPatcher
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
 from ..pairs import check_pairs
+from ..units import unit_of
 from ..substrate.patching import moved
 from ..types import ALL_KINDS, NodeKind
 
 __all__ = ["Diagnosis", "diagnose", "memberships", "subset_seed"]
 
 
-def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 1000, p: float = 0.05,
+def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = SAMPLES, p: float = P,
              delta: float = 0.05, seed: int = 0, metric=None, checkpoint=None, progress: bool = True,
-             bound: str = "subgaussian", batch_size: int | None = None, memory_mb: float = 1024,
-             checkpoint_every: float = 30.0) -> Diagnosis:
+             bound: str = BOUND, batch_size: int | None = None, memory_mb: float = 1024,
+             checkpoint_every: float = 30.0, edges=None, graph=None):
     """Bound the effects that verification may have missed.
 
     Args:
@@ -63,55 +63,43 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
         checkpoint: a file path: the subsets' effects are kept there, and a rerun resumes.
         bound: ``"subgaussian"`` (finite-sample, rigorous under additivity) or ``"normal"``
             (asymptotic, tighter, may under-cover); see :mod:`atpstar.diagnostics.bound`.
+        edges, graph: edges only — the units are edges when ``verified`` is a verification of edges,
+            edges or edge names (or, with nothing verified, ``estimates`` is an EdgeScores): then
+            :func:`~atpstar.diagnostics.edges.diagnose_edges` runs, ``edges`` restricting its universe.
 
     Returns:
         :class:`~atpstar.diagnostics.diagnosis.Diagnosis`: ``theta``, ``prob_exceeds(theta)``, ``suspects``,
-        ``statement``, ``cost`` and ``to_dict()``.
+        ``statement``, ``cost`` and ``to_dict()`` (an EdgeDiagnosis for edges).
     """
+    if _unit(verified, estimates) == "edge":
+        if kinds is not None:
+            raise ValueError("kinds= selects node kinds, but these units are edges: pass edges= (an EdgeSet, edge "
+                             "names or an edge table) to restrict an edge diagnostic")
+        return diagnose_edges(model, pairs, verified, estimates, edges, samples, p, delta, seed, metric, graph,
+                              checkpoint, progress, bound, batch_size, memory_mb, checkpoint_every)
+    if edges is not None or graph is not None:
+        raise ValueError("edges= and graph= are for an edge diagnostic, but these units are nodes (a node "
+                         "verification, node names or none with node estimates): drop them, or pass kinds=")
     start = time.perf_counter()
     check_options(samples, p, delta, bound)
     check_pairs(pairs)
     metric = resolve(metric, pairs)
     universe, done = _universe(model, pairs, verified, kinds, metric)
     dims = (model.n_layers, max(model.units(k) for k in ALL_KINDS), pairs.max_len)
-    left = universe.take(~torch.isin(universe.ids(dims), done.ids(dims)))
-    if len(left) == 0:
-        raise ValueError(f"no unverified node is left ({len(universe)} nodes, all verified): nothing to bound")
-    patcher = JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb)
-    live = _moving(model, patcher, left)
-    nodes = left.take(live)
-    presence = pairs.presence(nodes.pos)
-    estimate = None if estimates is None else _gather(estimates, nodes, pairs.max_len)
-    sums = SubsetSums(len(nodes))
-    effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
-    if len(nodes):
-        store = Store(distributed.rank_path(checkpoint), _key(model, pairs, nodes, metric, p, seed), checkpoint_every)
-        resumed = min(len(store.effects), samples)
-        effects = sample(patcher, nodes, sums, store, estimate, presence, samples, p, seed, memory_mb, progress)
-    stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(nodes) else None
-    design = Design(nodes, torch.zeros(len(nodes), dtype=torch.float64) if estimate is None else estimate.clone(),
-                    presence, effects.mean(1) if len(nodes) else effects.new_zeros(0),
-                    torch.zeros(len(nodes), dtype=torch.bool))
-    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
-    return Diagnosis(
-        delta=delta, p=p, samples=samples, bound=bound, nodes=nodes, stats=stats, n_unverified=len(left),
-        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=_name(estimates),
-        subset_effects=effects, kinds=[k.value for k in universe.kinds], n_pairs=len(pairs), cost=cost,
-        resumed=resumed, seed=seed, design=design)
+    side = Side("node", universe, done, ids=lambda units: units.ids(dims),
+                patcher=lambda left: JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb),
+                moving=lambda patcher, left: _moving(model, patcher, left),
+                gather=lambda units: _gather(estimates, units, pairs.max_len),
+                key=lambda units, p, seed: _key(model, pairs, units, metric, p, seed))
+    found = bound_unverified(side, pairs, estimates, samples, p, delta, seed, checkpoint, progress, bound, memory_mb,
+                             checkpoint_every, start)
+    return Diagnosis(**found, kinds=[k.value for k in universe.kinds])
 
 
-def check_options(samples, p, delta, bound) -> None:
-    """Raise ValueError for options :func:`diagnose` cannot run with (before any model work)."""
-    check_probability(p, "p")
-    check_probability(delta, "delta")
-    if bound not in BOUNDS:
-        raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an integer >= 2 (random subsets; the bound needs a variance), got {samples!r}")
-    if bound == "subgaussian" and samples < min_samples(p, delta):
-        raise ValueError(f"samples={samples} is too few for the sub-Gaussian bound at p={p}, delta={delta}: its "
-                         f"variance bound needs at least {min_samples(p, delta)} subsets (several times more for a "
-                         "useful bound); raise samples, raise p towards 0.5, or pass bound='normal' (asymptotic)")
+def _unit(verified, estimates) -> str:
+    """The unit kind a diagnostic is about: that of what was verified, else of the estimates (nodes by default)."""
+    nothing = verified is None or (hasattr(verified, "__len__") and len(verified) == 0 and not hasattr(verified, "unit"))
+    return unit_of(estimates) if nothing and estimates is not None else "node" if nothing else unit_of(verified)
 
 
 def _universe(model, pairs, verified, kinds, metric) -> tuple[NodeSet, NodeSet]:
@@ -148,7 +136,8 @@ def _moving(model, patcher: JointPatcher, nodes: NodeSet) -> Tensor:
 def _gather(estimates, nodes: NodeSet, n_pos: int) -> Tensor:
     """(N,) signed mean estimate of each node from a Scores (0 for kinds or nodes it lacks)."""
     if not hasattr(estimates, "effect") or not isinstance(estimates.effect, dict):
-        raise TypeError(f"estimates must be a Scores (e.g. atpstar.atp(...)), got {type(estimates).__name__}")
+        hint = " (edge estimates: an edge verification or edges to bound go with them)" if unit_of(estimates) == "edge" else ""
+        raise TypeError(f"estimates must be a Scores (e.g. atpstar.atp(...)), got {type(estimates).__name__}{hint}")
     out = torch.zeros(len(nodes), dtype=torch.float64)
     for kind, table in estimates.effect.items():
         sel = nodes.kind == KIND_INDEX[NodeKind(kind)]
@@ -159,10 +148,6 @@ def _gather(estimates, nodes: NodeSet, n_pos: int) -> Tensor:
                              f"not fit these prompts ({n_pos} positions): compute them on the same model and pairs")
         out[sel] = table[nodes.layer[sel], nodes.unit[sel], nodes.pos[sel]].double()
     return out.nan_to_num()
-
-
-def _name(estimates) -> str | None:
-    return None if estimates is None else str(getattr(estimates, "method", "estimates"))
 
 
 def _key(model, pairs, nodes: NodeSet, metric, p: float, seed: int) -> str:

@@ -1,6 +1,6 @@
 """The false-negative diagnostic on edges (SPEC.md §9 and §11): how large can an unverified edge's effect be?
 
-After verifying the top of an edge ranking (:func:`atpstar.edges.verify_edges`), :func:`diagnose_edges`
+After verifying the top of an edge ranking (:func:`atpstar.verify` of an EdgeScores), :func:`diagnose_edges`
 patches random subsets of the *unverified* edges jointly (:class:`~atpstar.edges.patching.EdgePatcher`:
 several edges into one reader add their writer deltas, edges into different readers patch
 independently), optionally subtracts each subset's predicted effect (the sum of its members' edge
@@ -21,31 +21,28 @@ import time
 import torch
 from torch import Tensor
 
-from .. import distributed
 from ..checkpoint import fingerprint, run_key
-from ..cost import Cost
 from ..edges.edgeset import EdgeSet
 from ..edges.graph import READER_KINDS, EdgeGraph
 from ..edges.patching import EdgePatcher
 from ..metrics import resolve
 from ..pairs import check_pairs
-from .bound import SubsetSums, node_stats
-from .diagnosis import Design, EdgeDiagnosis
-from .diagnostic import _name, check_options
-from .sampling import Store, sample, store_key
+from .diagnosis import EdgeDiagnosis
+from .sampling import BOUND, P, SAMPLES, check_options, store_key
+from .subsets import Side, bound_unverified
 
 __all__ = ["EdgeDiagnosis", "diagnose_edges"]
 
 
-def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: int = 1000, p: float = 0.05,
+def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: int = SAMPLES, p: float = P,
                    delta: float = 0.05, seed: int = 0, metric=None, graph: EdgeGraph | None = None, checkpoint=None,
-                   progress: bool = True, bound: str = "subgaussian", batch_size: int | None = None,
+                   progress: bool = True, bound: str = BOUND, batch_size: int | None = None,
                    memory_mb: float = 1024, checkpoint_every: float = 30.0) -> EdgeDiagnosis:
     """Bound the edge effects that edge verification may have missed.
 
     Args:
         model, pairs, metric: as for :func:`atpstar.edges.edge_acp`.
-        verified: an :class:`~atpstar.edges.EdgeVerification` (the edges its ranking scored are the
+        verified: a :class:`~atpstar.verification.Verification` of edges (the edges its ranking scored are the
             universe, its ``edges`` the verified ones; it must belong to this model, these pairs and this
             metric), or the verified edges themselves (names, an edge table with writer, reader, pos, an
             EdgeSet; None or empty: nothing verified), the universe then being every edge of the graph.
@@ -62,6 +59,9 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
         ``suspects`` (edge names, writer, reader, pos, effect, se, upper, ...), ``statement``, ``cost``,
         ``to_dict()`` and ``rebound(more_verified)``.
     """
+    if getattr(verified, "unit_kind", "edge") != "edge":
+        raise TypeError(f"verified is a {type(verified).__name__} of {verified.unit_kind}s, not of edges: bound what a "
+                        "node verification left with atpstar.diagnose, or pass an edge verification or edges")
     start = time.perf_counter()
     check_options(samples, p, delta, bound)
     check_pairs(pairs)
@@ -73,34 +73,15 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
     if edges is not None:
         wanted = EdgeSet.parse(graph, edges, n_pos)
         universe = universe.take(torch.isin(universe.ids(graph, n_pos), wanted.ids(graph, n_pos)))
-    left = universe.take(~torch.isin(universe.ids(graph, n_pos), done.ids(graph, n_pos)))
-    if len(left) == 0:
-        raise ValueError(f"no unverified edge is left ({len(universe)} edges in the universe, all verified): "
-                         "nothing to bound")
-    patcher = EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb)
-    live = _moving(patcher, left)
-    units = left.take(live)
-    presence = pairs.presence(units.pos)
-    estimate = None if estimates is None else estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num()
-    sums = SubsetSums(len(units))
-    effects, resumed = torch.zeros(0, len(pairs), dtype=torch.float64), 0
-    if len(units):
-        store = Store(distributed.rank_path(checkpoint), _key(model, pairs, graph, units, metric, p, seed),
-                      checkpoint_every, unit="edge")
-        resumed = min(len(store.effects), samples)
-        effects = sample(patcher, units, sums, store, estimate, presence, samples, p, seed, memory_mb, progress,
-                         unit="edge")
-    stats = node_stats(sums, p, estimate, bound, scale=1 / presence) if len(units) else None
-    design = Design(units, torch.zeros(len(units), dtype=torch.float64) if estimate is None else estimate.clone(),
-                    presence, effects.mean(1) if len(units) else effects.new_zeros(0),
-                    torch.zeros(len(units), dtype=torch.bool))
-    cost = Cost(forward=patcher.stats["forward_equivalents"], pairs=len(pairs), seconds=time.perf_counter() - start)
+    side = Side("edge", universe, done, ids=lambda units: units.ids(graph, n_pos),
+                patcher=lambda left: EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb),
+                moving=lambda patcher, left: ~patcher.static(left),
+                gather=lambda units: estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num(),
+                key=lambda units, p, seed: _key(model, pairs, graph, units, metric, p, seed), scope=" in the universe")
+    found = bound_unverified(side, pairs, estimates, samples, p, delta, seed, checkpoint, progress, bound, memory_mb,
+                             checkpoint_every, start)
     readers = sorted({int(k) for k in graph.reader_kind[universe.reader].unique()})
-    return EdgeDiagnosis(
-        delta=delta, p=p, samples=samples, bound=bound, nodes=units, stats=stats, n_unverified=len(left),
-        n_static=int((~live).sum()), n_verified=len(universe) - len(left), estimates=_name(estimates),
-        subset_effects=effects, kinds=[READER_KINDS[k] for k in readers], n_pairs=len(pairs), cost=cost,
-        resumed=resumed, seed=seed, design=design, graph=graph)
+    return EdgeDiagnosis(**found, kinds=[READER_KINDS[k] for k in readers], graph=graph)
 
 
 def _check_estimates(estimates, graph: EdgeGraph, n_pos: int) -> None:
@@ -135,17 +116,6 @@ def _universe(model, pairs, verified, graph: EdgeGraph, metric) -> tuple[EdgeSet
     empty = verified is None or (hasattr(verified, "__len__") and len(verified) == 0)
     done = universe.take(slice(0, 0)) if empty else EdgeSet.parse(graph, verified, n_pos)
     return universe, done
-
-
-def _moving(patcher: EdgePatcher, edges: EdgeSet) -> Tensor:
-    """(N,) bool: the edge's writer writes differently on the clean and noise prompt of some pair, at its position."""
-    out = torch.zeros(len(edges), dtype=torch.bool)
-    for runs in patcher.groups:
-        moved = runs.moved.any(0)  # (W, T) of this length group
-        own_pos = edges.pos - runs.group.offset
-        here = own_pos >= 0
-        out[here] |= moved[edges.writer[here], own_pos[here]]
-    return out
 
 
 def _key(model, pairs, graph: EdgeGraph, edges: EdgeSet, metric, p: float, seed: int) -> str:

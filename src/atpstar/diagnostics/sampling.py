@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..checkpoint import load_checked
-from .bound import SubsetSums, members_dot, memberships
+from .bound import BOUNDS, SubsetSums, check_probability, members_dot, memberships, min_samples
 
 
 def sample(patcher, units, sums: SubsetSums, store: "Store", estimate, presence: Tensor, samples: int, p: float,
@@ -123,3 +123,26 @@ class Store:
         torch.save({"key": self.key, "effects": self.effects}, tmp)
         os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written checkpoint
         self.saved_at, self.dirty = time.monotonic(), False
+
+
+SAMPLES, P, BOUND = 1000, 0.05, "subgaussian"
+"""The diagnostic's defaults (random subsets, the chance a unit is in one, the bound), for nodes and edges."""
+
+
+def check_options(samples, p, delta, bound) -> None:
+    """Raise ValueError for options :func:`diagnose` cannot run with (before any model work)."""
+    check_probability(p, "p")
+    check_probability(delta, "delta")
+    if bound not in BOUNDS:
+        raise ValueError(f"unknown bound {bound!r}; use one of {BOUNDS}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"samples must be an integer >= 2 (random subsets; the bound needs a variance), got {samples!r}")
+    if bound == "subgaussian" and samples < min_samples(p, delta):
+        raise ValueError(f"samples={samples} is too few for the sub-Gaussian bound at p={p}, delta={delta}: its "
+                         f"variance bound needs at least {min_samples(p, delta)} subsets (several times more for a "
+                         "useful bound); raise samples, raise p towards 0.5, or pass bound='normal' (asymptotic)")
+
+
+def estimates_name(estimates) -> str | None:
+    """The estimates' method name (None: no estimates)."""
+    return None if estimates is None else str(getattr(estimates, "method", "estimates"))

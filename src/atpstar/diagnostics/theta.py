@@ -13,8 +13,8 @@ import math
 
 from .bound import min_samples, spent_delta
 from ..cost import Cost
-from .diagnostic import check_options, diagnose
-from .edges import diagnose_edges
+from .diagnostic import diagnose
+from .sampling import check_options
 
 __all__ = ["ThetaBelow"]
 
@@ -27,7 +27,7 @@ class ThetaBelow:
     chunk re-bounds from the same subsets (:meth:`Diagnosis.rebound`: the newly verified nodes get their
     exact effects, no new forward pass) and stops when, with probability ≥ 1 − δ, no unverified node has
     |c(n)| ≥ the threshold: ``target`` (absolute), ``relative`` × the largest |effect| verified so far, or
-    the larger of the two when both are given. The same rule stops :func:`atpstar.edges.verify_edges` on
+    the larger of the two when both are given. The same rule stops :func:`atpstar.verify` on
     edges (``stop=ThetaBelow(relative=0.1, estimates=edge_scores)``): the draw is then
     :func:`~atpstar.diagnostics.edges.diagnose_edges` of the unverified edges.
 
@@ -141,10 +141,7 @@ class ThetaBelow:
 
     @staticmethod
     def _draw(state, level: float, options: dict):
-        """A fresh diagnostic of what ``state`` (a node Verification or an EdgeVerification) left unverified."""
-        if hasattr(state, "graph"):  # edges: verify_edges's state
-            return diagnose_edges(state.model, state.pairs, state, delta=level, metric=state.metric, graph=state.graph,
-                                  **options)
+        """A fresh diagnostic of what ``state`` (a Verification of nodes or of edges) left unverified."""
         return diagnose(state.model, state.pairs, state, delta=level, metric=state.metric, **options)
 
     def __call__(self, state) -> str | None:

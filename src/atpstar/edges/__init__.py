@@ -1,4 +1,4 @@
-"""Edges (SPEC.md §11): AtP* on the computational graph, verified by exact edge patching.
+"""Edges: AtP* on the computational graph, verified by exact edge patching.
 
 Public API::
 
@@ -10,9 +10,10 @@ Public API::
     patcher.single(edges) -> (N, pairs);  patcher.effects(edges, sets) -> (sets, pairs)   # joint patches
     scores.top(k), scores.to_frame(top=None), scores.edges(k), scores.group("positions", "heads")
     ranked = subsampling(model, pairs, edges=None, p=0.01, samples=1000)   # also blocks(size=16), hierarchical()
-    checked = verify_edges(model, pairs, scores, budget=atpstar.Budget(nodes=30), stop=None)   # exact, ranked order
+    checked = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=30))   # exact, ranked order
     to_eap_graph(table, cfg) / eap_graph_of(scores, d_model, circuit, verified) / write_mib_folder(...)
     tl_hook(name, group_size=...) / tl_edge_hooks(edge, group_size=...)
+    eap(model, pairs) / eap_ig_inputs(model, pairs, ig_steps=5) / eap_ig_activations(model, pairs, ig_steps=5)
 
 Modules, one idea each:
 
@@ -26,7 +27,8 @@ Modules, one idea each:
 - :mod:`.reader_grads`, :mod:`.atp`: :func:`atp` — edge AtP, +QK fix, +GradDrop, AtP*;
 - :mod:`.baselines`: the paper's baselines on edges — :func:`subsampling`, :func:`blocks`,
   :func:`hierarchical`, :func:`iterative` (the node estimators' cores of :mod:`atpstar.methods`, with an EdgePatcher);
-- :mod:`.verify`: :func:`verify_edges`, the top of an edge ranking verified by exact edge patching;
+- :mod:`.units`: edges as the units of a ranking (:mod:`atpstar.units`), so :func:`atpstar.verify` verifies
+  the top of an edge ranking by exact edge patching;
 - :mod:`.export`, :mod:`.mib`: the EAP-IG / MIB graph JSON of an edge table, MIB's submission folder;
 - :mod:`.tl_hooks`: TransformerLens hook names of nodes, writers and readers.
 - :mod:`.eap_ig`: the field's edge methods :func:`eap`, :func:`eap_ig_inputs`, :func:`eap_ig_activations` (EAP-IG).
@@ -44,13 +46,10 @@ __all__ = ["READER_KINDS", "WRITER_KINDS", "EdgeGraph", "EdgePatcher", "EdgeScor
 from .export import eap_config, eap_graph_of, from_eap_graph, to_eap_graph, write_eap_json  # noqa: E402
 from .mib import mib_folder_name, write_mib_folder  # noqa: E402
 from .tl_hooks import tl_edge_hooks, tl_hook  # noqa: E402
-from .verify import EdgeVerification, verify_edges  # noqa: E402
+from . import units  # noqa: E402,F401  (registers edges as a unit kind: atpstar.verify takes EdgeScores)
 from .baselines import EDGE_BASELINES, blocks, hierarchical, iterative, subsampling  # noqa: E402
-
-__all__ += ["EdgeVerification", "eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks",
-            "tl_hook", "to_eap_graph", "verify_edges", "write_eap_json", "EDGE_BASELINES", "blocks", "hierarchical",
-            "iterative", "subsampling", "write_mib_folder"]
-
 from .eap_ig import eap, eap_ig_activations, eap_ig_inputs  # noqa: E402
 
-__all__ += ["eap", "eap_ig_activations", "eap_ig_inputs"]
+__all__ += ["eap_config", "eap_graph_of", "from_eap_graph", "mib_folder_name", "tl_edge_hooks", "tl_hook",
+            "to_eap_graph", "write_eap_json", "write_mib_folder", "EDGE_BASELINES", "blocks", "hierarchical",
+            "iterative", "subsampling", "eap", "eap_ig_activations", "eap_ig_inputs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ EXAMPLES = "'L3.head.H5@12 -> L7.k.G1@12', 'embed@4 -> L0.q.H2@4', 'L2.mlp@17 ->
 class EdgeSet:
     """N edges: ``writer`` and ``reader`` index :class:`EdgeGraph`'s writers/readers, ``pos`` is the
     aligned position (see :mod:`atpstar.pairs`) where the writer writes and the reader reads."""
+
+    unit_kind: ClassVar[str] = "edge"
+    """The unit kind (:mod:`atpstar.units`)."""
 
     writer: Tensor
     reader: Tensor

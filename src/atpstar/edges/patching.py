@@ -52,6 +52,27 @@ class EdgeRuns:
         return cls(group, deltas, cache, metric(logits, group.pairs))
 
 
+@dataclass
+class EdgePlan:
+    """One length group's batches of (set, pair) rows, planned (and costed) before any runs."""
+
+    runs: EdgeRuns
+    edges: EdgeSet
+    own_pos: Tensor
+    """(N,) each edge's position in this group's prompts (< 0: absent)."""
+    missing: Tensor
+    """(sets,) bool: sets with no edge at a position this group has (NaN: single patches only)."""
+    order: Tensor
+    """Rows (set * G + pair) to run, sorted by their lowest (position, reader layer)."""
+    e: Tensor
+    """The rows' entries (edge index), grouped by row; ``bounds`` cuts them per row."""
+    entry_rank: Tensor
+    bounds: Tensor
+    batches: list
+    costs: Tensor
+    """(batches,) forward-pass equivalents of each batch."""
+
+
 class EdgePatcher:
     """Exact single-edge and joint edge patches on every prompt pair, writes captured once.
 
@@ -69,6 +90,7 @@ class EdgePatcher:
         self.batch_size, self.memory_mb = batch_size, memory_mb
         start = time.perf_counter()
         self.groups = [EdgeRuns.capture(model, self.graph, g, self.metric) for g in pairs.groups()]
+        self.capture_seconds = time.perf_counter() - start
         self.stats = {"forward_passes": 4 * len(pairs), "forward_equivalents": 4.0 * len(pairs),
                       "seconds": time.perf_counter() - start}
 
@@ -104,17 +126,65 @@ class EdgePatcher:
         return self._effects(edge_set, set_of, edge_of, n_sets, progress, nan=False)
 
     def _effects(self, edges: EdgeSet, set_of: Tensor, edge_of: Tensor, n_sets: int, progress: bool, nan: bool) -> Tensor:
+        plans = [self._plan_group(runs, edges, set_of, edge_of, n_sets, nan) for runs in self.groups]
+        return self._run(plans, n_sets, progress)[0]
+
+    # --- the edge kind's patcher (atpstar.units.UnitPatcher): single edges, planned before they run -------
+    capture_forward = 4.0
+    """The captures every patch builds on: 4 forward passes per pair (clean and noise writes)."""
+    captured = True
+
+    def capture(self) -> list[EdgeRuns]:
+        """The captured writes (taken when the patcher was made)."""
+        return self.groups
+
+    def plan(self, edges: EdgeSet) -> list["EdgePlan"]:
+        """The batches that patch every edge of ``edges`` alone, on every pair that has its position."""
+        index = torch.arange(len(edges))
+        return [self._plan_group(runs, edges, index, index, len(edges), True) for runs in self.groups]
+
+    @staticmethod
+    def cost(plans: list["EdgePlan"]) -> float:
+        """Forward-pass equivalents the plans will cost."""
+        return float(sum(float(p.costs.sum()) for p in plans))
+
+    def run(self, edges: EdgeSet, plans: list["EdgePlan"]) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, pairs) float64 effects of the planned single-edge patches (NaN: position absent from the
+        pair), and per edge the forward-pass equivalents and seconds spent (each batch's shared by its rows)."""
+        return self._run(plans, len(edges), False)
+
+    def static(self, edges: EdgeSet) -> Tensor:
+        """(N,) bool: the edge's writer writes the same on the clean and noise prompt of every pair, at its
+        position (exact effect 0)."""
+        live = torch.zeros(len(edges), dtype=torch.bool)
+        for runs in self.groups:
+            moved = runs.moved.any(0)  # (W, T) of this length group
+            own_pos = edges.pos - runs.group.offset
+            here = own_pos >= 0
+            live[here] |= moved[edges.writer[here], own_pos[here]]
+        return ~live
+
+    def joint(self, edges: EdgeSet, sets) -> Tensor:
+        """(sets, pairs) effect of patching each set of ``edges`` together (see :meth:`effects`)."""
+        return self.effects(edges, sets)
+
+    def spent(self, wall: float) -> Cost:
+        """Every forward pass this patcher ran (captures included)."""
+        return Cost(forward=self.stats["forward_equivalents"], pairs=len(self.pairs), seconds=wall)
+
+    def _run(self, plans: list["EdgePlan"], n_sets: int, progress: bool) -> tuple[Tensor, Tensor, Tensor]:
         start = time.perf_counter()
         out = torch.zeros(n_sets, len(self.pairs), dtype=torch.float64)
+        cost, seconds = torch.zeros(n_sets, dtype=torch.float64), torch.zeros(n_sets, dtype=torch.float64)
         bar = tqdm(total=n_sets * len(self.pairs), desc="edge patching", unit="patch", disable=not progress, leave=False)
         with torch.no_grad():
-            for runs in self.groups:
-                self._group(runs, edges, set_of, edge_of, n_sets, out, nan, bar)
+            for plan in plans:
+                self._run_group(plan, out, cost, seconds, bar)
         bar.close()
         self.stats["seconds"] += time.perf_counter() - start
-        return out
+        return out, cost, seconds
 
-    def _group(self, runs: EdgeRuns, edges: EdgeSet, set_of, edge_of, n_sets: int, out: Tensor, nan: bool, bar) -> None:
+    def _plan_group(self, runs: EdgeRuns, edges: EdgeSet, set_of, edge_of, n_sets: int, nan: bool) -> "EdgePlan":
         """Rows (set, pair) of one length group. An entry whose writer delta is exactly 0 on that pair is
         a no-op and is dropped; a row left without entries has effect 0 and costs nothing. Rows are
         sorted by their lowest (position, reader layer) and batched cost-aware, as node patching is."""
@@ -122,10 +192,10 @@ class EdgePatcher:
         n_group, n_tok = group.clean.shape
         own_pos = edges.pos - group.offset
         keep = own_pos[edge_of] >= 0
+        missing = torch.zeros(n_sets, dtype=torch.bool)
         if nan:
-            missing = torch.ones(n_sets, dtype=torch.bool)
+            missing[:] = True
             missing[set_of[keep]] = False
-            out[missing.nonzero().flatten()[:, None], group.index] = torch.nan
         set_of, edge_of = set_of[keep], edge_of[keep]
         # entries per (pair, entry), the no-ops dropped
         pair = torch.arange(n_group).repeat_interleave(len(edge_of))
@@ -133,7 +203,8 @@ class EdgePatcher:
         e = edge_of[entry]
         live = runs.moved[pair, edges.writer[e], own_pos[e]]
         pair, e, row = pair[live], e[live], (set_of[entry] * n_group + pair)[live]
-        key = own_pos[e] * (n_layers + 1) + graph.reader_layer[edges.reader[e]]
+        reader_layer = graph.reader_layer[edges.reader[e]]
+        key = own_pos[e] * (n_layers + 1) + reader_layer
         big = torch.iinfo(torch.long).max
         row_key = torch.full((n_sets * n_group,), big).scatter_reduce(0, row, key, "amin")
         order = torch.argsort(row_key, stable=True)
@@ -146,18 +217,35 @@ class EdgePatcher:
         size = self.batch_size or self._rows_per_batch(n_tok, bounds)
         first_key = row_key[order]
         batches = plan_batches(first_key // (n_layers + 1), first_key % (n_layers + 1), n_layers + 1, n_tok, size, 1.0)
-        for batch in batches:
-            rows = order[batch]
-            lo, hi = int(bounds[batch.start]), int(bounds[batch.stop])
-            entry_row = entry_rank[lo:hi] - batch.start
+        costs = torch.zeros(len(batches), dtype=torch.float64)
+        for i, batch in enumerate(batches):  # == _patched's measure: rows * (L - layer0) * (T - pos0) / (L * T)
+            b = e[int(bounds[batch.start]):int(bounds[batch.stop])]
+            layer0, pos0 = min(int(graph.reader_layer[edges.reader[b]].min()), n_layers), int(own_pos[b].min())
+            costs[i] = (batch.stop - batch.start) * (n_layers - layer0) * (n_tok - pos0) / (n_layers * n_tok)
+        return EdgePlan(runs, edges, own_pos, missing, order, e, entry_rank, bounds, batches, costs)
+
+    def _run_group(self, plan: "EdgePlan", out: Tensor, cost: Tensor, seconds: Tensor, bar) -> None:
+        runs, edges, group = plan.runs, plan.edges, plan.runs.group
+        n_group = group.clean.shape[0]
+        out[plan.missing.nonzero().flatten()[:, None], group.index] = torch.nan
+        for batch, planned in zip(plan.batches, plan.costs.tolist()):
+            t0 = time.perf_counter()
+            rows = plan.order[batch]
+            lo, hi = int(plan.bounds[batch.start]), int(plan.bounds[batch.stop])
+            entry_row = plan.entry_rank[lo:hi] - batch.start
             sets, pairs = rows // n_group, rows % n_group
-            b = e[lo:hi]
-            value, cost = self._patched(runs, edges.writer[b], edges.reader[b], own_pos[b], entry_row, pairs)
+            b = plan.e[lo:hi]
+            value, spent = self._patched(runs, edges.writer[b], edges.reader[b], plan.own_pos[b], entry_row, pairs)
             out[sets, group.index[pairs]] = (value - runs.base[pairs]).double().cpu()
+            if abs(spent - planned) > 1e-9 * max(1.0, spent):
+                raise RuntimeError(f"internal error: an edge batch cost {spent} forward passes, planned {planned}")
             self.stats["forward_passes"] += len(rows)
-            self.stats["forward_equivalents"] += cost
+            self.stats["forward_equivalents"] += spent
+            share = torch.full((len(rows),), 1.0 / len(rows), dtype=torch.float64)
+            cost.index_add_(0, sets, share * spent)
+            seconds.index_add_(0, sets, share * (time.perf_counter() - t0))
             bar.update(len(rows))
-        bar.update(n_sets * n_group - len(order))
+        bar.update(len(plan.missing) * n_group - len(plan.order))
 
     def _rows_per_batch(self, n_tok: int, bounds: Tensor) -> int:
         """Automatic rows per forward: the activations' share, and at most ``memory_mb`` of reader deltas

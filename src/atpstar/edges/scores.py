@@ -9,6 +9,7 @@ groupings are tensor operations: never a Python object per edge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +25,9 @@ GROUPINGS = ("positions", "heads")
 
 @dataclass
 class EdgeScores:
+    unit_kind: ClassVar[str] = "edge"
+    """The unit kind (:mod:`atpstar.units`)."""
+
     method: str
     graph: EdgeGraph
     effect: Tensor

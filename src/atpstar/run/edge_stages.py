@@ -1,33 +1,29 @@
-"""The run's edge stages (SPEC §11): edge scores of every edge-capable method, exact verification of the
-first one's top edges, and the false-negative diagnostic on the unverified edges. Same contract as the node
-stages of :mod:`.stages`: each takes the run's Context, skips what the run folder already holds, records its
-cost."""
+"""The run's edge stage: edge scores of every edge-capable method (same contract as the stages of
+:mod:`.stages`: it takes the run's Context, skips what the run folder already holds, records its cost), and
+what differs for edges in the verification and diagnostic stages written once in :mod:`.unit_stages`
+(the ``--edge-universe`` the edge diagnostic bounds, its words and warnings)."""
 
 from __future__ import annotations
 
-import inspect
-import json
 import warnings
 
-from . import options as opts
-from ..checkpoint import load_checked
+from .registry import RUN_METHODS
 from ..cost import Cost
-from .folder import atomic_write, load_edge_scores, method_slug, save_edge_scores, save_frame
-from .stages import Context, _plain, from_theta_rule, setup_theta
+from .folder import load_edge_scores, method_slug, save_edge_scores
+from .stages import Context
 
 
 def edges(ctx: Context) -> None:
     """Every edge ranked by each edge method of ``--method`` (an AtP variant or a joint-patching baseline,
-    ``opts.EDGE_METHODS``), then exact verification of the top of the first one's ranking; the others'
-    edge scores are kept (``edge-scores-<method>.pt``) for comparison."""
+    a row of :data:`.registry.RUN_METHODS` with an edge function); the first one's ranking is verified (:mod:`.unit_stages`), the others' edge
+    scores are kept (``edge-scores-<method>.pt``) for comparison."""
     cfg = ctx.cfg
     if cfg.level == "nodes":
         return
-    for i, method in enumerate(m for m in cfg.methods if m in opts.EDGE_METHODS):
+    for i, method in enumerate(m for m in cfg.methods if RUN_METHODS[m].edge):
         scores = _edge_method(ctx, method, "edges" if i == 0 else f"edges:{method}")
         if i == 0:
             ctx.edge_scores = scores
-    verify_edges(ctx)
 
 
 def _edge_method(ctx: Context, method: str, stage: str):
@@ -43,18 +39,9 @@ def _edge_method(ctx: Context, method: str, stage: str):
             warnings.warn(plan, stacklevel=2)
         else:
             ctx.say(plan)
-    if method in opts.ATP_FLAGS:
-        from ..edges.atp import atp as edge_atp
-
-        fn, flags = edge_atp, dict(zip(("qk_fix", "graddrop"), opts.ATP_FLAGS[method]))
-    else:
-        from ..edges.baselines import EDGE_BASELINES
-
-        fn, flags = EDGE_BASELINES[method], {}
-    wanted = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("progress", ctx.progress), ("batch_size", cfg.batch_size), ("seed", cfg.seed))
-             if k in wanted and v is not None}
-    scores = fn(ctx.model, ctx.pairs, **flags, **extra)
+    spec = RUN_METHODS[method]
+    options = spec.options(edges=True, seed=cfg.seed, batch_size=cfg.batch_size)
+    scores = spec.edge_function()(ctx.model, ctx.pairs, progress=ctx.progress, **options)
     cost = Cost.of(scores)
     if cost.backward and cost.backward_ratio is None:  # the estimator did not time its backward passes
         from dataclasses import replace
@@ -74,92 +61,44 @@ def _edge_method(ctx: Context, method: str, stage: str):
     return scores
 
 
-def verify_edges(ctx: Context) -> None:
-    """Exact edge patching of the top of the edge ranking, under the run's budget and stop rule."""
-    import pandas as pd
+# --- what differs in the edge lane of the verification and diagnostic stages (:mod:`.unit_stages`) -------
+def verifying(ctx: Context, stop) -> None:
+    """``--stop theta`` on edges: its subsets are drawn over ``--edge-universe``."""
+    stop.options.update(edges=edge_universe(ctx), progress=ctx.progress)
+    ctx.say(f"--stop theta: {universe_words(ctx)}; {stop.samples} random subsets at p = {stop.p:g} are patched "
+            "at the first check, then re-bounded as edges are verified")
 
-    cfg = ctx.cfg
-    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
-    file = ctx.folder.stage("verified-edges.parquet")
-    if budget is None and stop is None:
-        return
-    theta = type(stop).__name__ == "ThetaBelow"
-    if file.is_file() and (not (cfg.diagnose or theta) or ctx.folder.done("edge-diagnosis.json")):
-        ctx.verified_edges = pd.read_parquet(file)
-        return
-    from ..edges.verify import verify_edges as run_verify
 
-    if theta:
-        setup_theta(ctx, stop, ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None)
-        stop.options.update(edges=edge_universe(ctx), progress=ctx.progress)
-        ctx.edge_theta_rule = stop
-        ctx.say(f"--stop theta: {_universe_words(ctx)}; {stop.samples} random subsets at p = {stop.p:g} are patched "
-                "at the first check, then re-bounded as edges are verified")
-    ctx.say(f"verifying the edge ranking by exact edge patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
-    v = run_verify(ctx.model, ctx.pairs, ctx.edge_scores, budget=opts.budget_object(budget), stop=stop,
-                   batch_size=cfg.batch_size, progress=ctx.progress)
-    ctx.edge_verification, ctx.verified_edges = v, v.to_frame()
-    save_frame(ctx.verified_edges, file)
-    ctx.record("verify:edges", edges=len(v.to_frame()), stopped=v.stopped, cost=v.cost.to_dict(),
-               per_pair=v.cost.per_pair(), seconds=v.cost.seconds)
-    ctx.meta["stages"]["edges"]["verified"] = len(ctx.verified_edges)
+def verified(ctx: Context, v) -> None:
+    """The edge estimation stage's record gains how many edges were verified and why it stopped."""
+    ctx.meta["stages"]["edges"]["verified"] = len(v)
     ctx.meta["stages"]["edges"]["stopped"] = v.stopped
     ctx.folder.write_meta(ctx.meta)
-    ctx.say(f"verified {len(ctx.verified_edges):,} edges in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
 
 
-def diagnose_edges(ctx: Context) -> None:
-    """``--diagnose`` at ``--level edges``/``both``: bound the unverified edges (every edge of the graph but
-    the verified ones), the edge AtP estimates subtracted when the first method is an AtP variant (a baseline's
-    block or subset means are not per-edge predictions); ``stages/edge-diagnosis.json`` and
-    ``stages/edge-suspects.parquet``. Resumable: the subsets' effects are checkpointed."""
-    cfg = ctx.cfg
-    rule = ctx.edge_theta_rule
-    theta = rule is not None and rule.last is not None and ctx.edge_verification is not None
-    if cfg.level == "nodes" or not (cfg.diagnose or theta) or ctx.folder.done("edge-diagnosis.json"):
-        return
-    if ctx.verified_edges is None:
-        raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    ctx.say(f"diagnostic: bounding the effects of the unverified edges ({_universe_words(ctx)})...")
-    history = None
-    if theta:  # --stop theta: its subsets, re-bounded for the final verification
-        d, history = from_theta_rule(rule, ctx.edge_verification)
-    else:
-        d = _diagnose(ctx)
-    save_frame(d.suspects, ctx.folder.stage("edge-suspects.parquet"))
-    statement = d.statement
-    if opts.parse_edge_universe(cfg.edge_universe) is not None:
-        statement = f"Universe (--edge-universe {cfg.edge_universe}): {_universe_words(ctx)}. {statement}"
-    summary = {**_plain(d.to_dict()), "statement": statement, "theta": float(d.theta), "delta": cfg.delta,
-               "edge_universe": cfg.edge_universe or "all"}
-    if history is not None:
-        summary["theta_history"] = history
-    atomic_write(ctx.folder.stage("edge-diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    ctx.meta["edge_diagnostic"] = {"statement": statement, "theta": float(d.theta), "delta": cfg.delta}
-    ctx.record("diagnose:edges", statement=statement, theta=float(d.theta), cost=d.cost.to_dict(),
-               per_pair=d.cost.per_pair(), seconds=d.cost.seconds, edge_universe=cfg.edge_universe or "all")
-    ctx.say(statement)
-    note = vacuous_note(float(d.theta), ctx.verified_edges, cfg.edge_universe)
-    if note:
-        warnings.warn(note, stacklevel=2)
-
-
-def _diagnose(ctx: Context):
-    """A fresh edge diagnostic of what the verification left (resumable from its checkpoint)."""
-    from ..diagnostics.edges import diagnose_edges as run_diagnose
-
-    cfg, frame = ctx.cfg, ctx.verified_edges
+def diagnosed(ctx: Context):
+    """(the verified edges, options) of a fresh edge diagnostic: its universe is every edge of the graph
+    (or ``--edge-universe``) but the verified ones."""
+    frame = ctx.verified_edges
     verified = (frame[["writer", "reader", "pos"]] if {"writer", "reader", "pos"} <= set(frame.columns)
                 else frame["name"].tolist())
-    checkpoint = ctx.folder.checkpoint("diagnose-edges.ckpt")
-    if checkpoint.exists():
-        load_checked(checkpoint)
-    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
-    estimates = ctx.edge_scores if cfg.methods[0] in opts.ATP_FLAGS else None
-    return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, graph=ctx.edge_scores.graph,
-                        edges=edge_universe(ctx),
-                        delta=cfg.delta, seed=cfg.seed, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
-                        batch_size=cfg.batch_size, progress=ctx.progress, **extra)
+    return verified, {"graph": ctx.edge_scores.graph, "edges": edge_universe(ctx)}
+
+
+def statement(ctx: Context, d) -> str:
+    if ctx.plan.edge_universe is None:
+        return d.statement
+    return f"Universe (--edge-universe {ctx.cfg.edge_universe}): {universe_words(ctx)}. {d.statement}"
+
+
+def extra(ctx: Context) -> dict:
+    return {"edge_universe": ctx.cfg.edge_universe or "all"}
+
+
+def diagnosed_after(ctx: Context, d) -> None:
+    note = vacuous_note(float(d.theta), ctx.verified_edges, ctx.cfg.edge_universe)
+    if note:
+        warnings.warn(note, stacklevel=3)
 
 
 def edge_universe(ctx: Context):
@@ -168,7 +107,7 @@ def edge_universe(ctx: Context):
 
     from ..edges.edgeset import EdgeSet
 
-    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+    parsed = ctx.plan.edge_universe
     if parsed is None:
         return None
     what, n = parsed
@@ -182,8 +121,8 @@ def edge_universe(ctx: Context):
     return every.take(torch.isin(every.reader, readers))
 
 
-def _universe_words(ctx: Context) -> str:
-    parsed = opts.parse_edge_universe(ctx.cfg.edge_universe)
+def universe_words(ctx: Context) -> str:
+    parsed = ctx.plan.edge_universe
     method = ctx.cfg.methods[0]
     if parsed is None:
         n = int(ctx.edge_scores.score.isfinite().sum())

@@ -11,21 +11,9 @@ import os
 import re
 from pathlib import Path
 
-METHOD_HELP = {
-    "atp*": "AtP* (AtP + QK fix + GradDrop), the default",
-    "atp": "plain attribution patching",
-    "atp+qkfix": "AtP with the QK fix only",
-    "atp+graddrop": "AtP with GradDrop only",
-    "subsampling": "joint patches of random node subsets",
-    "blocks": "joint patches of blocks of contiguous nodes",
-    "hierarchical": "recursive blocks: layer, then head/position, then node",
-    "iterative": "patch every node on one more pair at a time, verifying the best",
-    "acp": "exact activation patching of every node (ground truth; slow)",
-}
-METHOD_NAMES = tuple(METHOD_HELP)
-ATP_FLAGS = {"atp*": (True, True), "atp": (False, False), "atp+qkfix": (True, False), "atp+graddrop": (False, True)}
-EDGE_METHODS = (*ATP_FLAGS, "subsampling", "blocks", "hierarchical")
-"""The methods that rank edges (``--level edges|both``): edge AtP and its variants, the joint-patching baselines."""
+from .registry import EDGE_METHODS, RUN_METHODS
+
+METHOD_NAMES = tuple(RUN_METHODS)
 LEVELS = ("nodes", "edges", "both")
 """What a run ranks: nodes (SPEC §1), edges between writers and readers (SPEC §11), or both."""
 DEVICES = ("cpu", "cuda", "auto")
@@ -74,18 +62,14 @@ def check_task(task) -> None:
 
 def parse_methods(methods) -> list[str]:
     """``"atp*,acp"`` or a list -> a list of known, available method names (duplicates dropped)."""
-    from ..methods import METHODS
-
     items = methods.split(",") if isinstance(methods, str) else list(methods or [])
     names = list(dict.fromkeys(m.strip().lower() for m in items if str(m).strip()))
     if not names:
         raise ValueError(f"no method given; use one or more of {', '.join(METHOD_NAMES)}")
     for name in names:
-        if name not in METHOD_HELP:
+        if name not in RUN_METHODS:
             raise ValueError(f"unknown method {name!r}; use one of {', '.join(METHOD_NAMES)} "
                              "(several, comma-separated: the first one's ranking is verified)")
-        if name not in ATP_FLAGS and name not in METHODS:
-            raise ValueError(f"method {name!r} is not available in this version of atpstar")
     return names
 
 
@@ -194,9 +178,7 @@ def check_level(level, methods: list[str], diagnose: bool) -> str:
 
 def check_diagnostic(samples, p, delta) -> None:
     """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
-    import inspect
-
-    from ..diagnostics.diagnostic import check_options, diagnose
+    from ..diagnostics.sampling import BOUND, P, SAMPLES, check_options
 
     if samples is not None:
         check_int("samples", samples, 2)
@@ -204,10 +186,8 @@ def check_diagnostic(samples, p, delta) -> None:
         raise ValueError(f"p (the chance that a node is in a random subset) must be in (0, 1), got {p!r}")
     if not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"delta (the bound fails with probability at most delta) must be in (0, 1), got {delta!r}")
-    defaults = {k: v.default for k, v in inspect.signature(diagnose).parameters.items()}
     try:
-        check_options(defaults["samples"] if samples is None else samples, defaults["p"] if p is None else p, delta,
-                      defaults["bound"])
+        check_options(SAMPLES if samples is None else samples, P if p is None else p, delta, BOUND)
     except ValueError as err:
         raise ValueError(str(err).replace("raise samples", "raise --samples").replace("raise p", "raise --p")) from None
 
@@ -234,9 +214,16 @@ def check_edge_universe(text, level: str, diagnose: bool, stop) -> None:
     """``--edge-universe`` is read, and used: it needs edges (--level edges or both) and an edge diagnostic."""
     if parse_edge_universe(text) is None:
         return
-    if level == "nodes" or not (diagnose or type(stop).__name__ == "ThetaBelow"):
+    if level == "nodes" or not (diagnose or is_theta(stop)):
         raise ValueError("--edge-universe restricts the edge diagnostic: use it with --level edges (or both) and "
                          "--diagnose or --stop theta")
+
+
+def is_theta(stop) -> bool:
+    """Whether ``stop`` is the ``--stop theta`` rule."""
+    from ..diagnostics.theta import ThetaBelow
+
+    return isinstance(stop, ThetaBelow)
 
 
 def resolve_device(device: str) -> str:

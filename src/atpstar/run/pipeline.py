@@ -61,31 +61,14 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check every option before any work (raises ValueError saying what to do)."""
-        opts.check_model_spec(self.model)
-        opts.check_task(self.task)
-        if self.pairs is not None:
-            opts.check_int("pairs", self.pairs, 1)
-        if not isinstance(self.bos, bool):
-            raise ValueError(f"bos must be True or False (the model's beginning-of-sequence token in front of "
-                             f"every prompt, or not), got {self.bos!r}")
-        self.methods = opts.parse_methods(self.methods)
-        opts.parse_kinds(self.kinds)
-        opts.check_level(self.level, self.methods, self.diagnose)
-        budget = opts.budget_object(opts.parse_budget(self.verify_budget))  # Budget checks its own range
-        stop = opts.parse_stop(self.stop)
-        if self.diagnose and budget is None and stop is None:
-            raise ValueError("--diagnose bounds the nodes left unverified, so it needs verification: give "
-                             "--verify-budget (> 0) or --stop")
-        opts.check_diagnostic(self.samples, self.p, self.delta)
-        opts.check_edge_universe(self.edge_universe, self.level, self.diagnose, stop)
-        opts.resolve_device(self.device)
-        opts.torch_dtype(self.dtype)
-        opts.check_int("seed", self.seed, 0)
-        if self.batch_size is not None:
-            opts.check_int("batch_size", self.batch_size, 1)
-        if not (isinstance(self.checkpoint_every, (int, float)) and self.checkpoint_every >= 0):
-            raise ValueError(f"checkpoint_every must be seconds >= 0, got {self.checkpoint_every!r}")
+        self.plan()
         return self
+
+    def plan(self):
+        """Every option checked and parsed once: a :class:`~.plan.Plan` (methods, budget, stop rule, edge universe)."""
+        from .plan import make_plan
+
+        return make_plan(self)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -129,14 +112,14 @@ def _clear(folder: RunDir) -> None:
 
 def run(config: RunConfig, out, progress: bool = True, force: bool = False, echo=None) -> RunFolder:
     """Run the pipeline into the folder ``out`` (created; see :func:`prepare`) and return it loaded."""
-    config.validate()
+    plan = config.plan()
     fresh = not Path(out).exists() or (Path(out).is_dir() and not any(Path(out).iterdir()))
     folder = prepare(out, force)
     meta = {"format": FORMAT, "status": "new", "config": config.to_dict(), "versions": opts.versions(),
             "stages": {}}
     folder.write_meta(meta)
     try:
-        return _execute(folder, meta, progress, echo)
+        return _execute(folder, meta, plan, progress, echo)
     except Exception:
         if fresh and not any((folder / "stages").glob("*")):  # failed before any result (bad input): leave no folder
             shutil.rmtree(folder.path, ignore_errors=True)
@@ -150,20 +133,22 @@ def resume(out, progress: bool = True, echo=None, batch_size: int | None = None)
     meta = folder.read_meta()
     if batch_size is not None:
         meta.setdefault("config", {})["batch_size"] = batch_size
-    RunConfig.from_dict(meta.get("config", {})).validate()
-    return _execute(folder, meta, progress, echo)
+    config = RunConfig.from_dict(meta.get("config", {}))
+    return _execute(folder, meta, config.plan(), progress, echo)
 
 
-def _execute(folder: RunDir, meta: dict, progress: bool, echo) -> RunFolder:
-    from .edge_stages import diagnose_edges, edges
-    from .stages import NODE_STAGES, Context, report, tables
+def _execute(folder: RunDir, meta: dict, plan, progress: bool, echo) -> RunFolder:
+    from .edge_stages import edges
+    from .stages import Context, estimate, load, make_pairs, report, tables
+    from .unit_stages import diagnose_edges, diagnose_nodes, verify_edges, verify_nodes
 
-    ctx = Context(RunConfig.from_dict(meta["config"]), folder, meta, progress, echo or (lambda msg: None))
+    ctx = Context(RunConfig.from_dict(meta["config"]), folder, meta, progress, echo or (lambda msg: None), plan)
     meta["status"] = "running"
     meta.pop("error", None)
     folder.write_meta(meta)
     try:
-        for stage in (*NODE_STAGES, edges, diagnose_edges, tables):
+        for stage in (load, make_pairs, estimate, verify_nodes, diagnose_nodes, edges, verify_edges, diagnose_edges,
+                      tables):
             stage(ctx)
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

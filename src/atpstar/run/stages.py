@@ -4,7 +4,6 @@ already in the run folder, so that running them all again resumes an interrupted
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import options as opts
-from ..checkpoint import load_checked
+from .registry import RUN_METHODS
 from ..cost import Cost
 from .folder import EDGES_CSV, EDGES_PARQUET, NODES_CSV, NODES_PARQUET, RunDir, atomic_write, display_tokens
 from .folder import edge_table, load_pairs, load_scores, method_slug, node_table
@@ -30,6 +29,8 @@ class Context:
     meta: dict
     progress: bool
     echo: object
+    plan: object = None
+    """The run's options parsed once (:class:`~atpstar.run.plan.Plan`)."""
     model: object = None
     pairs: object = None
     scores: dict = field(default_factory=dict)
@@ -92,13 +93,7 @@ def make_pairs(ctx: Context) -> None:
     if file.is_file():
         ctx.pairs = load_pairs(file)
     else:
-        if cfg.task in tasks.TASKS:
-            pairs = tasks.TASKS[cfg.task](ctx.model, n=cfg.pairs or DEFAULT_PAIRS, seed=cfg.seed, bos=cfg.bos)
-        else:
-            loader = tasks.from_csv if cfg.task.lower().endswith(".csv") else tasks.from_jsonl
-            pairs = loader(cfg.task, ctx.model, bos=cfg.bos)
-            if cfg.pairs is not None and cfg.pairs < len(pairs):
-                pairs = pairs.select(range(cfg.pairs))
+        pairs = tasks.load(cfg.task, ctx.model, n=cfg.pairs, seed=cfg.seed, bos=cfg.bos, default_n=DEFAULT_PAIRS)
         pairs.check_vocab(ctx.model.vocab_size)
         save_pairs(pairs, file)
         ctx.pairs = pairs
@@ -137,131 +132,30 @@ def estimate(ctx: Context) -> None:
 
 
 def run_method(ctx: Context, method: str):
-    from ..methods import METHODS, acp, atp
-
-    cfg = ctx.cfg
-    common = {"kinds": cfg.kinds, "progress": ctx.progress}
-    if method in opts.ATP_FLAGS:
-        qk_fix, graddrop = opts.ATP_FLAGS[method]
-        extra = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
-        return atp(ctx.model, ctx.pairs, qk_fix=qk_fix, graddrop=graddrop, **common, **extra)
+    """``method``'s Scores over the run's node kinds (exact patching resumes from its checkpoint)."""
+    cfg, spec = ctx.cfg, RUN_METHODS[method]
+    options = spec.options(seed=cfg.seed, batch_size=cfg.batch_size)
     if method == "acp":
-        return acp(ctx.model, ctx.pairs, batch_size=cfg.batch_size, checkpoint=ctx.folder.checkpoint("acp.ckpt"),
-                   checkpoint_every=cfg.checkpoint_every, **common)
-    fn = METHODS[method]
-    wanted = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("seed", cfg.seed), ("batch_size", cfg.batch_size)) if k in wanted and v is not None}
-    return fn(ctx.model, ctx.pairs, **common, **extra)
-
-
-def verify(ctx: Context) -> None:
-    cfg = ctx.cfg
-    if cfg.level == "edges":
-        return
-    budget, stop = opts.parse_budget(cfg.verify_budget), opts.parse_stop(cfg.stop)
-    if budget is None and stop is None:
-        return
-    file = ctx.folder.stage("verified.parquet")
-    if file.is_file() and (not cfg.diagnose or ctx.folder.done("diagnosis.json")):
-        import pandas as pd
-
-        ctx.verified = pd.read_parquet(file)
-        return
-    from ..verification.loop import verify as run_verify
-
-    primary = cfg.methods[0]
-    if type(stop).__name__ == "ThetaBelow":
-        setup_theta(ctx, stop, ctx.scores[primary] if primary in opts.ATP_FLAGS else None)
-        ctx.theta_rule = stop
-    ctx.say(f"verifying the {primary} ranking by exact patching (budget {cfg.verify_budget}, stop {cfg.stop})...")
-    checkpoint = ctx.folder.checkpoint("verify.ckpt")
-    if checkpoint.exists():
-        load_checked(checkpoint)  # a damaged file: a clear error, not torch's unpickling one
-    v = run_verify(ctx.model, ctx.pairs, ctx.scores[primary], budget=opts.budget_object(budget), stop=stop,
-                   checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
-                   progress=ctx.progress)
-    ctx.verification, ctx.verified = v, v.to_frame()
-    save_frame(ctx.verified, file)
-    ctx.record("verify", nodes=len(v.nodes), stopped=v.stopped, cost=v.cost.to_dict(), per_pair=v.cost.per_pair(),
-               seconds=v.cost.seconds, patched=v.patched, reused=v.reused, stop_index=v.stop_index)
-    ctx.say(f"verified {len(v.nodes):,} nodes in {v.cost.seconds:.1f}s; stopped: {v.stopped}")
-
-
-def setup_theta(ctx: Context, rule, estimates) -> None:
-    """``--stop theta``: the run's diagnostic options (--samples, --p, --delta, --seed) on the rule, and
-    ``estimates`` (an AtP ranking's, else None) subtracted from its subsets."""
-    cfg = ctx.cfg
-    rule.samples = cfg.samples if cfg.samples is not None else rule.samples
-    rule.p = cfg.p if cfg.p is not None else rule.p
-    rule.delta = cfg.delta
-    rule.options.update(seed=cfg.seed, batch_size=cfg.batch_size, estimates=estimates)
-
-
-def from_theta_rule(rule, v):
-    """The final diagnosis of a ``--stop theta`` verification ``v`` (nodes or edges): the rule's subsets
-    re-bounded for the final verification, at the next check's level (no new patch), and the θ-vs-verified
-    history for the report."""
-    d = rule.last  # the last check's statement (it covers a superset of the units left now)
-    if rule.last is not None and rule.history and rule.history[-1][0] < len(v.nodes):  # verified more since
-        again = rule.rebound(v, rule.checks + 1)
-        if again is not None and again.theta <= rule.last.theta:
-            d = again
-    history = [{"verified": int(k), "theta": float(t), "cost_per_pair": float(c)} for k, t, c in rule.history]
-    return d, history
-
-
-def diagnose(ctx: Context) -> None:
-    cfg = ctx.cfg
-    if cfg.level == "edges":
-        return
-    theta = ctx.theta_rule is not None and ctx.theta_rule.last is not None and ctx.verification is not None
-    if not (cfg.diagnose or theta) or ctx.folder.done("diagnosis.json"):
-        return
-    if ctx.verification is None:
-        raise ValueError("--diagnose needs verification: give --verify-budget (> 0) or --stop")
-    from ..diagnostics.diagnostic import diagnose as run_diagnose
-
-    ctx.say("diagnostic: bounding the effects of the unverified nodes...")
-    primary = ctx.cfg.methods[0]
-    extra = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
-    estimates = ctx.scores[primary] if primary in opts.ATP_FLAGS else None  # AtP's prediction lowers the variance
-    checkpoint = ctx.folder.checkpoint("diagnose.ckpt")
-    history = None
-    if theta:
-        d, history = from_theta_rule(ctx.theta_rule, ctx.verification)
-    else:
-        if checkpoint.exists():
-            load_checked(checkpoint)
-        d = run_diagnose(ctx.model, ctx.pairs, ctx.verification, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
-                         checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
-                         progress=ctx.progress, **extra)
-    if d.suspects is not None:
-        save_frame(d.suspects, ctx.folder.stage("suspects.parquet"))
-    summary = {**_plain(d.to_dict()), "statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
-    if history is not None:
-        summary["theta_history"] = history
-    atomic_write(ctx.folder.stage("diagnosis.json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    ctx.meta["diagnostic"] = {"statement": d.statement, "theta": float(d.theta), "delta": cfg.delta}
-    ctx.record("diagnose", statement=d.statement, theta=float(d.theta), cost=d.cost.to_dict(),
-               per_pair=d.cost.per_pair(), seconds=d.cost.seconds)
-    ctx.say(d.statement)
+        options.update(checkpoint=ctx.folder.checkpoint("acp.ckpt"), checkpoint_every=cfg.checkpoint_every)
+    return spec.node_function()(ctx.model, ctx.pairs, kinds=cfg.kinds, progress=ctx.progress, **options)
 
 
 def tables(ctx: Context) -> None:
+    """The run's tables, one per unit kind it ranks (nodes.parquet/.csv, edges.parquet/.csv)."""
     tokens = ctx.meta["stages"]["pairs"]["tokens"]
     facts = {}
-    if ctx.cfg.level != "edges":
-        ctx.say("writing the node table...")
-        frame = node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens)
-        save_frame(frame, ctx.folder / NODES_PARQUET)
-        atomic_write(ctx.folder / NODES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
-        facts["rows"] = len(frame)
-    if ctx.cfg.level != "nodes":
-        ctx.say("writing the edge table...")
-        frame = edge_table(ctx.edge_scores, ctx.verified_edges, tokens)
-        save_frame(frame, ctx.folder / EDGES_PARQUET)
-        atomic_write(ctx.folder / EDGES_CSV, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
-        facts["edge_rows"] = len(frame)
+    kinds = (("node", "edges", lambda: node_table(ctx.scores, ctx.cfg.methods[0], ctx.verified, tokens),
+              NODES_PARQUET, NODES_CSV, "rows"),
+             ("edge", "nodes", lambda: edge_table(ctx.edge_scores, ctx.verified_edges, tokens),
+              EDGES_PARQUET, EDGES_CSV, "edge_rows"))
+    for unit, skip_level, table, parquet, csv, fact in kinds:
+        if ctx.cfg.level == skip_level:
+            continue
+        ctx.say(f"writing the {unit} table...")
+        frame = table()
+        save_frame(frame, ctx.folder / parquet)
+        atomic_write(ctx.folder / csv, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+        facts[fact] = len(frame)
     ctx.meta["costs"] = costs(ctx.meta)
     ctx.record("tables", **facts)
 
@@ -287,7 +181,3 @@ def _plain(value):
     from .folder import _jsonable
 
     return json.loads(json.dumps(value, default=_jsonable))
-
-
-NODE_STAGES = (load, make_pairs, estimate, verify, diagnose)
-"""The stages before the edge stages (:mod:`.edge_stages`); :data:`atpstar.run.pipeline.STAGES` is the whole order."""

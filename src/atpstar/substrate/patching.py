@@ -21,7 +21,7 @@ from ..nodes import NodeSet
 from ..types import ALL_KINDS, RESID, NodeKind
 
 LAYER_SPAN = 4
-"""In acp with a fixed ``batch_size`` (and in :mod:`atpstar.verification.patcher`) a batch never mixes positions, nor
+"""In acp with a fixed ``batch_size`` (and in :mod:`atpstar.substrate.node_patcher`) a batch never mixes positions, nor
 layers from different spans of this many layers; automatic batches follow the cost model instead."""
 
 

@@ -1,13 +1,16 @@
-"""Verification (SPEC.md §7): exact patching of nodes in ranked order until a budget or stop rule.
+"""Verification: exact patching of the units of a ranking (nodes or edges) in ranked order until a
+budget or stop rule.
 
-:mod:`.loop` (``verify``, ``Budget``, ``Verification``), its batches (:mod:`.patcher`) and resumable
-per-node store (:mod:`.store`), the stop rules (:mod:`atpstar.stopping`), what a ranking may be
-(:mod:`.ranking`) and the study's measure, the cost of verified recall (:mod:`.recall`).
+:mod:`.loop` (``verify``), its result and limits (:mod:`.result`: ``Verification``, ``Budget``) and its
+resumable per-unit store (:mod:`.store`); the units themselves (ids, names, patchers) come from
+:mod:`atpstar.units`, the stop rules from :mod:`atpstar.stopping`, what a ranking may be from
+:mod:`atpstar.ranking`; the study's measure, the cost of verified recall (:mod:`.recall`).
 May import the diagnostic (the ``ThetaBelow`` stop rule, ``verify(diagnose=True)``), methods,
 the substrate and the vocabulary.
 """
 
-from .loop import Budget, Verification, verify
+from .loop import verify
+from .result import Budget, Verification
 from .recall import recall_cost
 from ..stopping import SmallEffects
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..cost import Cost
-from .ranking import Ranking, as_ranking, check_unique
+from ..ranking import Ranking, as_ranking, check_unique
+from ..units import unit_of
 
 
 def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0.9, kinds=None) -> pd.DataFrame:
@@ -44,6 +44,9 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
             :class:`~atpstar.verification.Verification`, or a DataFrame with kind/layer/unit/pos and
             ``effect`` (signed mean; its absolute value is used) or ``score`` (= |mean effect|).
             Nodes with a NaN truth are not part of it.
+            Edges alike (ranking and truth of one unit kind, else a TypeError): an EdgeScores, an edge table
+            with ``name`` (and ``score``; a truth's ``effect_exact``, ``effect`` or ``score``), edge names, a
+            Verification of edges.
         k: the largest k (at most the number of truth nodes).
         estimation_cost: the method's estimation cost: forward-pass equivalents per pair (a
             number), a :class:`~atpstar.cost.Cost`, or a Scores whose ``info["cost"]`` to use;
@@ -59,7 +62,8 @@ def recall_cost(ranking, truth, k: int, estimation_cost=None, relaxed: float = 0
     if not 0 < relaxed <= 1:
         raise ValueError(f"relaxed must be a fraction in (0, 1], got {relaxed!r}")
     estimation = _per_pair_cost(estimation_cost)
-    if _is_edges(ranking) or _is_edges(truth):
+    unit = _unit(ranking, truth)
+    if unit == "edge":
         if kinds is not None:
             raise ValueError("kinds= selects node kinds; edge rankings take no kinds (filter the edge table instead)")
         value, rank = _matched_edges(ranking, truth)
@@ -112,7 +116,7 @@ def _truth(truth, kinds):
         raise TypeError(f"truth must be exact effects: a Scores from acp, a Verification or a DataFrame with an "
                         f"'effect' or 'score' column, got {type(truth).__name__}")
     keep = value.isfinite()
-    return ranked.nodes.take(keep), value[keep].numpy()
+    return ranked.units.take(keep), value[keep].numpy()
 
 
 def _dims(*sets) -> tuple[int, int, int]:
@@ -130,31 +134,39 @@ def _matched(ranking, truth, kinds):
     ranked = as_ranking(ranking, kinds)
     if len(truth_nodes) == 0:
         raise ValueError("the truth has no nodes (of these kinds) with a finite effect")
-    dims = _dims(truth_nodes, ranked.nodes)
-    t_ids, r_ids = truth_nodes.ids(dims), ranked.nodes.ids(dims)
+    dims = _dims(truth_nodes, ranked.units)
+    t_ids, r_ids = truth_nodes.ids(dims), ranked.units.ids(dims)
     check_unique(truth_nodes, t_ids, "the truth")
-    check_unique(ranked.nodes, r_ids, "the ranking")
-    r_sorted, r_order = torch.sort(r_ids)
-    at = torch.searchsorted(r_sorted, t_ids).clamp(max=max(len(r_ids) - 1, 0))
-    found = r_sorted[at] == t_ids if len(r_ids) else torch.zeros(len(t_ids), dtype=torch.bool)
-    if not found.all():
-        raise ValueError(_mismatch(truth_nodes, ~found, "the truth has", "the ranking lacks"))
-    position = r_order[at]  # each truth node's index in the ranking
-    in_truth = torch.zeros(len(r_ids), dtype=torch.bool)
-    in_truth[position] = True
+    check_unique(ranked.units, r_ids, "the ranking")
     scored = ranked.from_scores or (isinstance(ranking, pd.DataFrame) and "score" in ranking.columns)
-    extra = ~in_truth & (~ranked.score.isnan() if scored else torch.ones_like(in_truth))
-    if extra.any():  # a NaN-scored entry the truth lacks is a node that exists for no pair: ignored
-        raise ValueError(_mismatch(ranked.nodes, extra, "the ranking has", "the truth lacks"))
-    rank = torch.cumsum(in_truth.long(), 0) - 1  # rank among the ranking's truth nodes
-    return value, rank[position].numpy()
+    # a NaN-scored entry the truth lacks is a node that exists for no pair: ignored
+    counted = ~ranked.score.isnan().numpy() if scored else np.ones(len(r_ids), dtype=bool)
+    return _ranks("node", t_ids.numpy(), value, r_ids.numpy(), counted, lambda i: _node_name(truth_nodes, i),
+                  lambda i: _node_name(ranked.units, i),
+                  "; rank and score the same node set (same kinds, positions and layers), or pass kinds=")
 
 
-def _mismatch(nodes, mask, has: str, lacks: str) -> str:
-    i = int(mask.nonzero()[0])
-    name = nodes.take(slice(i, i + 1)).to_nodes()[0].name
-    return (f"truth and ranking cover different nodes: {has} {int(mask.sum())} nodes {lacks} (e.g. {name}); "
-            "rank and score the same node set (same kinds, positions and layers), or pass kinds=")
+def _node_name(nodes, i: int) -> str:
+    return nodes.take(slice(i, i + 1)).to_nodes()[0].name
+
+
+def _ranks(unit: str, t_keys, value, r_keys, counted, truth_name, ranking_name, hint: str):
+    """(``value``, the 0-based rank of each truth unit in the ranking restricted to truth units), the units
+    matched by key (node ids or edge names, each unique on its side); ``counted``: ranking entries that must
+    be in the truth (the others, e.g. NaN-scored ones, may be absent from it)."""
+    position = pd.Index(r_keys).get_indexer(pd.Index(t_keys))
+    missing = np.flatnonzero(position < 0)
+    if len(missing):
+        raise ValueError(f"truth and ranking cover different {unit}s: the truth has {len(missing)} {unit}s the ranking "
+                         f"lacks (e.g. {truth_name(int(missing[0]))}){hint}")
+    in_truth = np.zeros(len(r_keys), dtype=bool)
+    in_truth[position] = True
+    extra = np.flatnonzero(~in_truth & counted)
+    if len(extra):
+        raise ValueError(f"truth and ranking cover different {unit}s: the ranking has {len(extra)} {unit}s the truth "
+                         f"lacks (e.g. {ranking_name(int(extra[0]))}){hint}")
+    rank = np.cumsum(in_truth) - 1  # rank among the ranking's truth units
+    return value, rank[position]
 
 
 def _prefix_order_statistic(values: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -178,17 +190,19 @@ def _prefix_order_statistic(values: np.ndarray, target: np.ndarray) -> np.ndarra
 
 
 # --- edges ------------------------------------------------------------------------------------------
-def _is_edges(x) -> bool:
-    if hasattr(x, "graph") and hasattr(x, "ranked_ids"):  # an EdgeScores
-        return True
-    if isinstance(x, pd.DataFrame):
-        return "reader" in x.columns or ("name" in x.columns and "kind" not in x.columns
-                                          and x["name"].astype(str).str.contains("->").any())
-    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str) and "->" in x[0]
+def _unit(ranking, truth) -> str:
+    unit, of_truth = unit_of(ranking), unit_of(truth)
+    if unit != of_truth:
+        raise TypeError(f"the ranking ({type(ranking).__name__}) is of {unit}s but the truth ({type(truth).__name__}) is "
+                        f"of {of_truth}s: rank and measure the same units (node Scores with a node truth, EdgeScores "
+                        "or edge tables with an edge truth)")
+    return unit
 
 
 def _edge_names(x, what: str) -> tuple[pd.Index, np.ndarray]:
     """(edge names in ranked order, score or NaN) of an edge ranking, or (names, |effect|) of a truth."""
+    if hasattr(x, "per_pair") and hasattr(x, "to_frame"):  # a Verification of edges: its table (effect_exact)
+        x = x.to_frame()
     if hasattr(x, "graph") and hasattr(x, "ranked_ids"):
         frame = x.to_frame()
         return pd.Index(frame["name"]), frame["score"].to_numpy(dtype=float)
@@ -222,15 +236,6 @@ def _matched_edges(ranking, truth):
     if nan.any() and not nan.all():  # NaN-scored entries go last, each part in its given order
         order = np.concatenate([np.flatnonzero(~nan), np.flatnonzero(nan)])
         r_names, r_score = r_names[order], r_score[order]
-    position = r_names.get_indexer(t_names)
-    if (position < 0).any():
-        raise ValueError(f"truth and ranking cover different edges: the truth has {int((position < 0).sum())} edges "
-                         f"the ranking lacks (e.g. {t_names[np.flatnonzero(position < 0)[0]]})")
-    in_truth = np.zeros(len(r_names), dtype=bool)
-    in_truth[position] = True
-    extra = ~in_truth & ~np.isnan(r_score) if not nan.all() else ~in_truth
-    if extra.any():
-        raise ValueError(f"truth and ranking cover different edges: the ranking has {int(extra.sum())} edges the "
-                         f"truth lacks (e.g. {r_names[np.flatnonzero(extra)[0]]}); rank and patch the same edges")
-    rank = np.cumsum(in_truth) - 1
-    return value, rank[position]
+    counted = ~np.isnan(r_score) if not nan.all() else np.ones(len(r_names), dtype=bool)
+    return _ranks("edge", t_names, value, r_names, counted, lambda i: t_names[i], lambda i: r_names[i],
+                  "; rank and patch the same edges")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEVICES, DTYPES, EDGE_UNIVERSE_HELP, LEVELS, METHOD_HELP
+from ..options import DEVICES, DTYPES, EDGE_UNIVERSE_HELP, LEVELS
+from ..registry import RUN_METHODS
 
 DESCRIPTION = """\
 atpstar: find the attention heads, queries/keys/values and MLP neurons that cause a language-model
@@ -96,7 +97,7 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                            "the default, as TransformerLens does); --no-bos: prompts start with their first word "
                            "(a warning if clean and noise differ there: estimates at the first positions are "
                            "then unreliable)")
-    methods = "; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items())
+    methods = "; ".join(f"{k}: {m.help}" for k, m in RUN_METHODS.items())
     what.add_argument("--method", default="atp*", metavar="M[,M...]",
                       help=f"one or more methods, comma-separated; the first one's ranking is verified. {methods}")
     what.add_argument("--kinds", default=DEMO["kinds"] if demo else "all", metavar="K",

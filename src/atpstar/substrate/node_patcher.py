@@ -1,4 +1,4 @@
-"""Patching one chunk of a verification: single-node patches of every (node, pair), planned first.
+"""Exact single-node patches of chunks of nodes, planned first: the node kind's patcher (:class:`atpstar.units.UnitPatcher`).
 
 The clean and noise runs are captured once (on the first chunk) and reused by every later chunk.
 A chunk is *planned* before it runs: its jobs sorted and batched exactly as :func:`atpstar.acp`
@@ -19,7 +19,8 @@ from torch import Tensor
 from ..cost import Cost
 from .. import distributed
 from ..nodes import NodeSet
-from ..substrate.patching import LAYER_SPAN, GroupRuns, auto_batch_size, bucket_slices, moved, patched_metric
+from .joint import joint_patch
+from .patching import LAYER_SPAN, GroupRuns, auto_batch_size, bucket_slices, moved, patched_metric
 
 
 @dataclass
@@ -42,7 +43,10 @@ class GroupPlan:
 
 
 class ChunkPatcher:
-    """Exact single-node patches of chunks of nodes, clean/noise captured once."""
+    """Exact single-node patches of chunks of nodes, clean/noise captured once (on the first plan)."""
+
+    capture_forward = 2.0
+    """The clean and noise runs: 2 forward passes per pair."""
 
     def __init__(self, model, pairs, metric, kinds, batch_size: int | None, memory_mb: float):
         self.model, self.pairs, self.metric, self.kinds = model, pairs, metric, kinds
@@ -54,7 +58,7 @@ class ChunkPatcher:
     def captured(self) -> bool:
         return self.groups is not None
 
-    def _runs(self) -> list[GroupRuns]:
+    def capture(self) -> list[GroupRuns]:
         if self.groups is None:
             t0 = time.perf_counter()
             self.groups = [GroupRuns.capture(self.model, g, self.kinds, self.metric) for g in self.pairs.groups()]
@@ -63,7 +67,7 @@ class ChunkPatcher:
 
     def plan(self, nodes: NodeSet) -> list[GroupPlan]:
         """The batches that patch every node of ``nodes`` on every pair that has its position."""
-        return [self._plan_group(runs, nodes) for runs in self._runs()]
+        return [self._plan_group(runs, nodes) for runs in self.capture()]
 
     def _plan_group(self, runs: GroupRuns, nodes: NodeSet) -> GroupPlan:
         model, n_layers = self.model, self.model.n_layers
@@ -81,6 +85,21 @@ class ChunkPatcher:
         # == patched_metric's measure: rows * (L - layer0) * (T - pos0) / (L * T)
         costs = rows * (n_layers - nodes.layer[first]) * (n_tok - own_pos[first]) / (n_layers * n_tok)
         return GroupPlan(runs, own_pos, job_node[~live], job_pair[~live], job_n, job_p, slices, costs)
+
+    def static(self, nodes: NodeSet) -> Tensor:
+        """(N,) bool: the node's noise value equals its clean value on every pair that has its position."""
+        live = torch.zeros(len(nodes), dtype=torch.bool)
+        for runs in self.capture():
+            own_pos = nodes.pos - runs.group.offset
+            present = (own_pos >= 0).nonzero().flatten()
+            n_group = runs.group.clean.shape[0]
+            node, pair = present.repeat_interleave(n_group), torch.arange(n_group).repeat(len(present))
+            live[node[moved(self.model, runs, nodes, own_pos, node, pair)]] = True
+        return ~live
+
+    def joint(self, nodes: NodeSet, sets) -> Tensor:
+        """(sets, pairs) effect of patching each set of ``nodes`` together (see :func:`~atpstar.joint_patch`)."""
+        return joint_patch(self.model, self.pairs, nodes, sets, metric=self.metric, batch_size=self.batch_size)
 
     @staticmethod
     def cost(plans: list[GroupPlan]) -> float:

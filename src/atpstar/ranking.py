@@ -19,16 +19,17 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..nodes import KIND_INDEX, NodeSet
-from ..types import ALL_KINDS, NodeKind
+from .nodes import KIND_INDEX, NodeSet
+from .types import ALL_KINDS, NodeKind
 
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """N nodes in ranked order (best first)."""
+    """N units (nodes, edges...) in ranked order (best first), with the ranking's score and estimate."""
 
-    nodes: NodeSet
+    units: object
+    """The ranked units (a NodeSet, an EdgeSet...), best first."""
     score: Tensor
     """(N,) float64 ranking score (NaN: none given)."""
     estimate: Tensor
@@ -37,10 +38,10 @@ class Ranking:
     """Read from a Scores object (NaN there means: node not computed / absent)."""
 
     def __len__(self) -> int:
-        return len(self.nodes)
+        return len(self.units)
 
     def take(self, index) -> "Ranking":
-        return Ranking(self.nodes.take(index), self.score[index], self.estimate[index], self.from_scores)
+        return Ranking(self.units.take(index), self.score[index], self.estimate[index], self.from_scores)
 
 
 def as_ranking(ranking, kinds=None) -> Ranking:
@@ -60,7 +61,7 @@ def as_ranking(ranking, kinds=None) -> Ranking:
         out = _from_list(ranking)
     if kinds is not None:
         wanted = torch.tensor([KIND_INDEX[k] for k in NodeKind.parse(kinds)])
-        out = out.take(torch.isin(out.nodes.kind, wanted))
+        out = out.take(torch.isin(out.units.kind, wanted))
     nan = out.score.isnan()
     if nan.any():  # stable: finite scores first, NaN ones after, each in their own order
         out = out.take(torch.cat([(~nan).nonzero().flatten(), nan.nonzero().flatten()]))
