@@ -1,19 +1,21 @@
 """The rules of the house (docs/architecture.md), checked on the source: imports point down the stack,
 no import circle, no module over the size limit, no public name of the package root hides a
-sub-package, and no public namespace has two names for one thing."""
+sub-package, no public namespace has two names for one thing, and nothing cites what a reader of the
+repository does not have."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
-
 
 import atpstar
 
 SRC = Path(atpstar.__file__).parent
+ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 
 # Each stage may import itself and any stage of a lower rank; equal ranks may not import each other.
@@ -133,3 +135,14 @@ def test_no_public_namespace_binds_two_names_to_one_object():
                   if len(group) > 1 and tuple(sorted(group)) not in DOCUMENTED_ALIASES]
     assert not pairs, "public names bound to the same object (keep one spelling, or document the alias):\n" + \
         "\n".join(pairs)
+
+
+def test_nothing_cites_what_a_user_of_the_repository_does_not_have():
+    """Docs, docstrings, --help and benchmarks explain in their own words: no citation of the method's
+    private specification or of issue numbers (a reader of the repository has neither)."""
+    cites = re.compile(r"SPEC(\.md)?\s*§|SPEC\.md|\bissue\s+#?\d+", re.I)
+    files = [*SRC.rglob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md",
+             *(ROOT / "benchmarks").rglob("*.py")]
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in files
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if cites.search(line)]
+    assert not found, f"cite nothing outside the repository: {found[:10]}"

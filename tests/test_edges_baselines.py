@@ -1,4 +1,4 @@
-"""The paper's baselines on edges (SPEC.md §8 with edges as units, §11) where the answer is known.
+"""The paper's baselines on edges where the answer is known.
 
 ``linear()``: a float64 Llama with the final norm removed and the last layer's MLP silenced, so the
 model is linear after the ``logits`` reader (edges into it add exactly) and after the last layer's
@@ -162,7 +162,7 @@ def test_hierarchical_descends_reader_layer_reader_writer_position():
 
 # --- subsampling -----------------------------------------------------------------------------------
 def test_subsampling_is_unbiased_on_additive_edges_and_finds_the_planted_one():
-    """Additive effects: estimate − truth has standard error ≈ sqrt(Σ I² / samples) (SPEC §8)."""
+    """Additive effects: estimate − truth has standard error ≈ sqrt(Σ I² / samples)."""
     model, pairs, plant = linear()
     names = logits_scope(model)
     edges = EdgeSet.from_names(EdgeGraph.of(model), names)

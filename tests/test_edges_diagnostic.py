@@ -1,4 +1,4 @@
-"""The false-negative diagnostic on edges (SPEC.md §9, §11), checked against exact edge effects.
+"""The false-negative diagnostic on edges, checked against exact edge effects.
 
 The model is a float64 tiny Llama that is linear after the last layer's value readers and the
 logits reader (tests/test_edges_atp.py::_linear_llama), so over the edges into those readers a

@@ -1,7 +1,8 @@
 """Bad input, as a new user would give it, to the API and the command line: each must fail with a clear
 message that names the culprit and says what to do, never a raw library error or a silent wrong result.
 
-The first block holds the defects of issue 9 (each once gave a raw error or a silently empty result);
+The first block holds defects found by trying the package as a new user (each once gave a raw error or a
+silently empty result);
 then our own bad inputs to the API, the pipeline and the CLI (exit status 2, no traceback)."""
 
 import json
@@ -37,7 +38,7 @@ def _cli_error(capsys, argv, status=2) -> str:
     return err
 
 
-# --- the unclear answers of issue 13 --------------------------------------------------------------
+# --- unclear answers found by a review ------------------------------------------------------------
 def test_a_plain_list_instead_of_prompt_pairs_says_how_to_build_them(tiny):
     for call in (lambda: atpstar.atp(tiny, ["a", "b"], progress=False),
                  lambda: atpstar.acp(tiny, ["a", "b"], kinds="head", progress=False),
@@ -76,7 +77,7 @@ def test_a_damaged_verification_or_diagnostic_checkpoint_via_the_python_api(tiny
             call(path)
 
 
-# --- the defects of issue 9 ----------------------------------------------------------------------
+# --- defects found by a new user ------------------------------------------------------------------
 @pytest.mark.parametrize("size", [0, -1, 2.5])
 def test_acp_refuses_a_batch_size_below_one(tiny, size):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

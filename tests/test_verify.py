@@ -1,4 +1,4 @@
-"""Verification (SPEC.md §7): exact patching in rank order == activation patching, budgets honoured
+"""Verification: exact patching in rank order == activation patching, budgets honoured
 exactly, stop rules at the exact node, resumable after an interruption, prior results reused."""
 
 import math

@@ -1,4 +1,4 @@
-"""The false-negative diagnostic (SPEC.md §7, §9): how large can an unverified node's effect still be?
+"""The false-negative diagnostic: how large can an unverified node's effect still be?
 
 After verifying the top of a ranking, :func:`diagnose` patches random subsets of the *unverified*
 nodes jointly (each node in a subset independently with probability ``p``; one

@@ -1,4 +1,4 @@
-"""The false-negative diagnostic on edges (SPEC.md §9 and §11): how large can an unverified edge's effect be?
+"""The false-negative diagnostic on edges: how large can an unverified edge's effect be?
 
 After verifying the top of an edge ranking (:func:`atpstar.verify` of an EdgeScores), :func:`diagnose_edges`
 patches random subsets of the *unverified* edges jointly (:class:`~atpstar.edges.patching.EdgePatcher`:

@@ -1,4 +1,4 @@
-"""Edge AtP, +QK fix, +GradDrop and AtP* (SPEC.md §11): every edge's effect estimated at once.
+"""Edge AtP, +QK fix, +GradDrop and AtP*: every edge's effect estimated at once.
 
 ``Î(u -> v; t) = (w_u(noise)(t) − w_u(clean)(t)) · ∂L/∂r_v(t)`` with ``r_v`` reader v's private input
 (:mod:`.reader_grads`). Per reader layer, the estimates of all its edges are one einsum of the writer
@@ -7,7 +7,7 @@ deltas (W, T, d) with the reader gradients (R, T, d): never a Python object per 
 - QK fix (``qk_fix=True``): an edge into a query (key) reader gets the reader's new query (key)
   computed exactly, through its norm, projection, rotary embedding and QK-norm, from
   ``r_v + Δw_u`` (the block is re-run on ``x + Δw_u`` for every writer u, up to its keys), then
-  the exact softmax change of SPEC.md §4 (:class:`~atpstar.methods.qkfix_linear.QKFix`): a key's
+  the exact softmax change of the node QK fix (:class:`~atpstar.methods.qkfix_linear.QKFix`): a key's
   effect is summed over every query position t ≥ s and every query head of its group.
 - GradDrop (``graddrop=True``): score = mean over pairs of ``(1/(L−1)) Σ_ℓ |Î_ℓ|`` with
   ``Î_ℓ = Δw_u · ∂L^(−ℓ)/∂r_v``: a reader of layer m gets the ordinary estimate for the m dropped layers

@@ -1,4 +1,4 @@
-"""Exact edge patching (SPEC.md §11), the ground truth of every edge estimate.
+"""Exact edge patching, the ground truth of every edge estimate.
 
 ``I(u -> v) = L(M(xc | v's input at t <- x_v(t) + w_u(noise)(t) − w_u(clean)(t))) − L(M(xc))``: only
 reader v sees the change (:mod:`.reader_patch`). Several edges into one reader add their deltas;
@@ -273,7 +273,7 @@ class EdgePatcher:
 
 def edge_acp(model, pairs: PromptPairs, edges=None, metric=None, graph: EdgeGraph | None = None,
              batch_size: int | None = None, per_pair: bool = False, progress: bool = False) -> EdgeScores:
-    """Exact effect of patching each edge alone (SPEC.md §11), per pair and averaged.
+    """Exact effect of patching each edge alone, per pair and averaged.
 
     ``edges``: None (every edge at every position: W×R×T patches per pair, for small models), an
     :class:`EdgeSet`, a list of names (``"L0.head.H1@3 -> L2.q.H0@3"``) or a table with writer, reader, pos.

@@ -15,7 +15,7 @@ from .registry import EDGE_METHODS, RUN_METHODS
 
 METHOD_NAMES = tuple(RUN_METHODS)
 LEVELS = ("nodes", "edges", "both")
-"""What a run ranks: nodes (SPEC §1), edges between writers and readers (SPEC §11), or both."""
+"""What a run ranks: nodes, edges between writers and readers, or both."""
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16")
 PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -165,7 +165,7 @@ def check_level(level, methods: list[str], diagnose: bool) -> str:
     one's ranking is verified). ``--diagnose`` bounds the unverified units of each level (nodes, edges, or both)."""
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)} (nodes: components, edges: "
-                         "the connections between them, SPEC §11)")
+                         "the connections between them)")
     if level != "nodes" and methods[0] not in EDGE_METHODS:
         raise ValueError(f"--level {level}: edges are ranked by the first method, which must be one of "
                          f"{', '.join(EDGE_METHODS)} (got {methods[0]!r}); put it first, e.g. --method atp*,{methods[0]}")

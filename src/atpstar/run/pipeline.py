@@ -40,7 +40,7 @@ class RunConfig:
     does; False: the prompts start with their first word (a warning if clean and noise differ there)."""
     kinds: str = "all"
     level: str = "nodes"
-    """``nodes`` (SPEC §1), ``edges`` (writer -> reader at one position, SPEC §11) or ``both``."""
+    """``nodes``, ``edges`` (writer -> reader at one position) or ``both``."""
     verify_budget: str | None = "100"
     """Forward-pass equivalents per pair (``"100"``), verified nodes (``"50nodes"``), seconds (``"60s"``),
     or ``"0"``/``None``: no verification."""

@@ -1,4 +1,4 @@
-"""Cost of verified recall (SPEC.md §9): what it costs, in forward-pass equivalents per prompt pair,
+"""Cost of verified recall: what it costs, in forward-pass equivalents per prompt pair,
 to have verified the true top-k nodes by following a ranking.
 
 For a ranking and the exact truth (activation patching) over the same nodes, and every k = 1..K:
@@ -17,7 +17,7 @@ method is never charged for the order in which it lists nodes the truth cannot t
 Everything is vectorised (rank arrays, cumulative maxima; the relaxed target's order statistics in
 blocks of k): rankings of all of a model's nodes hold ~10^6 entries.
 
-**Edges** (SPEC.md §11) are units like nodes: a ranking may be an
+**Edges** are units like nodes: a ranking may be an
 :class:`~atpstar.edges.EdgeScores` (ranked by score), an edge table (``name`` column, e.g. the run
 folder's ``edges.parquet``, in ranked order) or edge names in ranked order; the truth an
 EdgeScores of exact edge effects or an edge table with ``effect_exact``, ``effect`` or ``score``.

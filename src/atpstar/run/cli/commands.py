@@ -3,7 +3,6 @@ pipeline, print a short summary (stdout); stage messages go to stderr."""
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -146,7 +145,6 @@ def cmd_tasks(args) -> int:
         answer = tok.decode([int(pairs.answer[0])])
         distractor = tok.decode([int(pairs.distractor[0])]) if int(pairs.distractor[0]) >= 0 else None
         summary = (sys.modules[builder.__module__].__doc__ or name).strip().splitlines()[0]
-        summary = re.sub(r"\s*\(SPEC\.md[^)]*\)", "", summary)  # the reference is for developers
         print(f"{name}: {summary}")
         print(f"  clean:  {clean!r}\n  noise:  {noise!r}")
         print(f"  answer: {answer!r}" + (f"   distractor: {distractor!r}" if distractor is not None else ""))

@@ -105,7 +105,7 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                       % (DEMO["kinds"] if demo else "all"))
     what.add_argument("--level", default="nodes", choices=LEVELS,
                       help="rank nodes (default), edges (writer -> reader at one position: a head's or MLP's write "
-                           "read by a later query, key, value, MLP or the logits; SPEC §11), or both; edges are "
+                           "read by a later query, key, value, MLP or the logits), or both; edges are "
                            "ranked by the AtP variants and subsampling, blocks, hierarchical; the first method's "
                            "edge ranking is verified by exact edge patching and drawn as a circuit in the report")
     check = p.add_argument_group("verification and diagnostic")
