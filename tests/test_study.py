@@ -1,5 +1,7 @@
 """The study's --quick mode end to end: truth, every method's ranking, recall curves, figures, docs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,8 +47,8 @@ def test_quick_mode_writes_outside_the_docs(tmp_path, monkeypatch):
     cached results is refused, so a trial run cannot overwrite the published numbers."""
     import tempfile
 
-    import study
-    from studylib import truth
+    from benchmarks import study
+    from benchmarks.studylib import truth
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     args = study.parse(["--quick"])
