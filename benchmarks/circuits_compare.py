@@ -29,7 +29,7 @@ import torch
 import atpstar
 from atpstar import tasks
 from atpstar.circuits import MIB_GRID, mib, mib_scores
-from atpstar.circuits.build import CircuitScores, exact, verified
+from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
@@ -38,7 +38,9 @@ OUT = Path("docs/results/circuits")
 FIGURE = Path("docs/circuits_evidence.png")
 MODEL_TAGS = {"default": "smollm2-135m", "gemma3-270m": "gemma3-270m", "quick": "tiny-llama"}
 ORDER = ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*",
-         "verified EAP-IG-inputs", "exact"]
+         "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "exact"]
+NEEDS = {"verified AtP*": ["AtP*"], "verified EAP-IG-inputs": ["EAP-IG-inputs"],
+         "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"]}
 
 
 def estimators(steps: int) -> dict:
@@ -90,10 +92,12 @@ def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, C
     if name == "exact":
         result = exact(model, pairs)
         return result.scores, result.cost, time.perf_counter() - start, {"verified": result.info["verified"]}
+    if name == "AtP* with IG signs":
+        (a, ca, ta, _), (b, cb, tb, _) = cache["AtP*"], cache["EAP-IG-inputs"]
+        result = signed_by(CircuitScores("AtP*", graph, a, ca), CircuitScores("IG", graph, b, cb))
+        return result.scores, result.cost, ta + tb, {}
     if name.startswith("verified "):
         base = name.removeprefix("verified ")
-        if base not in cache:
-            raise ValueError(f"{name} needs {base} computed first in the same run (methods order: {ORDER})")
         scores, cost, seconds, _ = cache[base]
         top = max(1, int(args.verify * graph.n_edges()))
         result = verified(model, pairs, CircuitScores(base, graph, scores, cost), top=top)
@@ -115,9 +119,9 @@ def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
     ratio = atpstar.measure_backward_ratio(model, pairs.clean[0][None], repeats=3)
     rows, cache = [], {}
     for name in todo:
-        needs = name.removeprefix("verified ")
-        if name.startswith("verified ") and needs not in cache:
-            cache[needs] = compute(needs, model, pairs, args, cache)
+        for need in [n for m in NEEDS.get(name, []) for n in NEEDS.get(m, []) + [m]]:
+            if need not in cache:
+                cache[need] = compute(need, model, pairs, args, cache)
         cache[name] = scores, cost, seconds, extra = compute(name, model, pairs, args, cache)
         result = mib(model, pairs, scores)
         row = {"model": tag, "task": task, "method": name, "pairs": len(pairs), "cpr": result.cpr,

@@ -8,7 +8,7 @@ from conftest import StubTokenizer, random_pairs, tiny_hf
 import atpstar
 from atpstar.circuits import MIB_GRID, faithfulness, full_circuit, mib, mib_scores
 from atpstar.circuits.prune import top_n
-from atpstar.circuits.build import CircuitScores, exact, exact_effects, verified
+from atpstar.circuits.build import CircuitScores, exact, exact_effects, signed_by, verified
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap_ig_inputs
 
@@ -110,3 +110,18 @@ def test_bad_input_names_the_culprit():
     missing = (~graph.valid).nonzero()[0]
     with pytest.raises(ValueError, match=f"edge {graph.writer_names[missing[0]]} -> .* does not exist"):
         exact_effects(model, pairs, missing[None])
+
+
+def test_signed_by_takes_one_rankings_magnitudes_and_anothers_signs():
+    model, pairs = _model(), random_pairs()
+    graph = EdgeGraph.of(model)
+    cost = atpstar.Cost(forward=3.0, pairs=len(pairs))
+    a = torch.tensor([[2.0, -3.0], [0.5, 1.0]])
+    b = torch.tensor([[-1.0, -2.0], [0.0, 4.0]])
+    pad = lambda x: torch.nn.functional.pad(x, (0, graph.n_readers - 2, 0, graph.n_writers - 2))  # noqa: E731
+    mixed = signed_by(CircuitScores("a", graph, pad(a), cost), CircuitScores("b", graph, pad(b), cost))
+    assert torch.equal(mixed.scores[:2, :2], torch.tensor([[-2.0, -3.0], [0.0, 1.0]], dtype=torch.float64))
+    assert mixed.cost.forward == 6.0 and mixed.method == "a with the signs of b"
+    other = CircuitScores("c", EdgeGraph.of(_model("gemma3")), torch.zeros(3, 3), cost)
+    with pytest.raises(ValueError, match="signed_by needs scores of one graph"):
+        signed_by(mixed, other)

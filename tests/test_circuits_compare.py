@@ -18,12 +18,15 @@ def test_quick_compare_scores_every_method(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_csv(tmp_path / "tiny-llama_random.csv").set_index("method")
     assert list(frame.index) == ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations",
-                                 "verified AtP*", "verified EAP-IG-inputs", "exact"]
-    assert list(frame.signed_9) == pytest.approx([1.0] * 9) and list(frame.abs_9) == pytest.approx([1.0] * 9)  # the clean run
+                                 "verified AtP*", "verified EAP-IG-inputs", "AtP* with IG signs",
+                                 "verified AtP* with IG signs", "exact"]
+    assert list(frame.signed_9) == pytest.approx([1.0] * 11) and list(frame.abs_9) == pytest.approx([1.0] * 11)  # clean
     assert frame.loc["EAP", "cpr"] == pytest.approx(frame.loc["AtP", "cpr"], abs=1e-9)  # EAP is plain edge AtP
     assert frame.loc["EAP", "cmd"] == pytest.approx(frame.loc["AtP", "cmd"], abs=1e-9)
     cost = frame.cost_per_pair
     assert cost["random"] == 0 < cost["AtP"] < cost["AtP*"]
     assert cost["AtP*"] < cost["verified AtP*"] < cost["exact"]
+    assert cost["AtP* with IG signs"] == pytest.approx(cost["AtP*"] + cost["EAP-IG-inputs"])
+    assert frame.loc["AtP* with IG signs", "cmd"] == pytest.approx(frame.loc["AtP*", "cmd"], abs=1e-9)  # |AtP*| ranking
     assert frame.loc["verified AtP*", "verified"] == int(0.1 * frame.loc["AtP*", "edges"])
     assert "| tiny-llama | random | exact |" in done.stdout

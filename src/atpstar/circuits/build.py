@@ -14,6 +14,9 @@ cost in forward-pass equivalents.
   ``|score|`` are replaced by their exact effects, so that the edges the estimate got wrong move to
   where they belong (up or out of the top), at one partial forward pass per verified edge and pair.
   With ``top`` = every edge it is :func:`exact_effects`' ranking, whatever the estimate.
+- :func:`signed_by`: one ranking's magnitudes with another's signs (e.g. AtP*'s magnitudes, whose
+  QK fix and GradDrop make the absolute ranking, the CMD curve, more faithful, with EAP-IG-inputs'
+  signs, which decide which edges the signed ranking, the CPR curve, keeps first).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..edges.graph import EdgeGraph
 from ..edges.patching import EdgePatcher
 from .curve import mib_scores
 
-__all__ = ["CircuitScores", "exact", "exact_effects", "verified"]
+__all__ = ["CircuitScores", "exact", "exact_effects", "signed_by", "verified"]
 
 
 @dataclass
@@ -104,3 +107,14 @@ def _filled(graph: EdgeGraph, edges: Tensor, values: Tensor, base: Tensor | None
     out = torch.full(graph.shape, torch.nan, dtype=torch.float64) if base is None else base.clone()
     out[edges[:, 0], edges[:, 1]] = values.double()
     return out
+
+
+def signed_by(magnitude: CircuitScores, sign: CircuitScores, name: str | None = None) -> CircuitScores:
+    """|``magnitude``'s scores| with the sign of ``sign``'s scores (0 where that sign is 0); costs add up."""
+    if magnitude.graph.shape != sign.graph.shape:
+        raise ValueError(f"signed_by needs scores of one graph: {magnitude.method} is {magnitude.graph.shape}, "
+                         f"{sign.method} is {sign.graph.shape}")
+    scores = magnitude.scores.double().abs() * sign.scores.double().sign()
+    method = name or f"{magnitude.method} with the signs of {sign.method}"
+    return CircuitScores(method, magnitude.graph, scores, magnitude.cost + sign.cost,
+                         {"magnitude": magnitude.method, "sign": sign.method})
