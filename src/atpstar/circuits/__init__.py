@@ -6,6 +6,7 @@ Public API::
     node_circuit(graph, ["L0.head.H1", "L1.mlp"]), empty_circuit(graph), full_circuit(graph)
     scores = mib(model, pairs, edge_scores)               # scores.cpr, scores.cmd, scores.signed.f
     smallest(model, pairs, edge_scores, (0.8, 0.9))       # the smallest top-n circuits with f >= 0.8, 0.9
+    scorecard(model, pairs, edge_scores)                  # both of those as one JSON-ready dict
 
 Modules, one idea each:
 
@@ -15,15 +16,17 @@ Modules, one idea each:
 - :mod:`.evaluate`: :func:`faithfulness`, many circuits and pairs batched;
 - :mod:`.prune`: top-n circuits and MIB's pruning to the edges on an input-to-logits path;
 - :mod:`.curve`: faithfulness curves at MIB's grid, CPR and CMD;
-- :mod:`.smallest`: the smallest top-n circuit reaching a faithfulness threshold.
+- :mod:`.smallest`: the smallest top-n circuit reaching a faithfulness threshold;
+- :mod:`.scoring`: a ranking's curves, CPR, CMD and smallest circuits as one JSON-ready dict.
 """
 
 from .circuit import as_circuits, circuit_edges, empty_circuit, full_circuit, node_circuit
 from .curve import MIB_GRID, Curve, MIBScores, curve, curves, mib, mib_scores
 from .evaluate import Faithfulness, FaithfulnessUndefined, faithfulness
 from .prune import prune, top_n
+from .scoring import format_scorecard, scorecard
 from .smallest import Smallest, smallest
 
 __all__ = ["MIB_GRID", "Curve", "Faithfulness", "FaithfulnessUndefined", "MIBScores", "Smallest", "as_circuits",
-           "circuit_edges", "curve", "curves", "empty_circuit", "faithfulness", "full_circuit", "mib", "mib_scores",
-           "node_circuit", "prune", "smallest", "top_n"]
+           "circuit_edges", "curve", "curves", "empty_circuit", "faithfulness", "format_scorecard", "full_circuit",
+           "mib", "mib_scores", "node_circuit", "prune", "scorecard", "smallest", "top_n"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..edges.export import edge_values
 from ..edges.graph import EdgeGraph
 from .evaluate import Faithfulness, faithfulness
 from .prune import top_n
@@ -70,13 +71,15 @@ def areas(grid, f) -> tuple[float, float]:
     return float(under), float(from_one)
 
 
-def mib_scores(scores, pairs=None) -> Tensor:
+def mib_scores(scores, pairs=None, verified=None) -> Tensor:
     """(W, R) MIB-convention signed scores of an :class:`~atpstar.edges.EdgeScores`: minus the effect
     summed over positions (each aligned position weighted by the share of pairs that have it, so the
-    sum is the mean over pairs of each pair's sum, as EAP-IG averages). A (W, R) tensor passes through."""
+    sum is the mean over pairs of each pair's sum, as EAP-IG averages). A (W, R) tensor passes through.
+    ``verified``: a table with ``name`` and ``effect_exact`` (a run's verified edges): their exact
+    effects replace the estimates at those edges and positions before the sum."""
     if isinstance(scores, Tensor):
         return scores
-    effect = scores.effect
+    effect = scores.effect if verified is None else edge_values(scores, verified)
     weight = torch.ones(effect.shape[-1], dtype=torch.float64) if pairs is None else pairs.presence(torch.arange(effect.shape[-1]))
     total = (effect.double().nan_to_num() * weight).sum(-1)
     return (-total).masked_fill(~scores.graph.valid, torch.nan)

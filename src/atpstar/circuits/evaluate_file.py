@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from ..edges.graph import EdgeGraph
 from ..metrics import resolve
-from .curve import mib
 from .evaluate import faithfulness
 from .graph_json import read_graph_json
-from .smallest import smallest
+from .scoring import format_scorecard, scorecard
 
 __all__ = ["evaluate_file", "format_evaluation"]
 
 
 def evaluate_file(model, pairs, path, curve: bool = False, thresholds=(0.8, 0.9), batch_size: int | None = None) -> dict:
     """A JSON-ready dict: ``circuit`` (edges, m, m(full), m(∅), f, per-pair f) when the file has ``in_graph``
-    edges; with ``curve``, ``mib`` (both curves, CPR, CMD) and ``smallest`` (one entry per threshold)."""
+    edges; with ``curve``, the :func:`~.scoring.scorecard` of the file's scores: ``mib`` (both curves, CPR,
+    CMD), ``m_full``, ``m_empty`` and ``smallest`` (one entry per threshold)."""
     graph = EdgeGraph.of(model)
     file = read_graph_json(path, model, graph)
     out = {"file": file.source, "model": model.name, "pairs": len(pairs), "metric": resolve(None, pairs).name,
@@ -34,10 +34,7 @@ def evaluate_file(model, pairs, path, curve: bool = False, thresholds=(0.8, 0.9)
         if not bool(file.scores.nan_to_num().ne(0).any()):
             raise ValueError(f"{file.source}: every edge score is 0, so there is no ranking to draw MIB's curve from; "
                              "drop --curve to score the in_graph circuit alone")
-        scores = mib(model, pairs, file.scores, graph=graph, batch_size=batch_size)
-        out["mib"] = scores.to_dict()
-        found = smallest(model, pairs, file.scores, thresholds, absolute=True, graph=graph, grid_curve=scores.absolute)
-        out["smallest"] = [s.to_dict() for s in found]
+        out.update(scorecard(model, pairs, file.scores, thresholds, graph=graph, batch_size=batch_size))
     return out
 
 
@@ -49,15 +46,5 @@ def format_evaluation(out: dict) -> str:
         lines.append(f"circuit: {c['edges']} of {out['edges_total']} edges; m = {c['m']:.4g} (full {c['m_full']:.4g}, "
                      f"empty {c['m_empty']:.4g}); faithfulness f = {c['f']:.4f}")
     if "mib" in out:
-        m = out["mib"]
-        lines.append(f"MIB: CPR {m['cpr']:.4f} (signed scores, higher is better), CMD {m['cmd']:.4f} "
-                     "(absolute scores, lower is better)")
-        lines.append("  % of edges   edges (signed / absolute, after pruning)   f signed   f absolute")
-        s, a = m["signed"], m["absolute"]
-        for p, ks, ka, fs, fa in zip(s["grid"], s["kept"], a["kept"], s["f"], a["f"]):
-            lines.append(f"  {100 * p:>9.1f}   {ks:>10} / {ka:<10}                       {fs:>8.3f}   {fa:>10.3f}")
-        for found in out.get("smallest", []):
-            what = (f"top {found['n']} edges ({found['kept']} after pruning), f = {found['f']:.3f}" if found["n"] is not None
-                    else "no circuit of the curve reaches it")
-            lines.append(f"smallest circuit with f >= {found['threshold']}: {what}")
+        lines += format_scorecard(out)
     return "\n".join(lines)

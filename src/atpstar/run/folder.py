@@ -35,6 +35,8 @@ from ..types import ALL_KINDS, NodeKind
 
 RUN_JSON, NODES_PARQUET, NODES_CSV, REPORT = "run.json", "nodes.parquet", "nodes.csv", "report.html"
 EDGES_PARQUET, EDGES_CSV = "edges.parquet", "edges.csv"
+FAITHFULNESS_JSON, FAITHFULNESS_CSV = "faithfulness.json", "faithfulness.csv"
+"""``--faithfulness``: the scorecard (``stages/faithfulness.json``) and its curves as a table (``faithfulness.csv``)."""
 EDGE_ROWS = 100_000
 """Rows of the edge table: the top of the ranking (a prompt has ~10^6 edges; the full (W, R, T) scores
 stay in ``stages/edge-scores-<method>.pt``)."""
@@ -260,7 +262,8 @@ class RunFolder:
     (the verified nodes in rank order, with exact per-node effects), ``diagnosis`` (dict) and
     ``suspects`` (the diagnostic's table) where the run made them, ``pairs`` and ``meta`` (run.json);
     at ``--level edges``/``both``: ``edges`` (the edge table), ``edge_scores`` (the EdgeScores) and
-    ``verified_edges``; with ``--diagnose``, ``edge_diagnosis`` (dict) and ``edge_suspects``."""
+    ``verified_edges``; with ``--diagnose``, ``edge_diagnosis`` (dict) and ``edge_suspects``; with
+    ``--faithfulness``, ``faithfulness`` (dict)."""
 
     path: Path
     meta: dict
@@ -275,6 +278,8 @@ class RunFolder:
     verified_edges: pd.DataFrame | None = None
     edge_diagnosis: dict | None = None
     edge_suspects: pd.DataFrame | None = None
+    faithfulness: dict | None = None
+    """``--faithfulness``: the edge ranking's curves, CPR, CMD and smallest circuits (``stages/faithfulness.json``)."""
 
     @property
     def finished(self) -> bool:
@@ -304,7 +309,7 @@ def load_run(path) -> RunFolder:
     methods = meta.get("config", {}).get("methods", [])
     stages = {"verified": "verified.parquet", "diagnosis": "diagnosis.json", "suspects": "suspects.parquet",
               "pairs": "pairs.pt", "verified_edges": "verified-edges.parquet", "edge_diagnosis": "edge-diagnosis.json",
-              "edge_suspects": "edge-suspects.parquet"}
+              "edge_suspects": "edge-suspects.parquet", "faithfulness": FAITHFULNESS_JSON}
     if methods:
         stages["edge_scores"] = f"edge-scores-{method_slug(methods[0])}.pt"
     read = {".parquet": pd.read_parquet, ".json": lambda f: json.loads(f.read_text(encoding="utf-8"))}

@@ -176,6 +176,17 @@ def check_level(level, methods: list[str], diagnose: bool) -> str:
     return level
 
 
+def check_faithfulness(faithfulness, level: str) -> bool:
+    """``--faithfulness`` scores the first method's edge ranking as circuits, so it needs edges."""
+    if not isinstance(faithfulness, bool):
+        raise ValueError(f"faithfulness must be True or False (score the edge ranking's circuits, or not), "
+                         f"got {faithfulness!r}")
+    if faithfulness and level == "nodes":
+        raise ValueError("--faithfulness scores the circuits of the edge ranking, and this run ranks nodes only: "
+                         "add --level edges (or --level both)")
+    return faithfulness
+
+
 def check_diagnostic(samples, p, delta) -> None:
     """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
     from ..diagnostics.sampling import BOUND, P, SAMPLES, check_options

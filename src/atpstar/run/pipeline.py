@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import options as opts
-from .folder import EDGES_CSV, EDGES_PARQUET, FORMAT, NODES_CSV, NODES_PARQUET, REPORT, RunDir, RunFolder, load_run
+from .folder import EDGES_CSV, EDGES_PARQUET, FAITHFULNESS_CSV, FORMAT, NODES_CSV, NODES_PARQUET, REPORT, RunDir, RunFolder
+from .folder import load_run
 
 
 @dataclass
@@ -47,6 +48,9 @@ class RunConfig:
     stop: str | None = None
     """``"small-effects[:window=W,threshold=T,relative=R]"`` or None."""
     diagnose: bool = False
+    faithfulness: bool = False
+    """Score the first method's edge ranking by circuit faithfulness (MIB's curves, CPR, CMD, the smallest
+    80 % / 90 % circuits), exact effects where edges were verified; needs ``level`` edges or both."""
     edge_universe: str | None = None
     """The edges the edge diagnostic bounds: None/``"all"``, ``"top:M"`` or ``"readers:N"`` (:func:`.options.parse_edge_universe`)."""
     samples: int | None = None
@@ -106,7 +110,7 @@ def prepare(out, force: bool = False) -> RunDir:
 def _clear(folder: RunDir) -> None:
     for name in ("stages", "checkpoints"):
         shutil.rmtree(folder / name, ignore_errors=True)
-    for name in ("run.json", NODES_PARQUET, NODES_CSV, EDGES_PARQUET, EDGES_CSV, REPORT):
+    for name in ("run.json", NODES_PARQUET, NODES_CSV, EDGES_PARQUET, EDGES_CSV, FAITHFULNESS_CSV, REPORT):
         (folder / name).unlink(missing_ok=True)
 
 
@@ -139,6 +143,7 @@ def resume(out, progress: bool = True, echo=None, batch_size: int | None = None)
 
 def _execute(folder: RunDir, meta: dict, plan, progress: bool, echo) -> RunFolder:
     from .edge_stages import edges
+    from .faithfulness_stage import faithfulness
     from .stages import Context, estimate, load, make_pairs, report, tables
     from .unit_stages import diagnose_edges, diagnose_nodes, verify_edges, verify_nodes
 
@@ -148,7 +153,7 @@ def _execute(folder: RunDir, meta: dict, plan, progress: bool, echo) -> RunFolde
     folder.write_meta(meta)
     try:
         for stage in (load, make_pairs, estimate, verify_nodes, diagnose_nodes, edges, verify_edges, diagnose_edges,
-                      tables):
+                      faithfulness, tables):
             stage(ctx)
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

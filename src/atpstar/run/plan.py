@@ -22,6 +22,8 @@ class Plan:
     (:meth:`stop_rule`), since a rule keeps state as it checks."""
     edge_universe: tuple | None
     """``("top", M)``, ``("readers", N)`` or None (every edge)."""
+    faithfulness: bool = False
+    """``--faithfulness``: the faithfulness stage scores the first method's edge ranking (it needs edges)."""
 
     @property
     def primary(self) -> RunMethod:
@@ -67,5 +69,6 @@ def make_plan(cfg) -> Plan:
         opts.check_int("batch_size", cfg.batch_size, 1)
     if not (isinstance(cfg.checkpoint_every, (int, float)) and cfg.checkpoint_every >= 0):
         raise ValueError(f"checkpoint_every must be seconds >= 0, got {cfg.checkpoint_every!r}")
+    faithfulness = opts.check_faithfulness(cfg.faithfulness, cfg.level)
     methods = tuple(RUN_METHODS[m] for m in cfg.methods)
-    return Plan(methods, budget, stop, opts.parse_edge_universe(cfg.edge_universe))
+    return Plan(methods, budget, stop, opts.parse_edge_universe(cfg.edge_universe), faithfulness=faithfulness)

@@ -19,6 +19,7 @@ def config_from_args(args, task: str):
     return RunConfig(model=args.model, task=task, pairs=args.pairs, bos=args.bos, methods=parse_methods(args.method),
                      kinds=args.kinds, level=getattr(args, "level", "nodes"), verify_budget=args.verify_budget, stop=args.stop, diagnose=args.diagnose,
                      edge_universe=getattr(args, "edge_universe", None),
+                     faithfulness=getattr(args, "faithfulness", False),
                      samples=args.samples, p=args.p, delta=args.delta, device=args.device, dtype=args.dtype,
                      seed=args.seed, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
 
@@ -185,6 +186,10 @@ def print_summary(folder, top: int) -> None:
         print(f"diagnostic: {stages['diagnose']['statement']}")
     if "diagnose:edges" in stages:
         print(f"edge diagnostic: {stages['diagnose:edges']['statement']}")
+    faith = stages.get("faithfulness", {})
+    if "cpr" in faith:
+        print(f"faithfulness of the {faith['method']} edge ranking's circuits: CPR {faith['cpr']:.4f}, "
+              f"CMD {faith['cmd']:.4f} (faithfulness.csv; the smallest 80 % / 90 % circuits in the report)")
     total = meta.get("costs", {}).get("total", {})
     if total:
         print(f"total cost: {total['per_pair']:.1f} forward-pass equivalents per pair, {total['seconds']:.1f}s")

@@ -29,9 +29,10 @@ examples:
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
   atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges100
+  atpstar run --task ioi --pairs 4 --level edges --verify-budget 20edges --faithfulness --out runs/ioi-faith
 
 the run folder DIR holds run.json, nodes.parquet, nodes.csv (edges.parquet, edges.csv with --level edges
-or both), report.html, stages/ and checkpoints/;
+or both; faithfulness.csv with --faithfulness), report.html, stages/ and checkpoints/;
 an existing DIR is never overwritten (continue it with `atpstar resume DIR`, or pass --force).""",
     "demo": """\
 examples:
@@ -108,6 +109,12 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                            "read by a later query, key, value, MLP or the logits), or both; edges are "
                            "ranked by the AtP variants and subsampling, blocks, hierarchical; the first method's "
                            "edge ranking is verified by exact edge patching and drawn as a circuit in the report")
+    if not demo:
+        what.add_argument("--faithfulness", action="store_true",
+                          help="with --level edges or both: score the first method's edge ranking (exact effects "
+                               "where edges were verified) as circuits, as the MIB benchmark does: faithfulness f at "
+                               "0.1%%...100%% of the edges, CPR, CMD and the smallest circuits with f >= 0.8 and 0.9, "
+                               "into the run folder (faithfulness.csv) and the report")
     check = p.add_argument_group("verification and diagnostic")
     check.add_argument("--verify-budget", default=DEMO["verify_budget"] if demo else "100", metavar="B",
                        help="exact patching of the top of the ranking: forward-pass equivalents per pair (e.g. 100, "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..folder import EDGES_PARQUET, NODES_PARQUET, REPORT, RunDir, atomic_write
+from ..folder import EDGES_PARQUET, FAITHFULNESS_JSON, NODES_PARQUET, REPORT, RunDir, atomic_write
 from .page import SECTIONS, build
 
 __all__ = ["SECTIONS", "build", "write_report"]
@@ -36,7 +36,10 @@ def write_report(run_dir) -> Path:
         edge_diagnosis = json.loads(folder.stage("edge-diagnosis.json").read_text(encoding="utf-8"))
     if folder.done("edge-suspects.parquet"):
         edge_suspects = pd.read_parquet(folder.stage("edge-suspects.parquet"))
-    page = build(meta, nodes, diagnosis, suspects, edges, edge_diagnosis, edge_suspects)
+    faith = None
+    if folder.done(FAITHFULNESS_JSON):
+        faith = json.loads(folder.stage(FAITHFULNESS_JSON).read_text(encoding="utf-8"))
+    page = build(meta, nodes, diagnosis, suspects, edges, edge_diagnosis, edge_suspects, faith)
     path = folder / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..folder import method_slug
-from . import circuit, data, figures
+from . import circuit, data, faithfulness, figures
 
-SECTIONS = ("summary", "diagnostic", "theta-curve", "top-nodes", "circuit", "heatmaps", "positions", "scatter", "recall")
+SECTIONS = ("summary", "diagnostic", "theta-curve", "top-nodes", "circuit", "faithfulness", "heatmaps", "positions",
+            "scatter", "recall")
 NODE_SECTIONS = {"top-nodes": "Top nodes", "heatmaps": "Where the effects are", "positions": "Per position",
                  "scatter": "Estimate against verified effect", "recall": "Recall against cost"}
 
@@ -143,10 +144,10 @@ EDGE_SUSPECT_HIDDEN = ("writer", "reader", "writer_layer", "writer_kind", "write
 
 def build(meta: dict, nodes: pd.DataFrame | None, diagnosis: dict | None = None, suspects: pd.DataFrame | None = None,
           edges: pd.DataFrame | None = None, edge_diagnosis: dict | None = None,
-          edge_suspects: pd.DataFrame | None = None) -> str:
+          edge_suspects: pd.DataFrame | None = None, faith: dict | None = None) -> str:
     """The whole page. ``nodes`` is None in an edge-level run (``--level edges``), ``edges`` None in a
     node-level one: their sections then say how to get them. The edge diagnostic's statement is shown in
-    the circuit section."""
+    the circuit section; ``faith`` (``stages/faithfulness.json``, with ``--faithfulness``) gets its own."""
     methods = meta["config"]["methods"]
     tokens = meta["stages"].get("pairs", {}).get("tokens", [])
     node_parts = ([top_nodes(nodes, methods), heatmap_section(nodes, methods[0], tokens),
@@ -158,7 +159,10 @@ def build(meta: dict, nodes: pd.DataFrame | None, diagnosis: dict | None = None,
     parts = [section("summary", "Run", summary(meta, nodes)),
              section("diagnostic", "Diagnostic: how large can a missed effect be?", diagnostic(diagnosis, suspects)),
              theta_curve_section(diagnosis, meta),
-             node_parts[0], circuit_section(edges, meta, edge_diagnosis, edge_suspects), *node_parts[1:]]
+             node_parts[0], circuit_section(edges, meta, edge_diagnosis, edge_suspects),
+             section("faithfulness", "Faithfulness of the edge ranking's circuits (MIB's curves)",
+                     faithfulness.body(faith, meta["stages"].get("pairs", {}).get("metric", "the metric"))),
+             *node_parts[1:]]
     title = f'atpstar: {meta["config"]["task"]} on {meta.get("model", {}).get("name", meta["config"]["model"])}'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
