@@ -7,6 +7,7 @@ Public API::
     scores = mib(model, pairs, edge_scores)               # scores.cpr, scores.cmd, scores.signed.f
     smallest(model, pairs, edge_scores, (0.8, 0.9))       # the smallest top-n circuits with f >= 0.8, 0.9
     scorecard(model, pairs, edge_scores)                  # both of those as one JSON-ready dict
+    better = verified(model, pairs, edge_scores, top=353)     # its top 353 edges re-scored exactly
 
 Modules, one idea each:
 
@@ -17,9 +18,13 @@ Modules, one idea each:
 - :mod:`.prune`: top-n circuits and MIB's pruning to the edges on an input-to-logits path;
 - :mod:`.curve`: faithfulness curves at MIB's grid, CPR and CMD;
 - :mod:`.smallest`: the smallest top-n circuit reaching a faithfulness threshold;
-- :mod:`.scoring`: a ranking's curves, CPR, CMD and smallest circuits as one JSON-ready dict.
+- :mod:`.scoring`: a ranking's curves, CPR, CMD and smallest circuits as one JSON-ready dict;
+- :mod:`.build`: rankings built from exact patching: every edge's exact position-free effect
+  (:func:`exact`), an estimate's top re-scored exactly (:func:`verified`), one ranking's sizes with
+  another's signs (:func:`signed_by`).
 """
 
+from .build import CircuitScores, exact, exact_effects, signed_by, verified
 from .circuit import as_circuits, circuit_edges, empty_circuit, full_circuit, node_circuit
 from .curve import MIB_GRID, Curve, MIBScores, curve, curves, mib, mib_scores
 from .evaluate import Faithfulness, FaithfulnessUndefined, faithfulness
@@ -27,6 +32,6 @@ from .prune import prune, top_n
 from .scoring import format_scorecard, scorecard
 from .smallest import Smallest, smallest
 
-__all__ = ["MIB_GRID", "Curve", "Faithfulness", "FaithfulnessUndefined", "MIBScores", "Smallest", "as_circuits",
+__all__ = ["CircuitScores", "exact", "exact_effects", "signed_by", "verified", "MIB_GRID", "Curve", "Faithfulness", "FaithfulnessUndefined", "MIBScores", "Smallest", "as_circuits",
            "circuit_edges", "curve", "curves", "empty_circuit", "faithfulness", "format_scorecard", "full_circuit",
            "mib", "mib_scores", "node_circuit", "prune", "scorecard", "smallest", "top_n"]
