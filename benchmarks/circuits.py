@@ -7,13 +7,11 @@ faithfulness curve of the signed ranking) and CMD (area under |1 − f| of the a
 smallest top-n circuits reaching f ≥ 0.8 and 0.9 (absolute ranking). Quick settings: 8 pairs by default.
 Caches benchmarks/results/circuits.json; prints a markdown table. Times are this process's CPU seconds.
 
-Run: ``python benchmarks/circuits.py [--pairs 8] [--activations] [--cached]``.
+Run: ``python -m benchmarks.circuits [--pairs 8] [--activations] [--cached]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import atpstar
 from atpstar.circuits import mib, smallest
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
+from benchmarks.cached import cached_main
 
 CACHE = Path(__file__).parent / "results" / "circuits.json"
 
@@ -79,18 +78,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--activations", action="store_true", help="also EAP-IG-activations (slow: 5 × (1 + 2L) passes)")
-    parser.add_argument("--cached", action="store_true", help="print the cached results")
-    args = parser.parse_args()
-    if args.cached:
-        result = json.loads(CACHE.read_text())
-    else:
-        result = measure(args.pairs, args.activations)
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        CACHE.write_text(json.dumps(result, indent=1))
-    print(table(result))
+    cached_main(__doc__, CACHE, measure, table, "also EAP-IG-activations (slow: 5 × (1 + 2L) passes)")
 
 
 if __name__ == "__main__":

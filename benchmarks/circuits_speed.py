@@ -9,13 +9,11 @@ Prints (and caches in benchmarks/results/circuits_speed.json):
   5 × EAP's, and with ``--activations`` EAP-IG-activations at 5 steps.
 
 Times are this process's CPU seconds (one thread), so a machine shared with other work still measures the
-work itself. Run: ``python benchmarks/circuits_speed.py [--pairs 8] [--activations] [--cached]``.
+work itself. Run: ``python -m benchmarks.circuits_speed [--pairs 8] [--activations] [--cached]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import atpstar
 from atpstar.circuits import curve, mib
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
+from benchmarks.cached import cached_main
 from atpstar.substrate.capture import run
 
 CACHE = Path(__file__).parent / "results" / "circuits_speed.json"
@@ -91,18 +90,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--activations", action="store_true", help="also EAP-IG-activations (5 × (1 + 2L) passes per pair)")
-    parser.add_argument("--cached", action="store_true", help="print the cached results")
-    args = parser.parse_args()
-    if args.cached:
-        result = json.loads(CACHE.read_text())
-    else:
-        result = measure(args.pairs, args.activations)
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        CACHE.write_text(json.dumps(result, indent=1))
-    print(table(result))
+    cached_main(__doc__, CACHE, measure, table, "also EAP-IG-activations (5 × (1 + 2L) passes per pair)")
 
 
 if __name__ == "__main__":
