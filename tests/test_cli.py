@@ -4,18 +4,14 @@ the documents use known (the documents' commands themselves run in test_docs_com
 
 import importlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_docs_commands import commands
+from interrupt import interrupt_after_first_save
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
@@ -214,41 +210,14 @@ def test_ctrl_c_during_verification_then_resume_reuses_verified_nodes(tiny_dir, 
     _same_results(tmp_path / "cut", tmp_path / "fresh")
 
 
-HOLD_AFTER_FIRST_SAVE = """
-import sys, time
-from atpstar import checkpoint
-save, held = checkpoint.Checkpoint.update, []
-def update(self, *args, **kwargs):
-    save(self, *args, **kwargs)
-    while self.path.exists() and not held:  # exact patching has saved work: hold until the test's SIGINT
-        try:
-            time.sleep(0.02)
-        except KeyboardInterrupt:
-            held.append(True)  # hold once: the saves after the signal go through
-            raise
-checkpoint.Checkpoint.update = update
-from atpstar.run.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_a_real_sigint_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
     """Ctrl-C (a real SIGINT to a real process) inside exact patching, then resume. The child holds after its
     first checkpoint save until the signal comes, so a slow or busy machine cannot let it finish first."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-c", HOLD_AFTER_FIRST_SAVE, "run", "--model", tiny_dir, "--pairs", "4", "--method", "acp",
-           "--kinds", "all", "--batch-size", "1", "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out),
-           "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    checkpoint, deadline = out / "checkpoints" / "acp.ckpt", time.monotonic() + 900
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.communicate()}"
-    assert checkpoint.exists(), "no checkpoint within 15 minutes"
-    proc.send_signal(signal.SIGINT)
-    stdout, err = proc.communicate(timeout=600)
-    assert proc.returncode == 130, (stdout, err)
+    argv = ["run", "--model", tiny_dir, "--pairs", "4", "--method", "acp", "--kinds", "all", "--batch-size", "1",
+            "--checkpoint-every", "0", "--verify-budget", "0", "--out", str(out), "--quiet"]
+    status, stdout, err = interrupt_after_first_save(argv, out / "checkpoints" / "acp.ckpt", "checkpoint")
+    assert status == 130, (stdout, err)
     assert "Traceback" not in err and f"atpstar resume {out}" in err
     assert not (out / "stages" / "scores-acp.pt").exists()  # stopped inside exact patching, not after it
     _run(capsys, "resume", out, "--batch-size", "256", "--quiet")  # a new batch size: memory only, same results

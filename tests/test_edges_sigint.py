@@ -4,33 +4,12 @@ uninterrupted run gives. The child holds after its first checkpoint save until t
 signals only once that file exists, so a slow or busy machine cannot let the run finish first."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
+from interrupt import interrupt_after_first_save
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 from atpstar.run.cli import main
-
-HOLD_AFTER_FIRST_SAVE = """
-import sys, time
-from atpstar.verification import store
-save, held = store.VerifiedStore.save, []
-def hold(self, *args, **kwargs):
-    save(self, *args, **kwargs)
-    while self.path is not None and self.path.exists() and not held:  # verified edges are saved: wait for SIGINT
-        try:
-            time.sleep(0.02)
-        except KeyboardInterrupt:
-            held.append(True)  # hold once: the save after the signal goes through
-            raise
-store.VerifiedStore.save = hold
-from atpstar.run.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 ARGS = ["--pairs", "2", "--level", "edges", "--method", "atp", "--verify-budget", "30edges", "--batch-size", "1",
         "--checkpoint-every", "0", "--quiet"]
@@ -38,17 +17,9 @@ ARGS = ["--pairs", "2", "--level", "edges", "--method", "atp", "--verify-budget"
 
 def test_a_real_sigint_during_edge_verification_then_resume(tiny_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "cut"
-    cmd = [sys.executable, "-c", HOLD_AFTER_FIRST_SAVE, "run", "--model", tiny_dir, *ARGS, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    checkpoint, deadline = out / "checkpoints" / "verify-edges.ckpt", time.monotonic() + 900
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before its first edge checkpoint: {proc.communicate()}"
-    assert checkpoint.exists(), "no edge checkpoint within 15 minutes"
-    proc.send_signal(signal.SIGINT)
-    stdout, err = proc.communicate(timeout=600)
-    assert proc.returncode == 130, (stdout, err)
+    argv = ["run", "--model", tiny_dir, *ARGS, "--out", str(out)]
+    status, stdout, err = interrupt_after_first_save(argv, out / "checkpoints" / "verify-edges.ckpt", "verified")
+    assert status == 130, (stdout, err)
     assert "Traceback" not in err and f"atpstar resume {out}" in err
     assert not (out / "stages" / "verified-edges.parquet").exists()  # stopped inside edge verification
     assert main(["resume", str(out), "--quiet"]) == 0
