@@ -20,7 +20,8 @@ from pathlib import Path
 from benchmarks.isolated import ROOT, run_command
 
 RESULT = ROOT / "benchmarks" / "results" / "edges_cli.json"
-BASE = ["--model", "default", "--task", "ioi", "--pairs", "2", "--level", "edges", "--quiet"]
+BASE = ["--model", "default", "--task", "ioi", "--pairs", "2", "--no-bos", "--level", "edges", "--quiet"]
+"""The cached table was measured before prompts got the BOS token by default: --no-bos reproduces it."""
 RUNS = {
     "every edge, --diagnose": ["--verify-budget", "30edges", "--diagnose", "--samples", "100", "--p", "0.2"],
     "readers:6, --diagnose": ["--verify-budget", "30edges", "--diagnose", "--edge-universe", "readers:6",
