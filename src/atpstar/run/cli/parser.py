@@ -71,11 +71,14 @@ examples:
 }
 
 
-DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta", "samples": 120, "p": 0.2}
-"""The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), verified in AtP* order until
-the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the diagnostic patches
-120 random subsets (each unverified node in with probability 0.2) once, after the first chunk, and re-bounds
-from them as nodes are verified (about 20 s on a 2-core CPU; a loose bound at this price, docs/diagnostic.md §9)."""
+DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta"}
+"""The demo's defaults: every attention node of SmolLM2 (~11k that can move for an IOI prompt), verified in
+AtP* order until the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the
+diagnostic's design is the planner's default, as for any run (300 random subsets at p = 0.1 for ~11k nodes),
+patched once after the first chunk and re-bounded as nodes are verified (:data:`DEMO_TIME`)."""
+DEMO_TIME = "about 172 s of compute on a 2-core CPU"
+"""The demo's measured cost (benchmarks/results/demo.json, ``costs.total.seconds``; tests/test_doc_numbers.py
+checks that they agree)."""
 
 
 def _formatter(prog):
@@ -105,7 +108,7 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                       % (DEMO["kinds"] if demo else "all"))
     what.add_argument("--level", default="nodes", choices=LEVELS,
                       help="rank nodes (default), edges (writer -> reader at one position: a head's or MLP's write "
-                           "read by a later query, key, value, MLP or the logits; SPEC §11), or both; edges are "
+                           "read by a later query, key, value, MLP or the logits), or both; edges are "
                            "ranked by the AtP variants and subsampling, blocks, hierarchical; the first method's "
                            "edge ranking is verified by exact edge patching and drawn as a circuit in the report")
     check = p.add_argument_group("verification and diagnostic")
@@ -119,8 +122,8 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                             "last W verified nodes all had |effect| < T or < R x the largest so far "
                             "(default W=20, R=0.01); theta[:target=T,relative=R] stops once the diagnostic's bound θ "
                             "on every unverified node is below T or R x the largest verified |effect| (default "
-                            "R=0.1; its random subsets are patched once and re-bounded as nodes are verified; "
-                            "--samples, --p, --delta set them, default 300 and 0.1; it also gives the run its "
+                            "R=0.1; its random subsets are patched once and re-bounded as nodes are verified, with "
+                            "the same design as --diagnose (--samples, --p, --delta); it also gives the run its "
                             "diagnostic)"
                             + (" (default %s)" % DEMO["stop"] if demo else ""))
     if demo:
@@ -130,11 +133,14 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
         check.add_argument("--diagnose", action="store_true",
                            help="bound the effects of the unverified nodes (and, with --level edges or both, "
                                 "edges) by random joint patches")
-    check.add_argument("--samples", type=int, default=DEMO["samples"] if demo else None, metavar="S",
-                       help="diagnostic: random subsets to patch (default %s)" % (DEMO["samples"] if demo else 1000))
-    check.add_argument("--p", type=float, default=DEMO["p"] if demo else None, metavar="P",
-                       help="diagnostic: chance of each unverified node (edge) to be in a subset (default %s)"
-                       % (DEMO["p"] if demo else 0.05))
+    check.add_argument("--samples", type=int, default=None, metavar="S",
+                       help="diagnostic (--diagnose, --stop theta): random subsets to patch, each about one forward "
+                            "pass per pair (default: the planner's, 300, for the default budget of 302 forward-pass "
+                            "equivalents per pair; the run prints and records the design it chose and why)")
+    check.add_argument("--p", type=float, default=None, metavar="P",
+                       help="diagnostic: chance of each unverified node (edge) to be in a subset (default: the "
+                            "planner chooses it for the number of unverified units: the p of smallest expected θ "
+                            "with at most 1200 units per subset, e.g. 0.1 for ~10^4 nodes)")
     check.add_argument("--edge-universe", default=None, metavar="U",
                        help="the edges the edge diagnostic (--diagnose, --stop theta at --level edges/both) bounds: "
                             + EDGE_UNIVERSE_HELP + ". A model has ~10^6 edges, so a bound over all of them needs "
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", "run the pipeline (estimate, verify, diagnose) into a run folder with a report")
     _add_run_options(run, demo=False)
-    demo = add("demo", "AtP* on IOI with the bundled model: verification, diagnostic and report in a few minutes")
+    demo = add("demo", f"AtP* on IOI with the bundled model: verification, diagnostic and report ({DEMO_TIME})")
     _add_run_options(demo, demo=True)
     report = add("report", "rebuild DIR/report.html from a run folder")
     report.add_argument("dir", metavar="DIR", help="a run folder")
