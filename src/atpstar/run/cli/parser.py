@@ -17,7 +17,7 @@ EXAMPLES = {
 examples:
   atpstar demo                                   # AtP* on IOI with the bundled model, report included
   atpstar tasks                                  # the built-in tasks, one example pair each
-  atpstar run --task ioi --pairs 8 --kinds attn --stop small-effects --diagnose --p 0.02 --out runs/ioi
+  atpstar run --task ioi --pairs 8 --kinds attn --stop small-effects --diagnose --out runs/ioi
   atpstar resume runs/ioi                        # after Ctrl-C or a crash
   atpstar report runs/ioi                        # rebuild runs/ioi/report.html""",
     "run": """\
@@ -25,7 +25,7 @@ examples:
   atpstar run --task ioi --pairs 16 --kinds head --out runs/ioi-heads
   atpstar run --task city --method atp*,atp --kinds attn --verify-budget 50nodes --out runs/city
   atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
-  atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --samples 300 --out runs/ioi-theta
+  atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --out runs/ioi-theta
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
   atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges100
@@ -76,7 +76,7 @@ DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta"}
 AtP* order until the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the
 diagnostic's design is the planner's default, as for any run (300 random subsets at p = 0.1 for ~11k nodes),
 patched once after the first chunk and re-bounded as nodes are verified (:data:`DEMO_TIME`)."""
-DEMO_TIME = "about 172 s of compute on a 2-core CPU"
+DEMO_TIME = "about 65 s of compute on a 2-core CPU"
 """The demo's measured cost (benchmarks/results/demo.json, ``costs.total.seconds``; tests/test_doc_numbers.py
 checks that they agree)."""
 
