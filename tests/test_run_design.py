@@ -112,3 +112,16 @@ def test_first_moving_is_where_some_pair_first_differs():
     assert first_moving(pairs) == 2  # pair 0 differs at 2; pair 1 (right-aligned from 1) at 1 + 1
     same = PromptPairs((t(1, 2),), (t(1, 2),), torch.tensor([1]), torch.tensor([3]))
     assert first_moving(same) == 2  # nothing ever moves
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_the_help_says_the_planner_chooses_and_quotes_its_constants(command, capsys):
+    from atpstar.diagnostics.defaults import BUDGET
+    from atpstar.diagnostics.planner import CAPTURE, MAX_SUBSET
+    from atpstar.run.cli.parser import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: the planner's, {BUDGET - CAPTURE:g}, for the default budget of {BUDGET:g} forward-pass" in text
+    assert f"with at most {MAX_SUBSET} units per subset" in text and "SPEC" not in text
