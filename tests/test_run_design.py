@@ -84,6 +84,7 @@ def test_edge_runs_take_their_design_from_the_same_planner(tiny_dir, tmp_path): 
     _same(recorded, design(recorded["n_units"], unit="edge"))
     assert (d["samples"], d["p"], d["bound"]) == (recorded["samples"], recorded["p"], "capped")
     assert recorded["cost_per_pair"] == 4 + recorded["samples"]  # edges pay four capture passes
+    assert "at the default budget of 304 forward-pass equivalents per pair" in recorded["why"]
 
 
 def test_a_node_theta_that_rules_out_nothing_verified_warns(tiny_dir, tmp_path):  # noqa: F811
@@ -125,3 +126,4 @@ def test_the_help_says_the_planner_chooses_and_quotes_its_constants(command, cap
     text = " ".join(capsys.readouterr().out.split())
     assert f"default: the planner's, {BUDGET - CAPTURE:g}, for the default budget of {BUDGET:g} forward-pass" in text
     assert f"with at most {MAX_SUBSET} units per subset" in text and "SPEC" not in text
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from ..diagnostics.defaults import BUDGET, design
+from ..diagnostics.defaults import design
 from ..diagnostics.usefulness import theta_warning
 
 
@@ -22,7 +22,7 @@ def choose(ctx, unit: str, n_units: int, stop: bool):
     kind; recorded on ``ctx.designs[unit]`` and said in the run's messages."""
     cfg = ctx.cfg
     plan = design(n_units, samples=cfg.samples, p=cfg.p, delta=cfg.delta, stop=stop, unit=unit)
-    why = _why(cfg.samples, cfg.p, stop)
+    why = _why(cfg.samples, cfg.p, stop, plan.cost_per_pair)
     ctx.designs[unit] = {"n_units": n_units, "samples": plan.samples, "p": plan.p, "bound": plan.bound,
                          "delta": plan.delta, "stop_rule": stop, "cost_per_pair": plan.cost_per_pair,
                          "theta_per_residual": plan.theta_per_residual, "why": why, "explanation": plan.explanation}
@@ -56,11 +56,11 @@ def first_moving(pairs) -> int:
     return first
 
 
-def _why(samples, p, stop: bool) -> str:
+def _why(samples, p, stop: bool, cost: float) -> str:
     rule = "for --stop theta's first check" if stop else "for --diagnose"
     if samples is None and p is None:
         return (f"chosen by the planner {rule} (the p giving the smallest expected θ at the default budget of "
-                f"{BUDGET:g} forward-pass equivalents per pair, the capped bound)")
+                f"{cost:g} forward-pass equivalents per pair, the capped bound)")
     if p is None:
         return f"--samples {samples} as given, p chosen by the planner {rule} (the capped bound)"
     if samples is None:
