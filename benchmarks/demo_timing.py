@@ -54,6 +54,14 @@ def screenshot(report: Path) -> bool:
     return True
 
 
+def summary(printed: str) -> list[str]:
+    """The demo's closing summary as printed (from its table of top nodes to the report's path), which the
+    README quotes."""
+    lines = printed.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("top ")), default=max(0, len(lines) - 8))
+    return lines[start:]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-screenshot", action="store_true", help="leave docs/report.png as it is")
@@ -65,7 +73,7 @@ def main(argv=None) -> dict:
         facts["machine"]["load_1min_after"] = os.getloadavg()[0]
         facts.update(wall_seconds=round(wall, 1), costs=meta.get("costs"), options=meta.get("options"),
                      diagnostic=(meta.get("stages", {}).get("diagnose") or meta.get("stages", {}).get("verify")),
-                     printed=printed.splitlines()[-8:])
+                     printed=summary(printed))
         if not args.no_screenshot:
             facts["screenshot"] = screenshot(folder / "report.html")
     RESULT.write_text(json.dumps(facts, indent=1, default=str) + "\n")

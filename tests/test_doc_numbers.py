@@ -37,4 +37,19 @@ def test_the_demo_numbers_quoted_are_the_cached_measurement():
         text = " ".join((ROOT / page).read_text().split())
         for alternatives in quoted:
             assert any(fragment in text for fragment in alternatives), (page, alternatives)
-    assert any("θ = 4.751" in line for line in demo["printed"])
+    theta = f"θ = {demo['diagnostic']['theta']:.4g}"
+    assert any(theta in line for line in demo["printed"]) and theta in (ROOT / "README.md").read_text()
+
+
+def test_the_demo_help_quotes_the_measured_time_and_the_readme_its_printed_summary():
+    from atpstar.run.cli.parser import DEMO_TIME, build_parser
+
+    demo = json.loads((ROOT / "benchmarks" / "results" / "demo.json").read_text())
+    assert DEMO_TIME == f"about {demo['costs']['total']['seconds']:.0f} s of compute on a 2-core CPU"
+    assert DEMO_TIME in build_parser()._subparsers._group_actions[0].choices["demo"].description
+    readme = (ROOT / "README.md").read_text()
+    output = readme[readme.index("The demo ends like this"):].split("```")[1]
+    abridged = ("...", "report:", "diagnostic:", "diagnostic design:")  # shortened with [...], or a temporary path
+    rows = [line for line in output.splitlines()[1:] if line.strip() and not line.startswith(abridged)]
+    assert len(rows) >= 10 and all(row in demo["printed"] for row in rows), [r for r in rows if r not in demo["printed"]]
+    assert any(line.startswith("diagnostic warning:") for line in rows) == bool(demo["diagnostic"].get("warning"))

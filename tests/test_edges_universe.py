@@ -100,13 +100,15 @@ def test_baseline_plan_counts_the_patches(tiny_dir, tmp_path, monkeypatch, capsy
 
 
 def test_a_useless_theta_is_flagged():
+    """The edge run's warning is the one function the node run uses too (theta_warning, unit="edge")."""
     import pandas as pd
 
-    from atpstar.run.edge_stages import vacuous_note
+    from atpstar.diagnostics.usefulness import theta_warning
 
     verified = pd.DataFrame({"name": ["a", "b"], "effect_exact": [-6.05, 1.0]})
-    note = vacuous_note(34.27, verified, None)
+    note = theta_warning(34.27, verified, unit="edge")
     assert note.startswith("the edge diagnostic's θ = 34.27 is not below the largest verified |effect| (6.05)")
     assert "--edge-universe top:M or readers:N" in note
-    assert "smaller --edge-universe" in vacuous_note(6.05, verified, "top:20000")
-    assert vacuous_note(3.95, verified, "readers:6") is None and vacuous_note(float("inf"), verified.head(0), None) is None
+    assert "smaller --edge-universe" in theta_warning(6.05, verified, unit="edge", universe="top:20000")
+    assert theta_warning(3.95, verified, unit="edge", universe="readers:6") is None
+    assert theta_warning(float("inf"), verified.head(0), unit="edge") is None

@@ -25,7 +25,8 @@ EDGE_CAPTURE = 4.0
 
 
 def design(n_units: int, samples: int | None = None, p: float | None = None, delta: float = 0.05,
-           stop: bool = False, budget: float | None = None, unit: str = "node") -> Plan:
+           stop: bool = False, budget: float | None = None, unit: str = "node", residual: float | None = None,
+           largest_verified: float | None = None) -> Plan:
     """The diagnostic's design over ``n_units`` unverified units (nodes, or edges with ``unit="edge"``).
 
     ``samples`` and ``p``: what the user asked for (None: the planner's choice). Neither: the design that
@@ -33,7 +34,9 @@ def design(n_units: int, samples: int | None = None, p: float | None = None, del
     many subsets; ``p`` only: as many subsets as the budget pays for; both: that design, with the θ it
     buys. ``p`` only, when the budget's subsets are too few for a finite bound at that p: the fewest
     (doubling) that give one. ``stop``: plan for the stop rule's first check (it spends part of δ on later checks) rather than
-    one diagnostic at δ. Raises ValueError naming the option to change when no finite bound is possible."""
+    one diagnostic at δ. ``residual``, ``largest_verified``: as for :func:`~.planner.plan` (the θ to expect
+    at that residual energy, and whether it can rule out units as large as the verified ones). Raises
+    ValueError naming the option to change when no finite bound is possible."""
     if unit not in ("node", "edge"):
         raise ValueError(f"unit must be 'node' or 'edge', got {unit!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
@@ -45,7 +48,8 @@ def design(n_units: int, samples: int | None = None, p: float | None = None, del
         budget = capture + samples * SUBSET_COST
     elif budget is None:
         budget = BUDGET - CAPTURE + capture
-    options = dict(delta=delta, bound=BOUND, capture=capture, check=1 if stop else None)
+    options = dict(delta=delta, bound=BOUND, capture=capture, check=1 if stop else None, residual=residual,
+                   largest_verified=largest_verified)
     if p is not None:
         options.update(grid=(float(p),), max_subset=math.inf)
     try:

@@ -131,8 +131,9 @@ def plan(n_units: int, budget: float, delta: float = 0.05, residual: float | Non
     p, theta = best
     k = width(n_units, samples, p, delta, check)
     cost = capture + samples * subset_cost
+    per_r = expected_theta(n_units, samples, p, delta, 1.0, 0.0, bound, check)  # θ per unit of R, nothing large left
     return Plan(p, samples, theta if residual is not None else None, k, cost, bound, n_units, delta,
-                _explain(n_units, samples, p, k, theta, residual, largest_verified, cost, delta))
+                _explain(n_units, samples, p, k, theta, residual, largest_verified, cost, delta, per_r))
 
 
 def _observed(n_units: int, samples: int, p: float) -> bool:
@@ -149,14 +150,14 @@ def _smallest_budget(n_units, delta, max_subset, subset_cost, capture, grid, bou
     return math.inf
 
 
-def _explain(n_units, samples, p, k, theta, residual, largest_verified, cost, delta) -> str:
+def _explain(n_units, samples, p, k, theta, residual, largest_verified, cost, delta, per_r) -> str:
     text = (f"{samples} subsets at p = {p:g} (about {p * n_units:.0f} of the {n_units} unverified units each), "
             f"{cost:.0f} forward-pass equivalents per pair: the bound's width is {k:.3g} × R, R = √Σ residual² "
             f"(the effects left after subtracting the estimates), at δ = {delta:g}")
     if residual is not None:
         text += f"; with R = {residual:.3g}, expect θ ≈ {theta:.3g}"
     if largest_verified:
-        need = largest_verified / k
+        need = largest_verified / per_r  # the noise of N units' statistics counts too, not only the width
         text += (f". θ rules out units as large as the largest verified effect ({largest_verified:.3g}) only if "
                  f"R < {need:.3g}")
         if residual is not None:

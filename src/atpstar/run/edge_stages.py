@@ -1,12 +1,13 @@
 """The run's edge stage: edge scores of every edge-capable method (same contract as the stages of
 :mod:`.stages`: it takes the run's Context, skips what the run folder already holds, records its cost), and
 what differs for edges in the verification and diagnostic stages written once in :mod:`.unit_stages`
-(the ``--edge-universe`` the edge diagnostic bounds, its words and warnings)."""
+(the ``--edge-universe`` the edge diagnostic bounds, its size and its words)."""
 
 from __future__ import annotations
 
 import warnings
 
+from .design import count_units, first_moving
 from .registry import RUN_METHODS
 from ..cost import Cost
 from .folder import load_edge_scores, method_slug, save_edge_scores
@@ -95,10 +96,20 @@ def extra(ctx: Context) -> dict:
     return {"edge_universe": ctx.cfg.edge_universe or "all"}
 
 
-def diagnosed_after(ctx: Context, d) -> None:
-    note = vacuous_note(float(d.theta), ctx.verified_edges, ctx.cfg.edge_universe)
-    if note:
-        warnings.warn(note, stacklevel=3)
+def count(ctx: Context, ranking, v=None) -> int:
+    """The edges the edge diagnostic will bound: :func:`.design.count_units` of the ranked ones, or of those of
+    ``--edge-universe`` (``v``, an edge Verification: less those it verified)."""
+    universe = edge_universe(ctx)
+    if universe is None:
+        return count_units(ctx, ranking, v)
+    import torch
+
+    graph, n_pos = ctx.edge_scores.graph, ctx.pairs.max_len
+    keep = universe.pos >= first_moving(ctx.pairs)
+    if v is not None:
+        ids = universe.ids(graph, n_pos)
+        keep &= torch.isin(ids, v.ranking.ids(graph, n_pos)) & ~torch.isin(ids, v.nodes.ids(graph, n_pos))
+    return max(1, int(keep.sum()))
 
 
 def edge_universe(ctx: Context):
@@ -164,18 +175,3 @@ def baseline_plan(model, pairs, method: str) -> tuple[str, bool]:
                  "redoes it). Rank a part of the graph from Python instead, atpstar.edges.blocks(model, pairs, "
                  "edges=...) (docs/edges.md), or run on a GPU")
     return text, slow
-
-
-def vacuous_note(theta: float, verified, universe) -> str | None:
-    """A warning when θ is at least the largest verified |effect|: the bound then rules out nothing the
-    verification found (SmolLM2 IOI over every edge at 100 subsets: θ = 34.3 against 6.05)."""
-    column = "effect_exact" if "effect_exact" in getattr(verified, "columns", ()) else "effect"
-    if verified is None or not len(verified) or column not in verified.columns:
-        return None
-    largest = float(verified[column].abs().max())
-    if not theta >= largest:
-        return None
-    fix = ("bound a part of the graph (--edge-universe top:M or readers:N) or raise --samples"
-           if universe in (None, "", "all") else "raise --samples, or choose a smaller --edge-universe")
-    return (f"the edge diagnostic's θ = {theta:.4g} is not below the largest verified |effect| ({largest:.4g}): "
-            f"it rules out no edge as large as those verified; {fix}")

@@ -15,7 +15,7 @@ from .registry import EDGE_METHODS, RUN_METHODS
 
 METHOD_NAMES = tuple(RUN_METHODS)
 LEVELS = ("nodes", "edges", "both")
-"""What a run ranks: nodes, edges between writers and readers, or both."""
+"""What a run ranks: nodes (components), edges (a writer's output read by a later reader at one position), or both."""
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16")
 PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -122,7 +122,8 @@ def parse_stop(text):
     ``"small-effects:window=30,threshold=0.05"`` -> those settings; ``"theta:target=T"`` or
     ``"theta:relative=R"`` (or both; plain ``"theta"``: relative=0.1) -> ThetaBelow: verify until the
     diagnostic's θ (re-bounded from one set of random subsets as nodes are verified) falls below T, or
-    below R x the largest verified |effect|. Its subsets, p and delta come from --samples, --p, --delta."""
+    below R x the largest verified |effect|. Its subsets and p are the run's diagnostic design
+    (:mod:`atpstar.run.design`, from --samples and --p or the planner), delta is --delta."""
     if text is None or str(text).strip().lower() in ("", "none", "off"):
         return None
     from ..stopping import SmallEffects
@@ -148,16 +149,16 @@ def parse_stop(text):
             values["relative"] = THETA_DEFAULTS["relative"]
         from ..diagnostics.theta import ThetaBelow
 
-        return ThetaBelow(samples=THETA_DEFAULTS["samples"], p=THETA_DEFAULTS["p"], **values)
+        return ThetaBelow(**values)  # its subsets and p: set by the run once it knows how many units are ranked
     if not values.keys() & {"threshold", "relative"}:
         values.setdefault("relative", STOP_DEFAULTS["relative"])
     values.setdefault("window", STOP_DEFAULTS["window"])
     return SmallEffects(**values)
 
 
-THETA_DEFAULTS = {"relative": 0.1, "samples": 300, "p": 0.1}
-"""``--stop theta`` without settings: θ below 10% of the largest verified effect; 300 subsets with p = 0.1
-(--samples, --p override them; p = 0.1 gave a tighter θ than 0.05 on every study task, docs/diagnostic.md §9)."""
+THETA_DEFAULTS = {"relative": 0.1}
+"""``--stop theta`` without settings: θ below 10% of the largest verified effect. Its subsets and p come from
+the diagnostic's design, shared with ``--diagnose`` (:func:`atpstar.diagnostics.design`)."""
 
 
 def check_level(level, methods: list[str], diagnose: bool) -> str:
@@ -188,19 +189,15 @@ def check_faithfulness(faithfulness, level: str) -> bool:
 
 
 def check_diagnostic(samples, p, delta) -> None:
-    """The diagnostic's own checks (e.g. enough --samples for the bound), with its defaults for unset options."""
-    from ..diagnostics.sampling import BOUND, P, SAMPLES, check_options
-
+    """The diagnostic's options, before the model loads (the planner, :func:`atpstar.diagnostics.design`,
+    chooses what is unset once the number of unverified units is known, and refuses a design that cannot
+    bound them)."""
     if samples is not None:
         check_int("samples", samples, 2)
     if p is not None and not (isinstance(p, (int, float)) and 0 < p < 1):
         raise ValueError(f"p (the chance that a node is in a random subset) must be in (0, 1), got {p!r}")
     if not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"delta (the bound fails with probability at most delta) must be in (0, 1), got {delta!r}")
-    try:
-        check_options(SAMPLES if samples is None else samples, P if p is None else p, delta, BOUND)
-    except ValueError as err:
-        raise ValueError(str(err).replace("raise samples", "raise --samples").replace("raise p", "raise --p")) from None
 
 
 EDGE_UNIVERSE_HELP = ("all (every edge, the default), top:M (the M top-ranked edges of the first method's ranking) or "

@@ -44,6 +44,8 @@ class Context:
     edge_verification: object = None
     edge_theta_rule: object = None
     """``--stop theta`` on edges: the rule once edge verification ran (its subsets serve the edge diagnostic)."""
+    designs: dict = field(default_factory=dict)
+    """The diagnostic's design per unit kind ("node", "edge"), as :mod:`.design` chose and recorded it."""
 
     def say(self, message: str) -> None:
         self.echo(message)

@@ -3,8 +3,9 @@
 A :class:`Lane` says where one unit kind's results go (stage names in run.json, files in the run folder,
 attributes of the Context) and holds the few things that differ between kinds (which ranking is verified,
 what the diagnostic is given, the words it prints); :func:`verify` and :func:`diagnose` do the rest
-alike: the budget and stop rule (``--stop theta`` included), the checkpoint an interrupted run resumes
-from, the records. :data:`NODES` and :data:`EDGES` are the lanes of ``--level nodes`` and ``edges``.
+alike: the budget and stop rule (``--stop theta`` included), the diagnostic's design (:mod:`.design`: one
+planner for ``--diagnose`` and ``--stop theta``) and its warning when θ rules out nothing verified, the
+checkpoint an interrupted run resumes from, the records. :data:`NODES` and :data:`EDGES` are the lanes of ``--level nodes`` and ``edges``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from . import design as designs
 from . import edge_stages
 from ..checkpoint import load_checked
 from .folder import atomic_write, save_frame
@@ -47,8 +49,10 @@ class Lane:
     statement: Callable = lambda ctx, d: d.statement
     extra: Callable = lambda ctx: {}
     """ctx -> more facts for the diagnosis summary and record."""
-    diagnosed_after: Callable = _nothing
-    """ctx, diagnosis -> None: after the diagnostic (e.g. a warning)."""
+    count: Callable = designs.count_units
+    """ctx, ranking, Verification or None -> the units the diagnostic bounds (None: before verifying)."""
+    universe: Callable = lambda ctx: None
+    """ctx -> the ``--edge-universe`` words the θ warning's remedy depends on (None: every unit)."""
 
     @property
     def plural(self) -> str:
@@ -78,7 +82,7 @@ def verify(ctx: Context, lane: "Lane") -> None:
 
     ranking, stop = lane.ranking(ctx), plan.stop_rule()
     if theta:
-        setup_theta(ctx, stop, ranking if plan.primary.atp else None)
+        setup_theta(ctx, stop, ranking if plan.primary.atp else None, lane, ranking)
         lane.set(ctx, "rule", stop)
         lane.verifying(ctx, stop)
     what = "edge" if lane.unit == "edge" else cfg.methods[0]
@@ -118,15 +122,21 @@ def diagnose(ctx: Context, lane: "Lane") -> None:
     if d.suspects is not None:
         save_frame(d.suspects, ctx.folder.stage(lane.names["suspects"]))
     statement, extra = lane.statement(ctx, d), lane.extra(ctx)
-    summary = {**_plain(d.to_dict()), "statement": statement, "theta": float(d.theta), "delta": cfg.delta, **extra}
+    frame = lane.get(ctx, "frame")
+    design = designs.measured(ctx, lane.unit, d, frame)
+    ctx.say(statement)
+    if design.get("expected_theta") is not None:
+        ctx.say(f"design, measured: {design['explanation']}")
+    note = designs.warning(float(d.theta), frame, lane.unit, lane.universe(ctx))
+    facts = {"design": design, "warning": note, **extra}
+    summary = {**_plain(d.to_dict()), "statement": statement, "theta": float(d.theta), "delta": cfg.delta, **facts}
     if history is not None:
         summary["theta_history"] = history
     atomic_write(ctx.folder.stage(name), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    ctx.meta[lane.names["meta"]] = {"statement": statement, "theta": float(d.theta), "delta": cfg.delta}
+    ctx.meta[lane.names["meta"]] = {"statement": statement, "theta": float(d.theta), "delta": cfg.delta,
+                                    "warning": note}
     ctx.record(lane.names["diagnose"], statement=statement, theta=float(d.theta), cost=d.cost.to_dict(),
-               per_pair=d.cost.per_pair(), seconds=d.cost.seconds, **extra)
-    ctx.say(statement)
-    lane.diagnosed_after(ctx, d)
+               per_pair=d.cost.per_pair(), seconds=d.cost.seconds, **facts)
 
 
 def _fresh(ctx: Context, lane: "Lane"):
@@ -138,21 +148,23 @@ def _fresh(ctx: Context, lane: "Lane"):
     checkpoint = ctx.folder.checkpoint(lane.names["diagnose.ckpt"])
     if checkpoint.exists():
         load_checked(checkpoint)
-    options = {k: v for k, v in (("samples", cfg.samples), ("p", cfg.p)) if v is not None}
-    estimates = lane.ranking(ctx) if ctx.plan.primary.atp else None
+    ranking = lane.ranking(ctx)
+    plan = designs.choose(ctx, lane.unit, lane.count(ctx, ranking, lane.get(ctx, "verification")), stop=False)
+    estimates = ranking if ctx.plan.primary.atp else None
     verified, extra = lane.diagnosed(ctx)
     return run_diagnose(ctx.model, ctx.pairs, verified, estimates=estimates, delta=cfg.delta, seed=cfg.seed,
                         checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, batch_size=cfg.batch_size,
-                        progress=ctx.progress, **options, **extra)
+                        progress=ctx.progress, samples=plan.samples, p=plan.p, bound=plan.bound, **extra)
 
 
-def setup_theta(ctx: Context, rule, estimates) -> None:
-    """``--stop theta``: the run's diagnostic options (--samples, --p, --delta, --seed) on the rule, and
-    ``estimates`` (an AtP ranking's, else None) subtracted from its subsets."""
+def setup_theta(ctx: Context, rule, estimates, lane: "Lane", ranking) -> None:
+    """``--stop theta``: the run's design (:func:`.design.choose` for every ranked unit of the lane, at the
+    rule's first check) and options (--delta, --seed) on the rule, and ``estimates`` (an AtP ranking's,
+    else None) subtracted from its subsets."""
     cfg = ctx.cfg
-    rule.samples = cfg.samples if cfg.samples is not None else rule.samples
-    rule.p = cfg.p if cfg.p is not None else rule.p
-    rule.delta = cfg.delta
+    plan = designs.choose(ctx, lane.unit, lane.count(ctx, ranking, None), stop=True)
+    rule.samples, rule.p, rule.delta = plan.samples, plan.p, cfg.delta
+    rule.options["bound"] = plan.bound
     rule.options.update(seed=cfg.seed, batch_size=cfg.batch_size, estimates=estimates)
 
 
@@ -181,7 +193,7 @@ EDGES = Lane("edge", "nodes", dict(
     verification="edge_verification", frame="verified_edges", rule="edge_theta_rule", meta="edge_diagnostic"),
     ranking=lambda ctx: ctx.edge_scores, diagnosed=edge_stages.diagnosed, verifying=edge_stages.verifying,
     verified=edge_stages.verified, bounding=edge_stages.universe_words, statement=edge_stages.statement,
-    extra=edge_stages.extra, diagnosed_after=edge_stages.diagnosed_after)
+    extra=edge_stages.extra, count=edge_stages.count, universe=lambda ctx: ctx.cfg.edge_universe)
 
 
 def verify_nodes(ctx: Context) -> None:

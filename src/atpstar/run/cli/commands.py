@@ -155,6 +155,16 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def _print_diagnostic(what: str, facts: dict) -> None:
+    """A diagnostic's statement, the design it ran with (and why), and its warning when θ rules out nothing verified."""
+    print(f"{what}: {facts['statement']}")
+    design = facts.get("design") or {}
+    if design.get("explanation"):
+        print(f"{what} design: {design['why']}: {design['explanation']}")
+    if facts.get("warning"):
+        print(f"{what} warning: {facts['warning']}")
+
+
 def print_summary(folder, top: int) -> None:
     """The top of the ranking with verified effects, the verification and diagnostic outcome, where things are."""
     meta, nodes, edges = folder.meta, folder.nodes, folder.edges
@@ -182,10 +192,9 @@ def print_summary(folder, top: int) -> None:
         v = stages["verify:edges"]
         print(f"verified {v['edges']:,} edges ({v['per_pair']:.1f} forward-pass equivalents per pair, "
               f"{v['seconds']:.1f}s); stopped: {v['stopped']}")
-    if "diagnose" in stages:
-        print(f"diagnostic: {stages['diagnose']['statement']}")
-    if "diagnose:edges" in stages:
-        print(f"edge diagnostic: {stages['diagnose:edges']['statement']}")
+    for stage, what in (("diagnose", "diagnostic"), ("diagnose:edges", "edge diagnostic")):
+        if stage in stages:
+            _print_diagnostic(what, stages[stage])
     faith = stages.get("faithfulness", {})
     if "cpr" in faith:
         print(f"faithfulness of the {faith['method']} edge ranking's circuits: CPR {faith['cpr']:.4f}, "

@@ -17,7 +17,7 @@ EXAMPLES = {
 examples:
   atpstar demo                                   # AtP* on IOI with the bundled model, report included
   atpstar tasks                                  # the built-in tasks, one example pair each
-  atpstar run --task ioi --pairs 8 --kinds attn --stop small-effects --diagnose --p 0.02 --out runs/ioi
+  atpstar run --task ioi --pairs 8 --kinds attn --stop small-effects --diagnose --out runs/ioi
   atpstar resume runs/ioi                        # after Ctrl-C or a crash
   atpstar report runs/ioi                        # rebuild runs/ioi/report.html""",
     "run": """\
@@ -25,7 +25,7 @@ examples:
   atpstar run --task ioi --pairs 16 --kinds head --out runs/ioi-heads
   atpstar run --task city --method atp*,atp --kinds attn --verify-budget 50nodes --out runs/city
   atpstar run --task my_pairs.jsonl --stop small-effects:window=30,relative=0.02 --diagnose --out runs/mine-stop
-  atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --samples 300 --out runs/ioi-theta
+  atpstar run --task ioi --kinds attn --stop theta:relative=0.1 --verify-budget 300nodes --out runs/ioi-theta
   atpstar run --model EleutherAI/pythia-70m --task ioi --method atp*,acp --kinds head --out runs/pythia
   atpstar run --task rand --device auto --dtype bfloat16 --seed 3 --quiet --out runs/rand
   atpstar run --task ioi --pairs 4 --level edges --verify-budget 100edges --out runs/ioi-edges100
@@ -72,11 +72,14 @@ examples:
 }
 
 
-DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta", "samples": 120, "p": 0.2}
-"""The demo's defaults: every attention node of SmolLM2 (~12k for an IOI prompt), verified in AtP* order until
-the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the diagnostic patches
-120 random subsets (each unverified node in with probability 0.2) once, after the first chunk, and re-bounds
-from them as nodes are verified (about 20 s on a 2-core CPU; a loose bound at this price, docs/diagnostic.md §9)."""
+DEMO = {"kinds": "attn", "verify_budget": "50nodes", "stop": "theta"}
+"""The demo's defaults: every attention node of SmolLM2 (~11k that can move for an IOI prompt), verified in
+AtP* order until the diagnostic's θ is below 10% of the largest verified effect or 50 nodes are verified; the
+diagnostic's design is the planner's default, as for any run (300 random subsets at p = 0.1 for ~11k nodes),
+patched once after the first chunk and re-bounded as nodes are verified (:data:`DEMO_TIME`)."""
+DEMO_TIME = "about 65 s of compute on a 2-core CPU"
+"""The demo's measured cost (benchmarks/results/demo.json, ``costs.total.seconds``; tests/test_doc_numbers.py
+checks that they agree)."""
 
 
 def _formatter(prog):
@@ -126,8 +129,8 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
                             "last W verified nodes all had |effect| < T or < R x the largest so far "
                             "(default W=20, R=0.01); theta[:target=T,relative=R] stops once the diagnostic's bound θ "
                             "on every unverified node is below T or R x the largest verified |effect| (default "
-                            "R=0.1; its random subsets are patched once and re-bounded as nodes are verified; "
-                            "--samples, --p, --delta set them, default 300 and 0.1; it also gives the run its "
+                            "R=0.1; its random subsets are patched once and re-bounded as nodes are verified, with "
+                            "the same design as --diagnose (--samples, --p, --delta); it also gives the run its "
                             "diagnostic)"
                             + (" (default %s)" % DEMO["stop"] if demo else ""))
     if demo:
@@ -137,11 +140,14 @@ def _add_run_options(p: argparse.ArgumentParser, demo: bool) -> None:
         check.add_argument("--diagnose", action="store_true",
                            help="bound the effects of the unverified nodes (and, with --level edges or both, "
                                 "edges) by random joint patches")
-    check.add_argument("--samples", type=int, default=DEMO["samples"] if demo else None, metavar="S",
-                       help="diagnostic: random subsets to patch (default %s)" % (DEMO["samples"] if demo else 1000))
-    check.add_argument("--p", type=float, default=DEMO["p"] if demo else None, metavar="P",
-                       help="diagnostic: chance of each unverified node (edge) to be in a subset (default %s)"
-                       % (DEMO["p"] if demo else 0.05))
+    check.add_argument("--samples", type=int, default=None, metavar="S",
+                       help="diagnostic (--diagnose, --stop theta): random subsets to patch, each about one forward "
+                            "pass per pair (default: the planner's, 300, for the default budget of 302 forward-pass "
+                            "equivalents per pair; the run prints and records the design it chose and why)")
+    check.add_argument("--p", type=float, default=None, metavar="P",
+                       help="diagnostic: chance of each unverified node (edge) to be in a subset (default: the "
+                            "planner chooses it for the number of unverified units: the p of smallest expected θ "
+                            "with at most 1200 units per subset, e.g. 0.1 for ~10^4 nodes)")
     check.add_argument("--edge-universe", default=None, metavar="U",
                        help="the edges the edge diagnostic (--diagnose, --stop theta at --level edges/both) bounds: "
                             + EDGE_UNIVERSE_HELP + ". A model has ~10^6 edges, so a bound over all of them needs "
@@ -174,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = add("run", "run the pipeline (estimate, verify, diagnose) into a run folder with a report")
     _add_run_options(run, demo=False)
-    demo = add("demo", "AtP* on IOI with the bundled model: verification, diagnostic and report in a few minutes")
+    demo = add("demo", f"AtP* on IOI with the bundled model: verification, diagnostic and report ({DEMO_TIME})")
     _add_run_options(demo, demo=True)
     report = add("report", "rebuild DIR/report.html from a run folder")
     report.add_argument("dir", metavar="DIR", help="a run folder")

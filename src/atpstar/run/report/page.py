@@ -130,6 +130,11 @@ def diagnostic(diagnosis: dict | None, suspects: pd.DataFrame | None, unit: str 
     body = (f'<p>θ = <span class="theta">{esc(fmt(theta) or "∞")}</span> at δ = {esc(fmt(diagnosis.get("delta")))}: '
             f"no unverified {unit}'s |effect| should exceed θ, except with probability δ.</p>"
             f'<p class="statement">{esc(diagnosis.get("statement", ""))}</p>')
+    if diagnosis.get("warning"):
+        body += f'<p class="warning">Warning: {esc(diagnosis["warning"])}</p>'
+    design = diagnosis.get("design") or {}
+    if design.get("explanation"):
+        body += (f'<p class="note">Design: {esc(design.get("why", ""))}. {esc(design["explanation"])}</p>')
     if suspects is not None and len(suspects):
         columns = [c for c in suspects.columns if c not in EDGE_SUSPECT_HIDDEN]
         body += (f"<details><summary>The unverified {unit}s most likely to be large (verify these next)</summary>"
@@ -231,9 +236,12 @@ def theta_curve_section(diagnosis: dict | None, meta: dict) -> str:
         primary = meta["config"]["methods"][0]
         base = (meta["stages"].get(f"estimate:{primary}", {}).get("per_pair", 0.0)
                 + float(history[0].get("cost_per_pair", 0.0)))
-        body = ('<p class="note">θ at each check (check i at level δ/(i(i+1)), so the statement holds wherever '
-                "verification stopped) from the same random subsets, re-bounded as nodes were verified in ranked "
-                f"order; top axis: total cost ({primary} + the diagnostic's subsets + one forward pass per verified "
+        body = ('<p class="note">θ at each check from the same random subsets, re-bounded as nodes were verified '
+                "in ranked order. Check i spends δ/(2i(i+1)) on its union bound over the units; one variance bound, "
+                "made at the first check at δ/4 and refreshed at checks 2, 4, 8, ... from the other δ/4, serves "
+                "them all; so every check holds at once with probability at least 1 − δ, and the statement holds "
+                "wherever verification stopped. "
+                f"Top axis: total cost ({primary} + the diagnostic's subsets + one forward pass per verified "
                 "node, per pair).</p>" + image("theta-curve", figures.theta_curve(history, base)))
     return section("theta-curve", "θ against verified nodes", body)
 
