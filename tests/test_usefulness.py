@@ -8,11 +8,10 @@ import pytest
 
 from atpstar.diagnostics.evidence import LABELS, label_suspects
 from atpstar.diagnostics.usefulness import theta_warning
-from atpstar.run.edge_stages import vacuous_note
 
 
 def test_node_warning_when_theta_rules_out_nothing_verified():
-    """The demo's numbers: θ = 4.75 against a largest verified effect of 2.81 (docs/diagnostic.md §9.1)."""
+    """θ against the largest verified |effect| (4.75 against 2.81: the shape of the demo's numbers)."""
     note = theta_warning(4.752, np.array([2.81, -1.2, 0.4]))
     assert note.startswith("the node diagnostic's θ = 4.752 is not below the largest verified |effect| (2.81)")
     assert "rules out no node as large as those verified" in note and "--samples" in note
@@ -24,11 +23,17 @@ def test_node_warning_when_theta_rules_out_nothing_verified():
     assert theta_warning(1.0, pd.DataFrame({"effect": [0.3, -2.0]})) is None
 
 
-def test_edge_warning_is_word_for_word_the_edge_stage_note():
+def test_edge_warning_says_what_to_change_for_the_universe_bounded():
+    """Edges read the verified table's exact effects; over every edge the advice is to bound a part of the
+    graph, over a part already a smaller one; below the largest verified effect there is no warning."""
     verified = pd.DataFrame({"effect_exact": [6.05, -1.0], "effect": [9.0, 0.0]})
-    for theta, universe in ((34.27, None), (34.27, "all"), (6.05, "top:20000"), (3.95, "readers:6"), (math.inf, None)):
-        assert theta_warning(theta, verified, "edge", universe) == vacuous_note(theta, verified, universe)
-    assert theta_warning(math.inf, verified.head(0), "edge") is None is vacuous_note(math.inf, verified.head(0), None)
+    for theta, universe in ((34.27, None), (34.27, "all"), (math.inf, None)):
+        note = theta_warning(theta, verified, "edge", universe)
+        assert note.startswith(f"the edge diagnostic's θ = {theta:.4g} is not below the largest verified |effect| (6.05)")
+        assert "rules out no edge as large as those verified" in note and "--edge-universe top:M or readers:N" in note
+    assert "choose a smaller --edge-universe" in theta_warning(6.05, verified, "edge", "top:20000")
+    assert theta_warning(3.95, verified, "edge", "readers:6") is None
+    assert theta_warning(math.inf, verified.head(0), "edge") is None  # nothing verified: nothing to compare
 
 
 def test_warning_rejects_an_unknown_unit():
