@@ -60,11 +60,7 @@ def circuit_edges(graph: EdgeGraph, names) -> Tensor:
         raise ValueError(f"cannot parse edge name {bad[0]!r}: expected 'writer -> reader', e.g. 'L0.head.H1 -> L2.q.H0'")
     writer = graph.writer_index([p[0].strip() for p in parts])
     reader = graph.reader_index([p[1].strip() for p in parts])
-    missing = ~graph.valid[writer, reader]
-    if missing.any():
-        i = int(missing.nonzero()[0])
-        raise ValueError(f"edge {names[i]!r} does not exist ({int(missing.sum())} such edges): "
-                         f"{graph.why_invalid(int(writer[i]), int(reader[i]))}")
+    graph.require(writer, reader, names)
     mask = torch.zeros(graph.shape, dtype=torch.bool)
     mask[writer, reader] = True
     return mask

@@ -57,11 +57,7 @@ def read_graph_json(path, model, graph: EdgeGraph | None = None) -> GraphFile:
                           "each layer's attention writer L{layer}.attn (an edge is in when any head's edge is)")
         writers = writers.str.replace(r"\.head\.H\d+$", ".attn", regex=True)
     w, r = graph.writer_index(writers.tolist()), graph.reader_index(table["reader"].astype(str).tolist())
-    missing = ~graph.valid[w, r]
-    if missing.any():
-        i = int(missing.nonzero()[0])
-        raise ValueError(f"{source}: edge {table['name'].iloc[i]!r} does not exist in {model.name}: "
-                         f"{graph.why_invalid(int(w[i]), int(r[i]))}")
+    graph.require(w, r, table["name"].tolist(), where=f"{source}, a graph of {model.name}: ")
     circuit = torch.zeros(graph.shape, dtype=torch.bool)
     scores = torch.zeros(graph.shape, dtype=torch.float64)
     inside = torch.tensor(table["in_graph"].to_numpy(dtype=bool))

@@ -189,6 +189,15 @@ class EdgeGraph:
         return (f"{wname} -> {rname}: in this parallel-residual model the attention and the MLP of layer {wl} read the "
                 "same input, so the attention does not feed its own layer's MLP; use a reader of a later layer")
 
+    def require(self, writer, reader, names, where: str = "") -> None:
+        """Raise ValueError naming the first of the edges ``writer[i] -> reader[i]`` (named ``names[i]``) that
+        does not exist, with why and what to do; ``where`` prefixes the message (e.g. the file's name)."""
+        missing = ~self.valid[writer, reader]
+        if missing.any():
+            i = int(missing.nonzero()[0])
+            raise ValueError(f"{where}edge {names[i]!r} does not exist ({int(missing.sum())} such edges): "
+                             f"{self.why_invalid(int(writer[i]), int(reader[i]))}")
+
     def __repr__(self) -> str:
         kind = "per-head" if self.per_head else "whole-layer attention"
         return (f"EdgeGraph({self.n_writers} writers ({kind}), {self.n_readers} readers, "
