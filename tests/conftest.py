@@ -69,6 +69,23 @@ def random_pairs(lengths=(7, 9), seed: int = 1, metric="logit_diff") -> atpstar.
     return atpstar.PromptPairs.from_ids(clean, noise, answer.tolist(), distractor.tolist(), metric=metric)
 
 
+def planted_edge_effects(graph, n_pos: int, seed: int = 0) -> torch.Tensor:
+    """(W, R, T) float64 random edge effects, NaN where no edge exists: a ranking whose order the tests set."""
+    effect = torch.randn(graph.n_writers, graph.n_readers, n_pos, generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.float64)
+    effect[~graph.valid] = torch.nan
+    return effect
+
+
+def planted_edge_scores(model, n_pos: int, seed: int = 0):
+    """EdgeScores ``planted`` of :func:`planted_edge_effects` over every edge of ``model``; score = |effect|."""
+    from atpstar.edges import EdgeGraph, EdgeScores
+
+    graph = EdgeGraph.of(model)
+    effect = planted_edge_effects(graph, n_pos, seed)
+    return EdgeScores("planted", graph, effect, effect.abs(), 1)
+
+
 @pytest.fixture(params=ARCH_NAMES)
 def arch(request):
     return request.param

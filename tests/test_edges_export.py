@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import planted_edge_effects
 
 from atpstar.edges.export import eap_edge_names, from_eap_graph, to_eap_graph, write_eap_json
 from atpstar.edges.tl_hooks import TLHook, tl_edge_hooks, tl_hook
@@ -167,16 +168,12 @@ def test_transformerlens_hooks_of_edges():
 def _synthetic_scores(graddrop_factor=None):
     from types import SimpleNamespace
 
-    import torch
-
     from atpstar.edges import EdgeGraph, EdgeScores
     from atpstar.substrate.arch import ARCHS
 
     model = SimpleNamespace(name="m", n_layers=2, n_heads=4, n_kv_heads=2, arch=ARCHS["llama"])
     graph = EdgeGraph.of(model)
-    gen = torch.Generator().manual_seed(0)
-    effect = torch.randn(graph.n_writers, graph.n_readers, 3, generator=gen, dtype=torch.float64)
-    effect[~graph.valid] = torch.nan
+    effect = planted_edge_effects(graph, 3)
     score = effect.abs() if graddrop_factor is None else effect.abs() * graddrop_factor
     return graph, effect, EdgeScores("atp*", graph, effect, score, 1)
 

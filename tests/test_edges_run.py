@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import planted_edge_effects
 from tinydir import tiny_dir  # noqa: F401 - fixture
 
 import atpstar
@@ -31,10 +32,7 @@ def planted_atp(model, pairs, qk_fix=True, graddrop=True, progress=False):
     """Edge 'AtP': effect = a fixed pseudo-random number per (writer, reader, pos), NaN where no edge."""
     CALLS["atp"] += 1
     graph = EdgeGraph.of(model)
-    T = max(pairs.lengths)
-    g = torch.Generator().manual_seed(7)
-    effect = torch.randn(graph.n_writers, graph.n_readers, T, generator=g, dtype=torch.float64)
-    effect[~graph.valid] = torch.nan
+    effect = planted_edge_effects(graph, max(pairs.lengths), seed=7)
     info = {"cost": Cost(forward=2.0 * len(pairs), backward=1.0 * len(pairs), pairs=len(pairs), seconds=0.01,
                          backward_ratio=2.0), "qk_fix": qk_fix, "graddrop": graddrop}
     return EdgeScores("atp*" if qk_fix and graddrop else "atp", graph, effect, effect.abs(), len(pairs), info=info)

@@ -3,26 +3,15 @@ as edge_acp of those edges), within a budget of edges / forward passes, stopped 
 stop rules; recall_cost of the ranking against the exact truth."""
 
 import numpy as np
-import torch
 
 import atpstar
-from atpstar.edges import EdgeGraph, EdgeScores
 from atpstar.edges.patching import edge_acp
-from conftest import random_pairs, tiny_model
-
-
-def _ranking(model, n_pos, seed=0):
-    """A planted edge ranking (random scores over every edge): verification must follow its order."""
-    graph = EdgeGraph.of(model)
-    g = torch.Generator().manual_seed(seed)
-    effect = torch.randn(graph.n_writers, graph.n_readers, n_pos, generator=g, dtype=torch.float64)
-    effect[~graph.valid] = torch.nan
-    return EdgeScores("planted", graph, effect, effect.abs(), 1)
+from conftest import planted_edge_scores, random_pairs, tiny_model
 
 
 def test_verified_edges_are_the_top_of_the_ranking_with_exact_effects():
     model, pairs = tiny_model("llama"), random_pairs()
-    scores = _ranking(model, pairs.max_len)
+    scores = planted_edge_scores(model, pairs.max_len)
     v = atpstar.verify(model, pairs, scores, budget=atpstar.Budget(nodes=10), chunk=4)
     assert len(v) == 10 and v.stopped == "budget"
     frame = v.to_frame()
@@ -37,7 +26,7 @@ def test_verified_edges_are_the_top_of_the_ranking_with_exact_effects():
 
 def test_stop_rule_and_forward_budget():
     model, pairs = tiny_model("llama"), random_pairs()
-    scores = _ranking(model, pairs.max_len, seed=1)
+    scores = planted_edge_scores(model, pairs.max_len, seed=1)
     huge = atpstar.SmallEffects(window=3, threshold=1e9)  # every effect is small: fires after 3 edges
     v = atpstar.verify(model, pairs, scores, stop=huge, chunk=5)
     assert len(v) == 5 and v.stop_index == 3 and v.stopped.startswith("small effects")  # the paid chunk is kept
@@ -49,7 +38,7 @@ def test_stop_rule_and_forward_budget():
 
 def test_recall_cost_of_an_edge_ranking_against_exact_patching():
     model, pairs = tiny_model("llama"), random_pairs(lengths=(5,))
-    scores = _ranking(model, pairs.max_len, seed=2)
+    scores = planted_edge_scores(model, pairs.max_len, seed=2)
     names = scores.to_frame(top=40)["name"].tolist()
     truth = edge_acp(model, pairs, names).to_frame()
     curve = atpstar.recall_cost(scores.to_frame(top=40), truth, 5, estimation_cost=3.0)
@@ -65,7 +54,7 @@ def test_a_stop_rules_own_time_is_not_verification_time():
     import time
 
     model, pairs = tiny_model("llama"), random_pairs()
-    scores = _ranking(model, pairs.max_len)
+    scores = planted_edge_scores(model, pairs.max_len)
     calls = []
 
     def slow(state):

@@ -15,18 +15,14 @@ from atpstar.edges.units import EdgeUnits
 from atpstar.metrics import resolve
 from atpstar.substrate.node_units import NodeUnits
 from atpstar.units import UnitPatcher, Units, bind
-from conftest import ARCH_NAMES, random_pairs, tiny_model
+from conftest import ARCH_NAMES, planted_edge_scores, random_pairs, tiny_model
 
 BEFORE = torch.load(Path(__file__).parent / "data" / "verification_before.pt", weights_only=False)
 
 
 def edge_ranking(model, n_pos, seed=0):
     """A planted edge ranking (random scores over every edge), the one the recorded values used."""
-    graph = EdgeGraph.of(model)
-    g = torch.Generator().manual_seed(seed)
-    effect = torch.randn(graph.n_writers, graph.n_readers, n_pos, generator=g, dtype=torch.float64)
-    effect[~graph.valid] = torch.nan
-    return EdgeScores("planted", graph, effect, effect.abs(), 1)
+    return planted_edge_scores(model, n_pos, seed)
 
 
 NODE_CASES = {"nodes": dict(budget=atpstar.Budget(nodes=40)), "forward": dict(budget=12.5),

@@ -5,23 +5,17 @@ of many units says what it is about to do before it starts."""
 import warnings
 
 import pytest
-import torch
 
 import atpstar
 from atpstar.diagnostics.edges import diagnose_edges
-from atpstar.edges import EdgeGraph, EdgeScores
 from atpstar.verification import loop
-from conftest import random_pairs, tiny_model
+from conftest import planted_edge_scores, random_pairs, tiny_model
 
 
 @pytest.fixture(scope="module")
 def run():
     model, pairs = tiny_model("gpt2"), random_pairs()
-    graph = EdgeGraph.of(model)
-    effect = torch.randn(graph.n_writers, graph.n_readers, pairs.max_len, generator=torch.Generator().manual_seed(0),
-                         dtype=torch.float64)
-    effect[~graph.valid] = torch.nan
-    edges = EdgeScores("planted", graph, effect, effect.abs(), 1)
+    edges = planted_edge_scores(model, pairs.max_len)
     nodes = atpstar.atp(model, pairs, progress=False)
     few = atpstar.Budget(nodes=4)
     return model, pairs, nodes, edges, atpstar.verify(model, pairs, nodes, budget=few, progress=False), \
