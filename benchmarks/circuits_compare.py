@@ -33,6 +33,7 @@ from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
+from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import models
 from benchmarks.tiny import random_pairs, tiny_llama
 
@@ -134,11 +135,7 @@ def table(frame: pd.DataFrame) -> str:
 
 def figure(frame: pd.DataFrame, path: Path) -> None:
     """Signed (CPR) and absolute (CMD) faithfulness curves, one row of panels per (model, task)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     settings = list(frame.groupby(["model", "task"], sort=True))
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.6 * len(settings)), squeeze=False)
     x = np.array(MIB_GRID) * 100
@@ -156,10 +153,7 @@ def figure(frame: pd.DataFrame, path: Path) -> None:
             ax.set_ylabel("faithfulness f")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110, rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
 
 
 def parse(argv=None) -> argparse.Namespace:
