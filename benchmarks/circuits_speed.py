@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-import atpstar
 from atpstar.circuits import curve, mib
-from atpstar.edges import EdgeGraph, atp
+from atpstar.edges import atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
-from benchmarks.cached import cached_main
 from atpstar.substrate.capture import run
+from benchmarks.cached import cached_main, smollm_ioi
 
 CACHE = Path(__file__).parent / "results" / "circuits_speed.json"
 
@@ -49,10 +48,7 @@ def forward(model, pairs) -> None:
 
 
 def measure(n_pairs: int, with_activations: bool) -> dict:
-    torch.set_num_threads(1)
-    model = atpstar.load_model("default")
-    pairs = atpstar.tasks.ioi(model, n=n_pairs, seed=0)
-    graph = EdgeGraph.of(model)
+    model, pairs, graph = smollm_ioi(n_pairs)
     _, t_forward = timed(lambda: forward(model, pairs), repeat=3, what="forward")
     scores, t_eap = timed(lambda: eap(model, pairs), what="EAP")
     _, t_atp = timed(lambda: atp(model, pairs, qk_fix=False, graddrop=False), what="edge AtP")

@@ -15,9 +15,10 @@ def pyplot():
     return plt
 
 
-def save(fig, path: Path, dpi: int = 130) -> None:
-    """Lay out ``fig``, write it to ``path`` (its folder made if needed) and free it."""
-    fig.tight_layout()
+def save(fig, path: Path, dpi: int = 130, rect=None) -> None:
+    """Lay out ``fig`` (within ``rect``, as ``tight_layout`` takes it, e.g. room left for a legend), write it to
+    ``path`` (its folder made if needed) and free it."""
+    fig.tight_layout(rect=rect)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)

@@ -11,6 +11,7 @@ import torch
 
 import atpstar
 from atpstar import edges as E
+from benchmarks.tiny import random_pairs, tiny_llama
 
 VARIANTS = {"AtP": (False, False), "AtP+QKfix": (True, False), "AtP+GradDrop": (False, True), "AtP*": (True, True)}
 OUT = Path("benchmarks/results/edges")
@@ -38,29 +39,9 @@ def setting(args):
     return model, pairs, {k: truth.attn[k][idx] for k in ("q", "k", "v")}
 
 
-class _CharTokenizer:
-    def __call__(self, text, add_special_tokens=True):
-        return {"input_ids": [ord(c) % 97 for c in text]}
-
-    def decode(self, ids):
-        return "".join(chr(65 + i % 26) for i in ids)
-
-
 def quick_setting():
     """A 3-layer random Llama, 2 random pairs of 8 tokens, node truth by ``acp`` on the spot."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-                      initializer_range=0.3)
-    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).eval()
-    model = atpstar.load_model(hf, tokenizer=_CharTokenizer())
-    gen = torch.Generator().manual_seed(1)
-    clean = [torch.randint(0, 97, (8,), generator=gen) for _ in range(2)]
-    noise = [c.clone() for c in clean]
-    for x in noise:
-        x[[1, 3, 5]] = torch.randint(0, 97, (3,), generator=gen)
-    pairs = atpstar.PromptPairs.from_ids(clean, noise, [5, 7], [11, 13], metric="logit_diff")
+    model, pairs = tiny_llama(), random_pairs([8, 8])
     exact = atpstar.acp(model, pairs, kinds=["q", "k", "v"], per_pair=True, progress=False)
     node_truth = {k: exact.per_pair[atpstar.NodeKind(k)].numpy() for k in ("q", "k", "v")}
     return model, pairs, node_truth

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from benchmarks.plotting import pyplot, save
 
-from .frames import KEY  # noqa: E402
+from .frames import KEY
+
+plt = pyplot()
 
 # Paul Tol's "muted" palette (distinguishable with the common colour-vision deficiencies) plus black and grey;
 # related methods also differ by line style and marker, so no pair of lines relies on hue alone.
@@ -64,10 +64,8 @@ def curves(table: pd.DataFrame, out: Path) -> list[Path]:
             model, task = part["model"].iloc[0], part["task"].iloc[0]
             fig.suptitle(f"{model} {task.upper()}: cost of verified recall, {what}", fontsize=FONT["title"])
             rows = -(-len(panels) // COLUMNS)
-            fig.tight_layout(rect=(0, 0.8 / (3.2 * rows + 1.3), 1, 1))
             path = out / f"curves_{study}_{label}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            save(fig, path, dpi=100, rect=(0, 0.8 / (3.2 * rows + 1.3), 1, 1))
             paths.append(path)
     return paths
 
@@ -151,8 +149,6 @@ def scatter(exact: pd.DataFrame, atp: dict, task: str, setting: str, group: str,
             ax.legend(fontsize=FONT["legend"], loc="upper left")
     fig.suptitle(f"{task.upper()} {setting}: estimate vs exact (circled: true top-{FN_TOP} ranked below {FN_RANK})",
                  fontsize=FONT["title"])
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     path = out / f"scatter_{task}_{setting}_{group}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100, rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     return path

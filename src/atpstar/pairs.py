@@ -237,8 +237,9 @@ def single_token(tok, answer, i: int, what: str) -> int:
 
 def _from_file(reader):
     def load(cls, path, model, skip_bad: bool = False, bos: bool = True) -> PromptPairs:
-        pairs = cls.from_ids(*reader(path, tokenizer(model), skip_bad=skip_bad, bos=bos))
-        warn_first_position(pairs, tokenizer(model), bos)
+        tok = tokenizer(model)
+        pairs = cls.from_ids(*reader(path, tok, skip_bad=skip_bad, bos=bos))
+        warn_first_position(pairs, tok, bos)
         return pairs
 
     load.__doc__ = (f"Read pairs from a {reader.__name__[5:].upper()} file with columns clean, noise, answer"

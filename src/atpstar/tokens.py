@@ -29,8 +29,7 @@ def bos_id(tok) -> int | None:
 def encode(tok, text: str, bos: bool = True) -> list[int]:
     """Prompt ids: the text's tokens, with the model's BOS token in front when ``bos`` (and the model has
     one; a text that already starts with it keeps just that one)."""
-    ids = word_ids(tok, text)
-    return with_bos(tok, ids, bos)
+    return with_bos(tok, word_ids(tok, text), bos)
 
 
 def with_bos(tok, ids: list[int], bos: bool = True) -> list[int]:
