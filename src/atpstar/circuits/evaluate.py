@@ -99,7 +99,7 @@ class References:
         check_pairs(pairs)
         pairs.check_vocab(model.vocab_size)
         self.model, self.pairs, self.metric = model, pairs, resolve(metric, pairs)
-        self.graph = graph or EdgeGraph.of(model)
+        self.graph = EdgeGraph.resolve(model, graph)
         self._noise_writes: list | None = None  # (group, (P_group, W, T, d) noise writes) per length group
 
     def _run(self) -> list:

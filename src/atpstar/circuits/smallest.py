@@ -38,7 +38,7 @@ class Smallest:
 def smallest(model, pairs, scores, thresholds=(0.8, 0.9), absolute: bool = True, metric=None,
              graph: EdgeGraph | None = None, grid_curve: Curve | None = None, per_round: int = 8) -> list[Smallest]:
     """For each threshold τ, the smallest top-n circuit (pruned) of the ranking with f ≥ τ."""
-    graph = graph or getattr(scores, "graph", None) or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph or getattr(scores, "graph", None))
     values = mib_scores(scores, pairs)
     base = grid_curve or curve(model, pairs, values, absolute, MIB_GRID, metric, graph)
     refs = References(model, pairs, metric, graph)  # the clean and noise runs, once for every round

@@ -74,7 +74,7 @@ def _integrated(model, pairs, metric, graph, per_pair: bool, name: str, steps: l
     check_pairs(pairs)
     metric = resolve(metric, pairs)
     pairs.check_vocab(model.vocab_size)
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     shape = (graph.n_writers, graph.n_readers, pairs.max_len)
     dtype = torch.promote_types(model.dtype, torch.float32)
     total, count = torch.zeros(shape, dtype=dtype), torch.zeros(pairs.max_len, dtype=dtype)
