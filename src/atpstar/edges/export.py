@@ -56,10 +56,14 @@ _EAP_NODE = re.compile(r"^(?:(?P<input>input)|(?P<logits>logits)|a(?P<layer>\d+)
 
 def eap_config(model) -> dict:
     """EAP-IG's ``cfg`` for an atpstar ``Model`` (plus ``n_key_value_heads``, which EAP-IG ignores)."""
-    cfg = {"n_layers": int(model.n_layers), "n_heads": int(model.n_heads),
-           "parallel_attn_mlp": bool(model.arch.parallel_residual), "d_model": int(model.d_model),
-           "n_key_value_heads": int(model.n_kv_heads)}
-    if not heads_additive(model):
+    return _config(model.n_layers, model.n_heads, model.arch.parallel_residual, model.d_model, model.n_kv_heads,
+                   heads_additive(model))
+
+
+def _config(n_layers, n_heads, parallel, d_model, n_kv, per_head: bool) -> dict:
+    cfg = {"n_layers": int(n_layers), "n_heads": int(n_heads), "parallel_attn_mlp": bool(parallel),
+           "d_model": int(d_model), "n_key_value_heads": int(n_kv)}
+    if not per_head:
         cfg["per_head_writers"] = False
     return cfg
 
@@ -223,10 +227,7 @@ def eap_graph_of(scores, d_model: int, circuit=None, verified: pd.DataFrame | No
     summed = values.nan_to_num().sum(-1)[w, r].numpy()
     table = pd.DataFrame({"writer": np.asarray(g.writer_names, dtype=object)[w.numpy()],
                           "reader": np.asarray(g.reader_names, dtype=object)[r.numpy()], "value": summed})
-    cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": bool(g.parallel_residual),
-           "d_model": int(d_model), "n_key_value_heads": g.n_kv_heads}
-    if not g.per_head:
-        cfg["per_head_writers"] = False
+    cfg = _config(g.n_layers, g.n_heads, g.parallel_residual, d_model, g.n_kv_heads, g.per_head)
     if circuit is None:
         member = np.ones(len(table), dtype=bool)
     elif isinstance(circuit, (int, np.integer)) and not isinstance(circuit, bool):
