@@ -84,7 +84,7 @@ def faithfulness(model, pairs: PromptPairs, circuits, metric=None, graph: EdgeGr
     noise runs."""
     check_batch_size(batch_size)
     start = time.perf_counter()
-    result = References(model, pairs, metric, graph).evaluate(circuits, batch_size, memory_mb)
+    result = References(model, pairs, metric, graph, keep=False).evaluate(circuits, batch_size, memory_mb)
     n, n_circuits = len(pairs), result.info["circuits"]
     cost = Cost(forward=float(n * (n_circuits + 2)), pairs=n, seconds=time.perf_counter() - start)
     result.info = {"cost": cost, "circuits": n_circuits}
@@ -92,37 +92,48 @@ def faithfulness(model, pairs: PromptPairs, circuits, metric=None, graph: EdgeGr
 
 
 class References:
-    """The clean and noise runs of every pair, run once (at the first evaluation) for any number of circuit
-    evaluations: per length group its noise run's writes, and the (P,) clean and noise metrics."""
+    """The clean and noise runs of every pair: per length group its noise run's writes, and the (P,) clean and
+    noise metrics. With ``keep`` they are run once, at the first evaluation, and kept for every later one (a
+    search over many rounds of circuits); without, each evaluation runs them group by group, holding one
+    group's noise writes at a time."""
 
-    def __init__(self, model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None):
+    def __init__(self, model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None, keep: bool = True):
         check_pairs(pairs)
         pairs.check_vocab(model.vocab_size)
         self.model, self.pairs, self.metric = model, pairs, resolve(metric, pairs)
         self.graph = EdgeGraph.resolve(model, graph)
-        self._noise_writes: list | None = None  # (group, (P_group, W, T, d) noise writes) per length group
+        self.keep = keep
+        self._kept: list | None = None  # (group, (P_group, W, T, d) noise writes) per length group
 
-    def _run(self) -> list:
-        if self._noise_writes is None:
-            model, graph, metric = self.model, self.graph, self.metric
-            self.clean = torch.zeros(len(self.pairs), dtype=torch.float64)
-            self.noise = torch.zeros(len(self.pairs), dtype=torch.float64)
-            self._noise_writes = []
-            for group in self.pairs.groups():
-                with torch.no_grad():
-                    noise_w, _, noise_logits = capture_writes(model, graph, group.noise)
-                    clean_logits = run(model, group.clean)
-                self.noise[group.index] = metric(noise_logits, group.pairs).double().cpu()
-                self.clean[group.index] = metric(clean_logits, group.pairs).double().cpu()
-                self._noise_writes.append((group, noise_w))
-        return self._noise_writes
+    def _groups(self):
+        """(group, its noise writes) per length group, run on the way unless kept from an earlier call."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        model, graph, metric = self.model, self.graph, self.metric
+        self.clean = torch.zeros(len(self.pairs), dtype=torch.float64)
+        self.noise = torch.zeros(len(self.pairs), dtype=torch.float64)
+        kept = []
+        for group in self.pairs.groups():
+            with torch.no_grad():
+                noise_w, _, noise_logits = capture_writes(model, graph, group.noise)
+                clean_logits = run(model, group.clean)
+            self.noise[group.index] = metric(noise_logits, group.pairs).double().cpu()
+            self.clean[group.index] = metric(clean_logits, group.pairs).double().cpu()
+            if self.keep:
+                kept.append((group, noise_w))
+            yield group, noise_w
+            del noise_w  # without keep, one group's noise writes alive at a time
+        if self.keep:
+            self._kept = kept
 
     def evaluate(self, circuits, batch_size: int | None = None, memory_mb: float = 1024) -> Faithfulness:
         """:class:`Faithfulness` of ``circuits`` (no cost in ``info``: the caller knows what it ran)."""
         masks = as_circuits(self.graph, circuits, self.pairs.max_len)
         out = torch.zeros(len(masks), len(self.pairs), dtype=torch.float64)
-        for group, noise_w in self._run():
+        for group, noise_w in self._groups():
             self._evaluate_group(group, noise_w, masks, out, batch_size, memory_mb)
+            del noise_w
         return Faithfulness(out, self.clean, self.noise, self.metric.name, {"circuits": len(masks)})
 
     def _evaluate_group(self, group, noise_w: Tensor, masks: Tensor, out: Tensor, batch_size, memory_mb) -> None:
