@@ -94,7 +94,7 @@ def curve(model, pairs, scores, absolute: bool, grid=MIB_GRID, metric=None, grap
 def curves(model, pairs, scores, absolutes=(False, True), grid=MIB_GRID, metric=None, graph: EdgeGraph | None = None,
            pruned: bool = True, batch_size: int | None = None) -> list[Curve]:
     """One curve per entry of ``absolutes`` (signed / absolute ranking), all circuits in one batched evaluation."""
-    graph = graph or getattr(scores, "graph", None) or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph or getattr(scores, "graph", None))
     values = mib_scores(scores, pairs)
     if tuple(values.shape) != graph.shape:
         raise ValueError(f"scores of shape {tuple(values.shape)} do not fit this model's edge graph {graph.shape} "

@@ -83,41 +83,74 @@ def faithfulness(model, pairs: PromptPairs, circuits, metric=None, graph: EdgeGr
     ``.noise`` (P,); ``info["cost"]`` counts one forward pass per circuit and pair plus the clean and
     noise runs."""
     check_batch_size(batch_size)
-    check_pairs(pairs)
-    pairs.check_vocab(model.vocab_size)
-    metric = resolve(metric, pairs)
-    graph = graph or EdgeGraph.of(model)
-    masks = as_circuits(graph, circuits, pairs.max_len)
     start = time.perf_counter()
-    out = torch.zeros(len(masks), len(pairs), dtype=torch.float64)
-    clean = torch.zeros(len(pairs), dtype=torch.float64)
-    noise = torch.zeros(len(pairs), dtype=torch.float64)
-    for group in pairs.groups():
-        _evaluate_group(model, graph, group, metric, masks, out, clean, noise, batch_size, memory_mb)
-    n = len(pairs)
-    cost = Cost(forward=float(n * (len(masks) + 2)), pairs=n, seconds=time.perf_counter() - start)
-    return Faithfulness(out, clean, noise, metric.name, {"cost": cost, "circuits": len(masks)})
+    result = References(model, pairs, metric, graph, keep=False).evaluate(circuits, batch_size, memory_mb)
+    n, n_circuits = len(pairs), result.info["circuits"]
+    cost = Cost(forward=float(n * (n_circuits + 2)), pairs=n, seconds=time.perf_counter() - start)
+    result.info = {"cost": cost, "circuits": n_circuits}
+    return result
 
 
-def _evaluate_group(model, graph, group, metric, masks: Tensor, out, clean, noise, batch_size, memory_mb) -> None:
-    with torch.no_grad():
-        noise_w, _, noise_logits = capture_writes(model, graph, group.noise)
-        clean_logits = run(model, group.clean)
-    noise[group.index] = metric(noise_logits, group.pairs).double().cpu()
-    clean[group.index] = metric(clean_logits, group.pairs).double().cpu()
-    n_group, n_tok = group.clean.shape
-    if masks.ndim == 4:
-        masks = masks[..., group.offset:]
-    outside = outside_mask(graph, masks)
-    rows = torch.arange(len(masks) * n_group)
-    size = batch_size or _rows_per_batch(model, graph, n_tok, memory_mb)
-    for lo in range(0, len(rows), size):
-        batch = rows[lo:lo + size]
-        which, pair = batch // n_group, batch % n_group
-        hooks = MixedRun(model, graph=graph, noise=noise_w[pair], outside=outside[which].to(noise_w.device))
-        with torch.no_grad():
-            value = metric(run(model, group.clean[pair], hooks), group.pairs.select(pair))
-        out[which, group.index[pair]] = value.double().cpu()
+class References:
+    """The clean and noise runs of every pair: per length group its noise run's writes, and the (P,) clean and
+    noise metrics. With ``keep`` they are run once, at the first evaluation, and kept for every later one (a
+    search over many rounds of circuits); without, each evaluation runs them group by group, holding one
+    group's noise writes at a time."""
+
+    def __init__(self, model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None, keep: bool = True):
+        check_pairs(pairs)
+        pairs.check_vocab(model.vocab_size)
+        self.model, self.pairs, self.metric = model, pairs, resolve(metric, pairs)
+        self.graph = EdgeGraph.resolve(model, graph)
+        self.keep = keep
+        self._kept: list | None = None  # (group, (P_group, W, T, d) noise writes) per length group
+
+    def _groups(self):
+        """(group, its noise writes) per length group, run on the way unless kept from an earlier call."""
+        if self._kept is not None:
+            yield from self._kept
+            return
+        model, graph, metric = self.model, self.graph, self.metric
+        self.clean = torch.zeros(len(self.pairs), dtype=torch.float64)
+        self.noise = torch.zeros(len(self.pairs), dtype=torch.float64)
+        kept = []
+        for group in self.pairs.groups():
+            with torch.no_grad():
+                noise_w, _, noise_logits = capture_writes(model, graph, group.noise)
+                clean_logits = run(model, group.clean)
+            self.noise[group.index] = metric(noise_logits, group.pairs).double().cpu()
+            self.clean[group.index] = metric(clean_logits, group.pairs).double().cpu()
+            if self.keep:
+                kept.append((group, noise_w))
+            yield group, noise_w
+            del noise_w  # without keep, one group's noise writes alive at a time
+        if self.keep:
+            self._kept = kept
+
+    def evaluate(self, circuits, batch_size: int | None = None, memory_mb: float = 1024) -> Faithfulness:
+        """:class:`Faithfulness` of ``circuits`` (no cost in ``info``: the caller knows what it ran)."""
+        masks = as_circuits(self.graph, circuits, self.pairs.max_len)
+        out = torch.zeros(len(masks), len(self.pairs), dtype=torch.float64)
+        for group, noise_w in self._groups():
+            self._evaluate_group(group, noise_w, masks, out, batch_size, memory_mb)
+            del noise_w
+        return Faithfulness(out, self.clean, self.noise, self.metric.name, {"circuits": len(masks)})
+
+    def _evaluate_group(self, group, noise_w: Tensor, masks: Tensor, out: Tensor, batch_size, memory_mb) -> None:
+        model, graph, metric = self.model, self.graph, self.metric
+        n_group, n_tok = group.clean.shape
+        if masks.ndim == 4:
+            masks = masks[..., group.offset:]
+        outside = outside_mask(graph, masks)
+        rows = torch.arange(len(masks) * n_group)
+        size = batch_size or _rows_per_batch(model, graph, n_tok, memory_mb)
+        for lo in range(0, len(rows), size):
+            batch = rows[lo:lo + size]
+            which, pair = batch // n_group, batch % n_group
+            hooks = MixedRun(model, graph=graph, noise=noise_w[pair], outside=outside[which].to(noise_w.device))
+            with torch.no_grad():
+                value = metric(run(model, group.clean[pair], hooks), group.pairs.select(pair))
+            out[which, group.index[pair]] = value.double().cpu()
 
 
 def _rows_per_batch(model, graph: EdgeGraph, n_tok: int, memory_mb: float) -> int:

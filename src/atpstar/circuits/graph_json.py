@@ -47,7 +47,7 @@ def read_graph_json(path, model, graph: EdgeGraph | None = None) -> GraphFile:
     """Read the file (or an already-parsed dict) against ``model``; see the module doc."""
     source = "graph" if isinstance(path, dict) else str(path)
     data = path if isinstance(path, dict) else _load(path)
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     _check_model(data, model, source)
     table = from_eap_graph(data, n_key_value_heads=model.n_kv_heads)
     writers = table["writer"].astype(str)

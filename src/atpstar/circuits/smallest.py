@@ -14,7 +14,7 @@ import torch
 
 from ..edges.graph import EdgeGraph
 from .curve import MIB_GRID, Curve, curve, mib_scores
-from .evaluate import faithfulness
+from .evaluate import References
 from .prune import top_n
 
 __all__ = ["Smallest", "smallest"]
@@ -38,9 +38,10 @@ class Smallest:
 def smallest(model, pairs, scores, thresholds=(0.8, 0.9), absolute: bool = True, metric=None,
              graph: EdgeGraph | None = None, grid_curve: Curve | None = None, per_round: int = 8) -> list[Smallest]:
     """For each threshold τ, the smallest top-n circuit (pruned) of the ranking with f ≥ τ."""
-    graph = graph or getattr(scores, "graph", None) or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph or getattr(scores, "graph", None))
     values = mib_scores(scores, pairs)
     base = grid_curve or curve(model, pairs, values, absolute, MIB_GRID, metric, graph)
+    refs = References(model, pairs, metric, graph)  # the clean and noise runs, once for every round
     out = []
     for tau in thresholds:
         reached = [i for i, f in enumerate(base.f) if f >= tau]
@@ -54,7 +55,7 @@ def smallest(model, pairs, scores, thresholds=(0.8, 0.9), absolute: bool = True,
         while hi - lo > 1:
             candidates = sorted(set(torch.linspace(lo, hi, per_round + 2).round().long().tolist()[1:-1]) - {lo, hi})
             circuits = torch.stack([top_n(graph, values, n, absolute) for n in candidates])
-            f = faithfulness(model, pairs, circuits, metric, graph).f.tolist()
+            f = refs.evaluate(circuits).f.tolist()
             evaluations += len(candidates)
             ok = [j for j, v in enumerate(f) if v >= tau]
             if ok:

@@ -35,14 +35,14 @@ from .atp import _PairEstimate
 from .graph import ATTN, HEAD, MLP, EdgeGraph
 from .scores import EdgeScores
 from .sites import block_module, first
-from .writes import capture_writes
+from .writes import write_deltas
 
 __all__ = ["eap", "eap_ig_activations", "eap_ig_inputs"]
 
 
 def eap(model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None, per_pair: bool = False) -> EdgeScores:
     """EAP: edge AtP with the gradient of the clean run (no QK fix, no GradDrop)."""
-    return _integrated(model, pairs, metric, graph, per_pair, "eap", lambda delta, graph: [(None, 0.0)])
+    return _integrated(model, pairs, metric, graph, per_pair, "eap", [(None, 0.0)])
 
 
 def eap_ig_inputs(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, graph: EdgeGraph | None = None,
@@ -50,20 +50,15 @@ def eap_ig_inputs(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, gra
     """EAP-IG-inputs: gradients along the straight path of the input embedding from noise to clean."""
     steps = _check_steps(ig_steps)
     return _integrated(model, pairs, metric, graph, per_pair, f"eap-ig-inputs ({steps} steps)",
-                       lambda delta, graph: [(("embed", None), 1 - k / steps) for k in range(steps)])
+                       [(("embed", None), 1 - k / steps) for k in range(steps)])
 
 
 def eap_ig_activations(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, graph: EdgeGraph | None = None,
                        per_pair: bool = False) -> EdgeScores:
     """EAP-IG-activations: each writer group's write interpolated from noise to clean in turn."""
     steps = _check_steps(ig_steps)
-
-    def plan(delta, graph):
-        groups = [("embed", None)]
-        for layer in range(graph.n_layers):
-            groups += [("attn", layer), ("mlp", layer)]
-        return [(g, 1 - k / steps) for g in groups for k in range(1, steps + 1)]
-
+    groups = [("embed", None)] + [(kind, layer) for layer in range(model.n_layers) for kind in ("attn", "mlp")]
+    plan = [(g, 1 - k / steps) for g in groups for k in range(1, steps + 1)]
     return _integrated(model, pairs, metric, graph, per_pair, f"eap-ig-activations ({steps} steps)", plan)
 
 
@@ -73,29 +68,25 @@ def _check_steps(steps) -> int:
     return steps
 
 
-def _integrated(model, pairs, metric, graph, per_pair: bool, name: str, plan) -> EdgeScores:
-    """Mean over a plan of (group, share) runs of the edge estimates; ``group`` None is the clean run,
+def _integrated(model, pairs, metric, graph, per_pair: bool, name: str, steps: list) -> EdgeScores:
+    """Mean over ``steps``, a plan of (group, share) runs, of the edge estimates; ``group`` None is the clean run,
     else that group's write moves ``share`` of the way from clean to noise (a constant)."""
     check_pairs(pairs)
     metric = resolve(metric, pairs)
     pairs.check_vocab(model.vocab_size)
-    graph = graph or EdgeGraph.of(model)
+    graph = EdgeGraph.resolve(model, graph)
     shape = (graph.n_writers, graph.n_readers, pairs.max_len)
     dtype = torch.promote_types(model.dtype, torch.float32)
     total, count = torch.zeros(shape, dtype=dtype), torch.zeros(pairs.max_len, dtype=dtype)
     full = torch.full((len(pairs), *shape), torch.nan) if per_pair else None
-    start, runs = time.perf_counter(), 0
+    start, runs = time.perf_counter(), len(steps)
     for chunk in [c for g in pairs.groups() for c in g.split(1)]:
-        clean_w, _, _ = capture_writes(model, graph, chunk.clean)
-        noise_w, _, _ = capture_writes(model, graph, chunk.noise)
-        delta = noise_w.sub_(clean_w)[0]
-        steps = plan(delta, graph)
+        delta = write_deltas(model, graph, chunk.clean, chunk.noise)[0][0]
         effect = 0
         for group, share in steps:
             with _moved(model, graph, group, share, delta):
                 effect = effect + _PairEstimate(model, graph, chunk, metric, False, False, delta).run()[0]
-        effect = effect / len(steps)
-        runs = len(steps)
+        effect = effect / runs
         window = slice(chunk.offset, chunk.offset + effect.shape[-1])
         total[..., window] += effect.to("cpu", dtype)
         count[window] += 1

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .graph import READER_NAME, WRITER_NAME, heads_additive
+
 __all__ = ["EAP_CFG_KEYS", "SCORES", "eap_config", "eap_edge_names", "eap_graph_of", "edge_values", "from_eap_graph",
            "to_eap_graph", "write_eap_json", "write_json"]
 
@@ -49,19 +51,19 @@ SCORES = ("effect", "ranking")
 signed effect (exact where verified, else the method's estimate); ``ranking``, the method's ranking score
 (AtP*'s GradDrop score) with the estimate's sign, |exact effect| where verified."""
 
-_WRITER = re.compile(r"^(?:(?P<embed>embed)|L(?P<layer>\d+)\.(?:(?P<head>head)\.H(?P<unit>\d+)|(?P<attn>attn)|(?P<mlp>mlp)))$")
-_READER = re.compile(r"^(?:(?P<logits>logits)|L(?P<layer>\d+)\.(?:(?P<qkv>[qkv])\.(?P<hg>[HG])(?P<unit>\d+)|(?P<mlp>mlp)))$")
 _EAP_NODE = re.compile(r"^(?:(?P<input>input)|(?P<logits>logits)|a(?P<layer>\d+)\.h(?P<head>\d+)|m(?P<mlp>\d+))$")
 
 
 def eap_config(model) -> dict:
     """EAP-IG's ``cfg`` for an atpstar ``Model`` (plus ``n_key_value_heads``, which EAP-IG ignores)."""
-    from .graph import heads_additive
+    return _config(model.n_layers, model.n_heads, model.arch.parallel_residual, model.d_model, model.n_kv_heads,
+                   heads_additive(model))
 
-    cfg = {"n_layers": int(model.n_layers), "n_heads": int(model.n_heads),
-           "parallel_attn_mlp": bool(model.arch.parallel_residual), "d_model": int(model.d_model),
-           "n_key_value_heads": int(model.n_kv_heads)}
-    if not heads_additive(model):
+
+def _config(n_layers, n_heads, parallel, d_model, n_kv, per_head: bool) -> dict:
+    cfg = {"n_layers": int(n_layers), "n_heads": int(n_heads), "parallel_attn_mlp": bool(parallel),
+           "d_model": int(d_model), "n_key_value_heads": int(n_kv)}
+    if not per_head:
         cfg["per_head_writers"] = False
     return cfg
 
@@ -86,7 +88,7 @@ def eap_edge_names(cfg: dict) -> list[str]:
 
 def _eap_writers(name: str, n_heads: int) -> list[str]:
     """EAP-IG writer names for one of ours: every head of the layer for a whole-layer attention write."""
-    m = _WRITER.match(name)
+    m = WRITER_NAME.match(name)
     if m is None:
         raise ValueError(f"not a writer name: {name!r} (expected embed, L3.head.H5, L3.attn or L3.mlp)")
     if m["embed"]:
@@ -98,7 +100,7 @@ def _eap_writers(name: str, n_heads: int) -> list[str]:
 
 def _eap_readers(name: str, n_heads: int, n_kv: int) -> list[str]:
     """EAP-IG reader names for one of ours: the query heads of a key-value group under GQA."""
-    m = _READER.match(name)
+    m = READER_NAME.match(name)
     if m is None:
         raise ValueError(f"not a reader name: {name!r} (expected L3.q.H5, L3.k.G1, L3.v.G1, L3.mlp or logits)")
     if m["logits"]:
@@ -147,8 +149,13 @@ def to_eap_graph(table: pd.DataFrame, cfg: dict, value: str = "effect", in_graph
     all_names = eap_edge_names(cfg)
     scores = dict.fromkeys(all_names, 0.0)
     members = dict.fromkeys(all_names, False)
+    parents_of, children_of = {}, {}  # each name parsed once, not once per edge
     for (writer, reader), row in frame.iterrows():
-        parents, children = _eap_writers(writer, n_heads), _eap_readers(reader, n_heads, n_kv)
+        if writer not in parents_of:
+            parents_of[writer] = _eap_writers(writer, n_heads)
+        if reader not in children_of:
+            children_of[reader] = _eap_readers(reader, n_heads, n_kv)
+        parents, children = parents_of[writer], children_of[reader]
         share = float(row["value"]) / (len(parents) * len(children))
         for name in (f"{p}->{c}" for p in parents for c in children):
             if name not in scores:
@@ -220,10 +227,7 @@ def eap_graph_of(scores, d_model: int, circuit=None, verified: pd.DataFrame | No
     summed = values.nan_to_num().sum(-1)[w, r].numpy()
     table = pd.DataFrame({"writer": np.asarray(g.writer_names, dtype=object)[w.numpy()],
                           "reader": np.asarray(g.reader_names, dtype=object)[r.numpy()], "value": summed})
-    cfg = {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": bool(g.parallel_residual),
-           "d_model": int(d_model), "n_key_value_heads": g.n_kv_heads}
-    if not g.per_head:
-        cfg["per_head_writers"] = False
+    cfg = _config(g.n_layers, g.n_heads, g.parallel_residual, d_model, g.n_kv_heads, g.per_head)
     if circuit is None:
         member = np.ones(len(table), dtype=bool)
     elif isinstance(circuit, (int, np.integer)) and not isinstance(circuit, bool):

@@ -27,6 +27,7 @@ and the MLP read the same input). Its printable name is ``"{writer}@{t} -> {read
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,10 @@ READER_KINDS = ("q", "k", "v", "mlp", "logits")
 """Reader kinds (``q``/``k``/``v`` as in :class:`~atpstar.types.NodeKind`); ``EdgeGraph.reader_kind`` indexes this."""
 EMBED, HEAD, ATTN, MLP = range(4)
 Q, K, V, MLP_IN, LOGITS = range(5)
+WRITER_NAME = re.compile(r"^(?:(?P<embed>embed)|L(?P<layer>\d+)\.(?:(?P<head>head)\.H(?P<unit>\d+)|(?P<attn>attn)|(?P<mlp>mlp)))$")
+"""A writer's name without a position (``embed``, ``L3.head.H5``, ``L3.attn``, ``L3.mlp``), parsed."""
+READER_NAME = re.compile(r"^(?:(?P<logits>logits)|L(?P<layer>\d+)\.(?:(?P<qkv>[qkv])\.(?P<hg>[HG])(?P<unit>\d+)|(?P<mlp>mlp)))$")
+"""A reader's name without a position (``L3.q.H5``, ``L3.k.G1``, ``L3.mlp``, ``logits``), parsed."""
 
 
 def heads_additive(model) -> bool:

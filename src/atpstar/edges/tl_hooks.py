@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from .graph import READER_NAME, WRITER_NAME
+
 __all__ = ["TLHook", "tl_edge_hooks", "tl_hook"]
 
 _NODE = re.compile(r"^L(?P<layer>\d+)\.(?P<kind>q|k|v|head|neuron)\.[HGN](?P<unit>\d+)$")
-_WRITER = re.compile(r"^(?:(?P<embed>embed)|L(?P<layer>\d+)\.(?:(?P<head>head)\.H(?P<unit>\d+)|(?P<attn>attn)|(?P<mlp>mlp)))$")
-_READER = re.compile(r"^(?:(?P<logits>logits)|L(?P<layer>\d+)\.(?:(?P<qkv>[qkv])\.(?P<hg>[HG])(?P<unit>\d+)|(?P<mlp>mlp)))$")
 _NODE_HOOK = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "head": "attn.hook_z",
               "neuron": "mlp.hook_post"}
 
@@ -68,8 +68,8 @@ def tl_hook(name: str, n_layers: int | None = None, role: str | None = None, gro
         if m["kind"] in ("k", "v"):
             unit = _kv_heads(name, unit, group_size)
         return TLHook(f"blocks.{m['layer']}.{_NODE_HOOK[m['kind']]}", unit, pos)
-    w = _WRITER.match(base) if role != "reader" else None
-    r = _READER.match(base) if role != "writer" else None
+    w = WRITER_NAME.match(base) if role != "reader" else None
+    r = READER_NAME.match(base) if role != "writer" else None
     if w and r:
         raise ValueError(f"{name!r} is both a writer and a reader: give role='writer' or role='reader'")
     if w:
