@@ -56,7 +56,7 @@ def as_ranking(ranking, kinds=None) -> Ranking:
     elif isinstance(ranking, pd.DataFrame):
         out = _from_frame(ranking)
     elif isinstance(ranking, NodeSet):
-        out = _plain(ranking)
+        out = plain(ranking)
     else:
         out = _from_list(ranking)
     if kinds is not None:
@@ -68,9 +68,10 @@ def as_ranking(ranking, kinds=None) -> Ranking:
     return out
 
 
-def _plain(nodes: NodeSet) -> Ranking:
-    nan = torch.full((len(nodes),), float("nan"), dtype=torch.float64)
-    return Ranking(nodes, nan, nan.clone())
+def plain(units) -> Ranking:
+    """``units`` in the given order, with no score or estimate (NaN)."""
+    nan = torch.full((len(units),), float("nan"), dtype=torch.float64)
+    return Ranking(units, nan, nan.clone())
 
 
 def _from_scores(scores) -> Ranking:
@@ -107,20 +108,21 @@ def _from_frame(frame: pd.DataFrame) -> Ranking:
 def _from_list(items) -> Ranking:
     items = list(items)
     if items and all(isinstance(x, str) for x in items):
-        return _plain(NodeSet.from_names(items))
+        return plain(NodeSet.from_names(items))
     if not items:
-        return _plain(NodeSet(*(torch.zeros(0, dtype=torch.long) for _ in range(4))))
+        return plain(NodeSet(*(torch.zeros(0, dtype=torch.long) for _ in range(4))))
     kinds = [KIND_INDEX[NodeKind(n[0])] for n in items]  # Node tuples (kind, layer, unit, pos)
     cols = [kinds, *([int(n[i]) for n in items] for i in (1, 2, 3))]
-    return _plain(NodeSet(*(torch.tensor(c, dtype=torch.long) for c in cols)))
+    return plain(NodeSet(*(torch.tensor(c, dtype=torch.long) for c in cols)))
 
 
-def check_unique(nodes: NodeSet, ids: Tensor, what: str) -> None:
-    """Raise ValueError naming a node that appears twice."""
+def check_unique(units, ids: Tensor, what: str, names=None, unit: str = "node") -> None:
+    """Raise ValueError naming a unit that appears twice (``names(units)``: their names; default: nodes')."""
     sorted_ids, order = torch.sort(ids, stable=True)
     dup = (sorted_ids[1:] == sorted_ids[:-1]).nonzero().flatten()
     if len(dup):
         i = int(order[dup[0] + 1])
-        name = nodes.take(slice(i, i + 1)).to_nodes()[0].name
-        raise ValueError(f"{what} names node {name} more than once ({len(dup)} repeats); "
-                         "a ranking lists each node once")
+        one = units.take(slice(i, i + 1))
+        name = names(one)[0] if names is not None else one.to_nodes()[0].name
+        raise ValueError(f"{what} names {unit} {name} more than once ({len(dup)} repeats); "
+                         f"a ranking lists each {unit} once")

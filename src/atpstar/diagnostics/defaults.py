@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from ..edges.patching import EdgePatcher
 from .planner import CAPTURE, SUBSET_COST, Plan, plan
 
 __all__ = ["BOUND", "BUDGET", "design"]
@@ -20,8 +21,8 @@ BUDGET = CAPTURE + 300 * SUBSET_COST
 (the stop rule's measured default; at ~10⁴ unverified nodes the planner picks p = 0.1 for it)."""
 BOUND = "capped"
 """The bound both options report: never wider than the sub-Gaussian one, and finite for units in no subset."""
-EDGE_CAPTURE = 4.0
-"""Forward-pass equivalents per pair before any edge subset (the edge diagnostic's capture passes)."""
+EDGE_CAPTURE = EdgePatcher.capture_forward
+"""Forward-pass equivalents per pair before any edge subset (the edge patcher's capture passes)."""
 
 
 def design(n_units: int, samples: int | None = None, p: float | None = None, delta: float = 0.05,

@@ -29,12 +29,13 @@ from .edges import diagnose_edges
 from .sampling import BOUND, P, SAMPLES, check_options, store_key
 from .subsets import Side, bound_unverified
 from ..substrate.joint import JointPatcher
+from ..substrate.node_units import NodeUnits
 from ..metrics import resolve
 from ..nodes import KIND_INDEX, NodeSet
 from ..pairs import check_pairs
 from ..units import unit_of
 from ..substrate.patching import moved
-from ..types import ALL_KINDS, NodeKind
+from ..types import NodeKind
 
 __all__ = ["Diagnosis", "diagnose", "memberships", "subset_seed"]
 
@@ -85,8 +86,7 @@ def diagnose(model, pairs, verified, estimates=None, kinds=None, samples: int = 
     check_pairs(pairs)
     metric = resolve(metric, pairs)
     universe, done = _universe(model, pairs, verified, kinds, metric)
-    dims = (model.n_layers, max(model.units(k) for k in ALL_KINDS), pairs.max_len)
-    side = Side("node", universe, done, ids=lambda units: units.ids(dims),
+    side = Side("node", universe, done, ids=NodeUnits(model, pairs).ids,
                 patcher=lambda left: JointPatcher(model, pairs, left.kinds, metric, batch_size, memory_mb),
                 moving=lambda patcher, left: _moving(model, patcher, left),
                 gather=lambda units: _gather(estimates, units, pairs.max_len),

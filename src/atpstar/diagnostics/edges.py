@@ -25,6 +25,7 @@ from ..checkpoint import fingerprint, run_key
 from ..edges.edgeset import EdgeSet
 from ..edges.graph import READER_KINDS, EdgeGraph
 from ..edges.patching import EdgePatcher
+from ..edges.units import EdgeUnits
 from ..metrics import resolve
 from ..pairs import check_pairs
 from .diagnosis import EdgeDiagnosis
@@ -69,11 +70,11 @@ def diagnose_edges(model, pairs, verified, estimates=None, edges=None, samples: 
     n_pos = pairs.max_len
     graph = graph or getattr(verified, "graph", None) or EdgeGraph.of(model)
     _check_estimates(estimates, graph, n_pos)
-    universe, done = _universe(model, pairs, verified, graph, metric)
+    kind = EdgeUnits(model, pairs, graph)
+    universe, done = _universe(model, pairs, verified, kind, metric)
     if edges is not None:
-        wanted = EdgeSet.parse(graph, edges, n_pos)
-        universe = universe.take(torch.isin(universe.ids(graph, n_pos), wanted.ids(graph, n_pos)))
-    side = Side("edge", universe, done, ids=lambda units: units.ids(graph, n_pos),
+        universe = universe.take(torch.isin(kind.ids(universe), kind.ids(kind.parse(edges))))
+    side = Side("edge", universe, done, ids=kind.ids,
                 patcher=lambda left: EdgePatcher(model, pairs, metric, graph, batch_size, memory_mb),
                 moving=lambda patcher, left: ~patcher.static(left),
                 gather=lambda units: estimates.effect[units.writer, units.reader, units.pos].double().nan_to_num(),
@@ -99,22 +100,20 @@ def _check_estimates(estimates, graph: EdgeGraph, n_pos: int) -> None:
                          "them on the same model, graph and pairs")
 
 
-def _universe(model, pairs, verified, graph: EdgeGraph, metric) -> tuple[EdgeSet, EdgeSet]:
+def _universe(model, pairs, verified, kind: EdgeUnits, metric) -> tuple[EdgeSet, EdgeSet]:
     """(every edge the bound is about, the verified ones)."""
-    n_pos = pairs.max_len
     if hasattr(verified, "edges") and hasattr(verified, "effect") and isinstance(getattr(verified, "edges"), EdgeSet):
         key = getattr(verified, "key", None)
         if key is not None and key != run_key(model, pairs, metric):
             raise ValueError("the edge verification belongs to a different run (another model, prompt pairs or "
                              "metric): diagnose with the model, pairs and metric it was verified on")
         ranking = getattr(verified, "ranking", None)
-        universe = EdgeSet.every(graph, n_pos) if ranking is None else ranking
-        universe.check(graph)
-        universe.check_positions(graph, n_pos)
+        universe = kind.universe() if ranking is None else ranking
+        kind.check(universe)
         return universe, verified.edges
-    universe = EdgeSet.every(graph, n_pos)
+    universe = kind.universe()
     empty = verified is None or (hasattr(verified, "__len__") and len(verified) == 0)
-    done = universe.take(slice(0, 0)) if empty else EdgeSet.parse(graph, verified, n_pos)
+    done = universe.take(slice(0, 0)) if empty else kind.parse(verified)
     return universe, done
 
 

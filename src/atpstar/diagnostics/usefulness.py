@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["theta_warning"]
+__all__ = ["largest_verified", "theta_warning"]
 
 
 def theta_warning(theta: float, verified_effects, unit: str = "node", universe: str | None = None) -> str | None:
@@ -21,11 +21,8 @@ def theta_warning(theta: float, verified_effects, unit: str = "node", universe: 
     the remedy offered for edges."""
     if unit not in ("node", "edge"):
         raise ValueError(f"unit must be 'node' or 'edge', got {unit!r}")
-    effects = _effects(verified_effects)
-    if effects is None or not len(effects):
-        return None
-    largest = float(np.nanmax(np.abs(effects))) if np.isfinite(effects).any() else 0.0
-    if not theta >= largest:
+    largest = largest_verified(verified_effects)
+    if largest is None or not theta >= largest:
         return None
     return (f"the {unit} diagnostic's θ = {theta:.4g} is not below the largest verified |effect| ({largest:.4g}): "
             f"it rules out no {unit} as large as those verified; {_remedy(unit, universe)}")
@@ -37,6 +34,15 @@ def _remedy(unit: str, universe: str | None) -> str:
                 if universe in (None, "", "all") else "raise --samples, or choose a smaller --edge-universe")
     return ("raise --samples, or bound fewer nodes (--kinds); atpstar.diagnostics.plan gives the θ a budget "
             "buys (docs/diagnostic.md, planning a diagnostic)")
+
+
+def largest_verified(verified_effects) -> float | None:
+    """The largest verified |effect| (``verified_effects`` as for :func:`theta_warning`; 0 when none is
+    finite); None when nothing was verified."""
+    effects = _effects(verified_effects)
+    if effects is None or not len(effects):
+        return None
+    return float(np.nanmax(np.abs(effects))) if np.isfinite(effects).any() else 0.0
 
 
 def _effects(verified) -> np.ndarray | None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
 from torch import Tensor
 
-from ..ranking import Ranking
+from ..ranking import Ranking, check_unique, plain
 from ..units import KINDS
 from .edgeset import EdgeSet
 from .graph import EdgeGraph
@@ -69,14 +68,10 @@ class EdgeUnits:
             ranked = Ranking(self.from_ids(ids), obj.score.flatten()[ids].double(), obj.effect.flatten()[ids].double(),
                              from_scores=True)
         else:
-            edges = self.parse(obj)
-            nan = torch.full((len(edges),), float("nan"), dtype=torch.float64)
-            ranked = Ranking(edges, nan, nan.clone())
+            ranked = plain(self.parse(obj))
         if len(ranked) == 0:
             raise ValueError("empty edge ranking: pass an EdgeScores with at least one scored edge, or edges")
-        ids = self.ids(ranked.units)
-        if len(ids.unique()) < len(ids):
-            raise ValueError("the ranking names an edge more than once; a ranking lists each edge once")
+        check_unique(ranked.units, self.ids(ranked.units), "the ranking", self.names, "edge")
         return ranked
 
     def patcher(self, metric, units: EdgeSet, batch_size: int | None, memory_mb: float) -> EdgePatcher:

@@ -14,7 +14,7 @@ import math
 import warnings
 
 from ..diagnostics.defaults import design
-from ..diagnostics.usefulness import theta_warning
+from ..diagnostics.usefulness import largest_verified, theta_warning
 
 
 def choose(ctx, unit: str, n_units: int, stop: bool):
@@ -78,9 +78,10 @@ def measured(ctx, unit: str, d, verified_frame) -> dict:
     if not chosen or stats is None or not math.isfinite(stats.variance):
         return chosen
     residual = math.sqrt(max(stats.variance, 0.0) / (d.p * (1 - d.p)))
-    largest = _largest(verified_frame)
+    largest = largest_verified(verified_frame)
     plan = design(chosen["n_units"], samples=chosen["samples"], p=chosen["p"], delta=chosen["delta"],
-                  stop=chosen["stop_rule"], unit=unit, residual=residual, largest_verified=largest or None)
+                  stop=chosen["stop_rule"], unit=unit, residual=residual,
+                  largest_verified=largest if largest and math.isfinite(largest) else None)
     chosen.update(residual=residual, expected_theta=plan.expected_theta, explanation=plan.explanation)
     ctx.designs[unit] = chosen
     return chosen
@@ -93,14 +94,3 @@ def warning(theta: float, verified_frame, unit: str, universe=None) -> str | Non
     if note:
         warnings.warn(note, stacklevel=3)
     return note
-
-
-def _largest(frame) -> float:
-    """The largest verified |effect| (0 when nothing was verified)."""
-    if frame is None or not len(frame):
-        return 0.0
-    column = "effect_exact" if "effect_exact" in frame.columns else "effect"
-    if column not in frame.columns:
-        return 0.0
-    value = float(frame[column].abs().max())
-    return value if math.isfinite(value) else 0.0

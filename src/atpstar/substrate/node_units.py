@@ -45,7 +45,8 @@ class NodeUnits:
         return NodeSet(rest // n_layers, rest % n_layers, unit, pos)
 
     def names(self, units: NodeSet) -> list[str]:
-        return [n.name for n in units.to_nodes()]
+        """Each node's name (``Node.name``: ``L3.q.H5@12``), built column-wise."""
+        return _names(units).tolist()
 
     def parse(self, items) -> NodeSet:
         return NodeSet.parse(self.model, items, self.pairs.max_len)
@@ -79,17 +80,23 @@ class NodeUnits:
         equivalents per pair spent on it), before_stop (rank < stop_index)."""
         nodes = v.nodes
         kind = pd.Series([k.value for k in ALL_KINDS])[nodes.kind.numpy()].to_numpy()
-        letter = pd.Series([k.unit_letter for k in ALL_KINDS])[nodes.kind.numpy()].to_numpy()
         layer, unit, pos = (t.numpy() for t in (nodes.layer, nodes.unit, nodes.pos))
-        name = pd.Series(layer).astype(str).radd("L") + "." + kind + "." + letter + pd.Series(unit).astype(str) \
-            + "@" + pd.Series(pos).astype(str)
         return pd.DataFrame({
-            "kind": kind, "layer": layer, "unit": unit, "pos": pos, "name": name, "rank": v.rank.numpy(),
+            "kind": kind, "layer": layer, "unit": unit, "pos": pos, "name": _names(nodes), "rank": v.rank.numpy(),
             "effect": v.effect.numpy(), "mean_abs": v.per_pair.abs().nanmean(1).numpy(),
             "score": v.effect.abs().numpy(), "estimate": v.estimate.numpy(), "estimate_score": v.score.numpy(),
             "cost": (v.node_cost / max(v.per_pair.shape[1], 1)).numpy(),
             "before_stop": v.rank.numpy() < v.stop_index,
         })
+
+
+def _names(nodes: NodeSet) -> pd.Series:
+    """``Node.name`` of every node (``L3.q.H5@12``), without a Python loop over them."""
+    codes = nodes.kind.numpy()
+    kind = pd.Series([k.value for k in ALL_KINDS])[codes].to_numpy()
+    letter = pd.Series([k.unit_letter for k in ALL_KINDS])[codes].to_numpy()
+    layer, unit, pos = (pd.Series(t.numpy()).astype(str) for t in (nodes.layer, nodes.unit, nodes.pos))
+    return layer.radd("L") + "." + kind + "." + letter + unit + "@" + pos
 
 
 KINDS["node"] = NodeUnits.bind

@@ -99,9 +99,10 @@ def verify(model, pairs, ranking, budget=None, stop=None, metric=None, chunk: in
         chunk = max(1, math.ceil((batch_size or auto_batch_size(model, pairs.max_len, memory_mb)) / len(pairs)))
     elif not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer ({unit.plural} per step), got {chunk!r}")
+    ids = unit.ids(ranked.units)
     if budget is None and not rules and len(ranked) > LARGE:
-        warnings.warn(_plan_words(unit, ranked, patcher, store), stacklevel=2)
-    loop = _Loop(ranked, unit, store, patcher, budget, rules, key)
+        warnings.warn(_plan_words(unit, ids, patcher, store), stacklevel=2)
+    loop = _Loop(ranked, unit, ids, store, patcher, budget, rules, key)
     try:
         loop.run(chunk, progress)
     finally:
@@ -120,10 +121,11 @@ def _check_forward(budget, patcher, unit) -> None:
                          f"verifying n {unit.plural} costs about {patcher.capture_forward:g} + n")
 
 
-def _plan_words(unit, ranked: Ranking, patcher, store) -> str:
-    """What an unbounded verification is about to do: units, patches and a time estimate from the captures."""
-    n, n_pairs = len(ranked), len(patcher.pairs)
-    fresh = n - int(store.lookup(unit.ids(ranked.units))[0].sum())
+def _plan_words(unit, ids: Tensor, patcher, store) -> str:
+    """What an unbounded verification of the units ``ids`` is about to do: units, patches and a time estimate
+    from the captures."""
+    n, n_pairs = len(ids), len(patcher.pairs)
+    fresh = n - int(store.lookup(ids)[0].sum())
     patcher.capture()  # the captures time one forward pass
     per_forward = patcher.capture_seconds / (patcher.capture_forward * n_pairs)
     return (f"verifying every one of the {n:,} ranked {unit.plural} (no budget and no stop rule): up to "
@@ -159,9 +161,8 @@ def _add_prior(store: VerifiedStore, prior, key: str, unit) -> None:
 class _Loop:
     """The chunk loop: results for the ranking prefix ``[0, done)`` in growable buffers."""
 
-    def __init__(self, ranked: Ranking, unit, store: VerifiedStore, patcher, budget, rules, key):
-        self.ranked, self.unit, self.store, self.patcher = ranked, unit, store, patcher
-        self.ids = unit.ids(ranked.units)
+    def __init__(self, ranked: Ranking, unit, ids: Tensor, store: VerifiedStore, patcher, budget, rules, key):
+        self.ranked, self.unit, self.ids, self.store, self.patcher = ranked, unit, ids, store, patcher
         self.budget, self.rules, self.key = budget, rules, key
         self.buffers = {"per_pair": torch.zeros(64, len(patcher.pairs), dtype=torch.float64),
                         "cost": torch.zeros(64, dtype=torch.float64), "seconds": torch.zeros(64, dtype=torch.float64)}
