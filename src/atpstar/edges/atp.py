@@ -36,6 +36,17 @@ from .scores import EdgeScores
 from .writes import capture_writes
 
 
+def prepare(model, pairs, metric, graph):
+    """What every edge estimator checks and sets up first: (metric, graph, the (W, R, T) shape, the
+    accumulation dtype), with the pairs checked against the model."""
+    check_pairs(pairs)
+    metric = resolve(metric, pairs)
+    pairs.check_vocab(model.vocab_size)
+    graph = EdgeGraph.resolve(model, graph)
+    shape = (graph.n_writers, graph.n_readers, pairs.max_len)
+    return metric, graph, shape, torch.promote_types(model.dtype, torch.float32)
+
+
 def atp(model, pairs: PromptPairs, qk_fix: bool = True, graddrop: bool = True, metric=None,
         graph: EdgeGraph | None = None, per_pair: bool = False, progress: bool = False) -> EdgeScores:
     """Estimate every edge's effect (AtP* on edges, or AtP and its variants via the two flags).
@@ -45,12 +56,7 @@ def atp(model, pairs: PromptPairs, qk_fix: bool = True, graddrop: bool = True, m
 
     Returns: :class:`EdgeScores` with ``effect`` = signed mean estimate, ``score`` = mean |Î| (or the
     GradDrop score); NaN on edges that do not exist."""
-    check_pairs(pairs)
-    metric = resolve(metric, pairs)
-    pairs.check_vocab(model.vocab_size)
-    graph = EdgeGraph.resolve(model, graph)
-    shape = (graph.n_writers, graph.n_readers, pairs.max_len)
-    dtype = torch.promote_types(model.dtype, torch.float32)
+    metric, graph, shape, dtype = prepare(model, pairs, metric, graph)
     total = {"effect": torch.zeros(shape, dtype=dtype), "score": torch.zeros(shape, dtype=dtype)}
     count = torch.zeros(pairs.max_len, dtype=dtype)
     full = torch.full((len(pairs), *shape), torch.nan) if per_pair else None

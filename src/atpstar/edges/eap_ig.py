@@ -29,9 +29,8 @@ import torch
 from torch import Tensor
 
 from ..cost import Cost
-from ..metrics import resolve
-from ..pairs import PromptPairs, check_pairs
-from .atp import _PairEstimate
+from ..pairs import PromptPairs
+from .atp import _PairEstimate, prepare
 from .graph import ATTN, HEAD, MLP, EdgeGraph
 from .scores import EdgeScores
 from .sites import block_module, first
@@ -71,12 +70,7 @@ def _check_steps(steps) -> int:
 def _integrated(model, pairs, metric, graph, per_pair: bool, name: str, steps: list) -> EdgeScores:
     """Mean over ``steps``, a plan of (group, share) runs, of the edge estimates; ``group`` None is the clean run,
     else that group's write moves ``share`` of the way from clean to noise (a constant)."""
-    check_pairs(pairs)
-    metric = resolve(metric, pairs)
-    pairs.check_vocab(model.vocab_size)
-    graph = EdgeGraph.resolve(model, graph)
-    shape = (graph.n_writers, graph.n_readers, pairs.max_len)
-    dtype = torch.promote_types(model.dtype, torch.float32)
+    metric, graph, shape, dtype = prepare(model, pairs, metric, graph)
     total, count = torch.zeros(shape, dtype=dtype), torch.zeros(pairs.max_len, dtype=dtype)
     full = torch.full((len(pairs), *shape), torch.nan) if per_pair else None
     start, runs = time.perf_counter(), len(steps)
