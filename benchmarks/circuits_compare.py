@@ -30,6 +30,7 @@ import atpstar
 from atpstar import tasks
 from atpstar.circuits import MIB_GRID, mib, mib_scores
 from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
+from atpstar.circuits.circuit_ig import circuit_ig
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
@@ -41,26 +42,31 @@ OUT = Path("docs/results/circuits")
 FIGURE = Path("docs/circuits_evidence.png")
 MODEL_TAGS = {"default": "smollm2-135m", "gemma3-270m": "gemma3-270m", "quick": "tiny-llama"}
 ORDER = ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*",
-         "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "exact"]
+         "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "circuit IG",
+         "verified circuit IG", "exact"]
 NEEDS = {"verified AtP*": ["AtP*"], "verified EAP-IG-inputs": ["EAP-IG-inputs"],
-         "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"]}
+         "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"],
+         "verified circuit IG": ["circuit IG"]}
 
 
-def estimators(steps: int) -> dict:
+def estimators(steps: int, circuit_steps: int) -> dict:
     """name -> f(model, pairs) -> EdgeScores (the field's methods and atpstar's estimates)."""
     return {"AtP": lambda m, p: atp(m, p, qk_fix=False, graddrop=False),
             "AtP*": lambda m, p: atp(m, p),
             "EAP": lambda m, p: eap(m, p),
             "EAP-IG-inputs": lambda m, p: eap_ig_inputs(m, p, ig_steps=steps),
-            "EAP-IG-activations": lambda m, p: eap_ig_activations(m, p, ig_steps=steps)}
+            "EAP-IG-activations": lambda m, p: eap_ig_activations(m, p, ig_steps=steps),
+            "circuit IG": lambda m, p: circuit_ig(m, p, ig_steps=circuit_steps)}
 
 
 def setting(model_name: str, task: str, args):
-    """(model, pairs): a tiny random Llama with random pairs for --quick, else the named model and task."""
+    """(model, pairs the methods score, pairs the circuits are evaluated on): a tiny random Llama with random pairs
+    for --quick, else the named model and task; the evaluation pairs are the scoring pairs unless --heldout."""
+    seeds = [args.seed, args.seed if args.heldout is None else args.heldout]
     if model_name == "quick":
-        return tiny_llama(torch.float64), random_pairs([8, 9, 8])
+        return tiny_llama(torch.float64), *(random_pairs([8, 9, 8], seed=1 + s) for s in seeds)
     model = models.load(model_name)
-    return model, tasks.TASKS[task](model, n=args.pairs, seed=args.seed, bos=args.bos)
+    return model, *(tasks.TASKS[task](model, n=args.pairs, seed=s, bos=args.bos) for s in seeds)
 
 
 def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, Cost, float, dict]:
@@ -84,20 +90,21 @@ def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, C
         top = max(1, int(args.verify * graph.n_edges()))
         result = verified(model, pairs, CircuitScores(base, graph, scores, cost), top=top)
         return result.scores, result.cost, seconds + time.perf_counter() - start, {"verified": top}
-    edge_scores = estimators(args.ig_steps)[name](model, pairs)
+    edge_scores = estimators(args.ig_steps, args.circuit_ig_steps)[name](model, pairs)
     return mib_scores(edge_scores, pairs), Cost.of(edge_scores), time.perf_counter() - start, {}
 
 
 def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
     """Every requested method of one (model, task), cached rows reused."""
     tag = MODEL_TAGS.get(model_name, model_name.replace("/", "_"))
-    path = Path(args.out) / f"{tag}_{task}{'_bos' if args.bos else ''}.csv"
+    suffix = ("_bos" if args.bos else "") + ("" if args.heldout is None else f"_heldout{args.heldout}")
+    path = Path(args.out) / f"{tag}_{task}{suffix}.csv"
     old = pd.read_csv(path) if path.exists() and not args.recompute else pd.DataFrame(columns=["method"])
     wanted = [m for m in ORDER if m in args.methods.split(",")]
     todo = [m for m in wanted if m not in set(old.method)]
     if not todo:
         return old
-    model, pairs = setting(model_name, task, args)
+    model, pairs, eval_pairs = setting(model_name, task, args)
     ratio = atpstar.measure_backward_ratio(model, pairs.clean[0][None], repeats=3)
     rows, cache = [], {}
     for name in todo:
@@ -105,7 +112,7 @@ def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
             if need not in cache:
                 cache[need] = compute(need, model, pairs, args, cache)
         cache[name] = scores, cost, seconds, extra = compute(name, model, pairs, args, cache)
-        result = mib(model, pairs, scores)
+        result = mib(model, eval_pairs, scores)
         row = {"model": tag, "task": task, "method": name, "pairs": len(pairs), "cpr": result.cpr,
                "cmd": result.cmd, "cost_per_pair": cost.per_pair(ratio), "forward": cost.forward,
                "backward": cost.backward, "backward_ratio": ratio, "seconds": seconds,
@@ -162,22 +169,32 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--tasks", default="ioi", help="ioi | city | rand, comma-separated")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bos", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--bos", action=argparse.BooleanOptionalAction, default=True,
                     help="the beginning-of-sequence token in front of every prompt (the library's default and "
-                         "MIB's; the cached tables were measured without it: --bos writes *_bos.csv beside them)")
+                         "MIB's; cached as *_bos.csv; --no-bos caches *.csv beside them)")
+    ap.add_argument("--heldout", type=int, default=None,
+                    help="evaluate the circuits on other pairs (drawn with this seed) than the methods score, as MIB "
+                         "scores circuits found on its train split on a held-out split (cached as *_heldoutN.csv)")
     ap.add_argument("--ig-steps", type=int, default=5, help="EAP-IG steps (MIB uses 5)")
+    ap.add_argument("--circuit-ig-steps", type=int, default=20, help="circuit IG steps")
     ap.add_argument("--verify", type=float, default=0.01,
                     help="share of all edges verified exactly by the verified methods (default 1%%)")
-    ap.add_argument("--methods", default=",".join(m for m in ORDER if m != "exact"),
-                    help=f"comma-separated, from {ORDER} ('exact' patches every edge: small graphs only)")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated, from {ORDER} (default: all but 'exact', which patches every edge: small "
+                         "graphs only; with --quick all)")
     ap.add_argument("--out", default=str(OUT), help="folder of the cached CSVs")
     ap.add_argument("--recompute", action="store_true", help="recompute methods already cached")
     ap.add_argument("--figure", action="store_true", help="only the table and the figure, from the cache")
-    ap.add_argument("--quick", action="store_true", help="a tiny random Llama (no download), every method")
+    ap.add_argument("--quick", action="store_true", help="a tiny random Llama (no download), every method by default")
     args = ap.parse_args(argv)
     if args.quick:
-        args.models, args.tasks, args.ig_steps, args.verify = "quick", "random", 2, 0.1
-        args.methods = ",".join(ORDER)
+        args.models, args.tasks, args.ig_steps, args.circuit_ig_steps, args.verify = "quick", "random", 2, 2, 0.1
+        args.bos = False  # random token ids: no tokenizer, no BOS
+    if args.methods is None:
+        args.methods = ",".join(m for m in ORDER if args.quick or m != "exact")
+    unknown = sorted(set(args.methods.split(",")) - set(ORDER))
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {ORDER}")
     return args
 
 
@@ -186,8 +203,11 @@ def main(argv=None) -> pd.DataFrame:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.figure:
-        frame = pd.concat([pd.read_csv(p) for p in sorted(Path(args.out).glob("*.csv"))], ignore_index=True)
-        figure(frame, FIGURE)
+        paths = [p for p in sorted(Path(args.out).glob("*.csv"))
+                 if ("_bos" in p.stem) == args.bos and ("_heldout" in p.stem) == (args.heldout is not None)]
+        frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+        suffix = ("" if args.bos else "_nobos") + ("" if args.heldout is None else "_heldout")
+        figure(frame, FIGURE.with_stem(FIGURE.stem + suffix))
     else:
         frame = pd.concat([run_setting(m, t, args) for m in args.models.split(",") for t in args.tasks.split(",")],
                           ignore_index=True)

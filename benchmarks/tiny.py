@@ -32,10 +32,10 @@ def tiny_llama(dtype: torch.dtype = torch.float32) -> atpstar.Model:
     return atpstar.load_model(hf, tokenizer=CharTokenizer(), dtype=dtype)
 
 
-def random_pairs(lengths) -> atpstar.PromptPairs:
+def random_pairs(lengths, seed: int = 1) -> atpstar.PromptPairs:
     """Random clean prompts of the given lengths, their noise prompts differing at positions 1, 3 and 5;
     pair i answers ``5 + 2i`` against ``11 + 2i`` (logit difference)."""
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     clean = [torch.randint(0, VOCAB, (n,), generator=gen) for n in lengths]
     noise = [c.clone() for c in clean]
     for x in noise:

@@ -47,7 +47,7 @@ def eap(model, pairs: PromptPairs, metric=None, graph: EdgeGraph | None = None, 
 def eap_ig_inputs(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, graph: EdgeGraph | None = None,
                   per_pair: bool = False) -> EdgeScores:
     """EAP-IG-inputs: gradients along the straight path of the input embedding from noise to clean."""
-    steps = _check_steps(ig_steps)
+    steps = check_ig_steps(ig_steps)
     return _integrated(model, pairs, metric, graph, per_pair, f"eap-ig-inputs ({steps} steps)",
                        [(("embed", None), 1 - k / steps) for k in range(steps)])
 
@@ -55,13 +55,13 @@ def eap_ig_inputs(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, gra
 def eap_ig_activations(model, pairs: PromptPairs, ig_steps: int = 5, metric=None, graph: EdgeGraph | None = None,
                        per_pair: bool = False) -> EdgeScores:
     """EAP-IG-activations: each writer group's write interpolated from noise to clean in turn."""
-    steps = _check_steps(ig_steps)
+    steps = check_ig_steps(ig_steps)
     groups = [("embed", None)] + [(kind, layer) for layer in range(model.n_layers) for kind in ("attn", "mlp")]
     plan = [(g, 1 - k / steps) for g in groups for k in range(1, steps + 1)]
     return _integrated(model, pairs, metric, graph, per_pair, f"eap-ig-activations ({steps} steps)", plan)
 
 
-def _check_steps(steps) -> int:
+def check_ig_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"ig_steps must be a positive integer (the MIB benchmark uses 5), got {steps!r}")
     return steps
