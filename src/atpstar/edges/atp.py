@@ -112,6 +112,7 @@ class _PairEstimate:
                                        self.graddrop, keep)
         self.backward.run(self._grad, self._block_done)
         self._layer(self.model.n_layers)  # the logits reader
+        self.backward = None  # its hooks' closures refer back here through autograd, which gc cannot see: let go
         return self.effect, self.score
 
     def _grad(self, layer: int, site: str, stream: int, grad: Tensor) -> None:
