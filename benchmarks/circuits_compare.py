@@ -66,6 +66,8 @@ def setting(model_name: str, task: str, args):
     if model_name == "quick":
         return tiny_llama(torch.float64), *(random_pairs([8, 9, 8], seed=1 + s) for s in seeds)
     model = models.load(model_name)
+    if args.ungroup:
+        model = atpstar.ungroup_kv(model)
     return model, *(tasks.TASKS[task](model, n=args.pairs, seed=s, bos=args.bos) for s in seeds)
 
 
@@ -97,7 +99,8 @@ def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, C
 def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
     """Every requested method of one (model, task), cached rows reused."""
     tag = MODEL_TAGS.get(model_name, model_name.replace("/", "_"))
-    suffix = ("_bos" if args.bos else "") + ("" if args.heldout is None else f"_heldout{args.heldout}")
+    suffix = (("_bos" if args.bos else "") + ("_ungrouped" if args.ungroup else "")
+              + ("" if args.heldout is None else f"_heldout{args.heldout}"))
     path = Path(args.out) / f"{tag}_{task}{suffix}.csv"
     old = pd.read_csv(path) if path.exists() and not args.recompute else pd.DataFrame(columns=["method"])
     wanted = [m for m in ORDER if m in args.methods.split(",")]
@@ -175,6 +178,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--heldout", type=int, default=None,
                     help="evaluate the circuits on other pairs (drawn with this seed) than the methods score, as MIB "
                          "scores circuits found on its train split on a held-out split (cached as *_heldoutN.csv)")
+    ap.add_argument("--ungroup", action="store_true",
+                    help="one key and value input per query head (atpstar.ungroup_kv), as MIB's graphs have under "
+                         "grouped-query attention (cached as *_ungrouped.csv)")
     ap.add_argument("--ig-steps", type=int, default=5, help="EAP-IG steps (MIB uses 5)")
     ap.add_argument("--circuit-ig-steps", type=int, default=20, help="circuit IG steps")
     ap.add_argument("--verify", type=float, default=0.01,
@@ -203,10 +209,11 @@ def main(argv=None) -> pd.DataFrame:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.figure:
-        paths = [p for p in sorted(Path(args.out).glob("*.csv"))
-                 if ("_bos" in p.stem) == args.bos and ("_heldout" in p.stem) == (args.heldout is not None)]
+        paths = [p for p in sorted(Path(args.out).glob("*.csv")) if ("_bos" in p.stem) == args.bos
+                 and ("_heldout" in p.stem) == (args.heldout is not None) and ("_ungrouped" in p.stem) == args.ungroup]
         frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-        suffix = ("" if args.bos else "_nobos") + ("" if args.heldout is None else "_heldout")
+        suffix = (("" if args.bos else "_nobos") + ("_ungrouped" if args.ungroup else "")
+                  + ("" if args.heldout is None else "_heldout"))
         figure(frame, FIGURE.with_stem(FIGURE.stem + suffix))
     else:
         frame = pd.concat([run_setting(m, t, args) for m in args.models.split(",") for t in args.tasks.split(",")],

@@ -172,17 +172,17 @@ def outside_mask(graph: EdgeGraph, circuits: Tensor) -> Tensor:
 
 class GradMixedRun(MixedRun):
     """:class:`MixedRun`, differentiable in ``outside`` and through this run's writes. The writes' differences are
-    kept as one (B, T, d, w) tensor per writer hook (:attr:`chunks`), so that every reader's sum is a batched matrix
-    product whose backward pass keeps views of them rather than copies (no prefix sums, no buffers written in
-    place). ``outside`` may be fractional: edge u -> v then reads ``outside`` of u's noise write and the rest of u's
-    write of this run. Each hook's sum over its readers' edges is kept in :attr:`sums` as ``(readers, (B, R', T, d)
+    kept as one (B, T, d, w) tensor per writer hook (:attr:`chunks`); each hook's readers read one batched matrix
+    product of the first k writers' differences (those that may feed them) with their shares (no prefix sums, no
+    buffers written in place). ``outside`` may be fractional: edge u -> v then reads ``outside`` of u's noise write
+    and the rest of u's write of this run. Each hook's sum is kept in :attr:`sums` as ``(readers, k, (B, R', T, d)
     tensor)``, so that the metric's gradient at every reader's input can be taken (:meth:`edge_gradients`). Slower
     than :class:`MixedRun`; used where the gradient is wanted."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.chunks: list[tuple[int, int, Tensor]] = []
-        self.sums: list[tuple[Tensor, Tensor]] = []
+        self.sums: list[tuple[Tensor, int, Tensor]] = []
 
     def _append(self, writes: Tensor) -> None:
         lo, hi = self._filled, self._filled + writes.shape[1]
@@ -191,38 +191,41 @@ class GradMixedRun(MixedRun):
         self._filled = hi
 
     def _delta(self, readers: Tensor) -> Tensor | None:
-        total = None
         cpu = readers.cpu()
-        for lo, hi, diff in self.chunks:
-            if not bool(self.graph.valid[lo:hi][:, cpu].any()):
-                continue
-            mask = self.outside[:, lo:hi][:, :, readers.to(self.outside.device)].to(diff.dtype)  # (B, w, R'[, T])
-            if mask.ndim == 3:
-                part = torch.matmul(diff.flatten(1, 2), mask).unflatten(1, diff.shape[1:3])  # (B, T, d, R')
-            else:
-                part = torch.matmul(diff, mask.permute(0, 3, 1, 2))  # (B, T, d, R')
-            total = part if total is None else total + part
-        if total is None:
+        feeding = self.graph.valid[:self._filled, cpu].any(1).nonzero()
+        if not len(feeding):
             return None
+        k = int(feeding.max()) + 1  # the first k writers may feed these readers
+        diff = self._diffs(k)  # (B, T, d, k)
+        mask = self.outside[:, :k][:, :, readers.to(self.outside.device)].to(diff.dtype)  # (B, k, R'[, T])
+        if mask.ndim == 3:
+            total = torch.matmul(diff.flatten(1, 2), mask).unflatten(1, diff.shape[1:3])  # (B, T, d, R')
+        else:
+            total = torch.matmul(diff, mask.permute(0, 3, 1, 2))  # (B, T, d, R')
         total = total.permute(0, 3, 1, 2)  # (B, R', T, d)
-        self.sums.append((readers, total))
+        self.sums.append((readers, k, total))
         return total
+
+    def _diffs(self, k: int) -> Tensor:
+        """(B, T, d, k) the first k writers' differences, one tensor (the chunks concatenated)."""
+        parts = [diff for lo, _, diff in self.chunks if lo < k]
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+        return whole[..., :k]
 
     def edge_gradients(self, value: Tensor) -> Tensor:
         """(B, W, R, T) float64: the derivative of ``value`` (a scalar of this run) with respect to each edge's share
         of its writer's noise write at each position, ⟨∂value/∂(reader v's input at t), noise − this run's write of u
         at t⟩, at this run's ``outside`` (whose per-position version is ``outside`` at every position)."""
-        grads = torch.autograd.grad(value, [total for _, total in self.sums])
-        n_b, n_t = self.chunks[0][2].shape[:2]
-        out = torch.zeros(n_b, self.graph.n_writers, self.graph.n_readers, n_t, dtype=torch.float64)
-        for (readers, _), grad in zip(self.sums, grads):
-            cpu = readers.cpu()
-            grad = grad.permute(0, 2, 1, 3)  # (B, T, R', d)
-            for lo, hi, diff in self.chunks:
-                valid = self.graph.valid[lo:hi][:, cpu]
-                if bool(valid.any()):
-                    part = torch.matmul(grad, diff.detach().to(grad.dtype))  # (B, T, R', w)
-                    out[:, lo:hi, cpu] += part.permute(0, 3, 2, 1).double().cpu() * valid[None, ..., None]
+        grads = torch.autograd.grad(value, [total for _, _, total in self.sums])
+        with torch.no_grad():
+            diff = self._diffs(self._filled)
+            out = torch.zeros(diff.shape[0], self.graph.n_writers, self.graph.n_readers, diff.shape[1],
+                              dtype=torch.float64)
+            for (readers, k, _), grad in zip(self.sums, grads):
+                cpu = readers.cpu()
+                part = torch.matmul(grad.permute(0, 2, 1, 3), diff[..., :k].to(grad.dtype))  # (B, T, R', k)
+                valid = self.graph.valid[:k, cpu]
+                out[:, :k, cpu] = part.permute(0, 3, 2, 1).double().cpu() * valid[None, ..., None]
         return out
 
 
