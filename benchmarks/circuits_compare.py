@@ -29,7 +29,7 @@ import torch
 import atpstar
 from atpstar import tasks
 from atpstar.circuits import MIB_GRID, mib, mib_scores
-from atpstar.circuits.build import CircuitScores, exact, signed_by, verified
+from atpstar.circuits.build import CircuitScores, exact, mean_magnitude, signed_by, verified
 from atpstar.circuits.circuit_ig import circuit_ig
 from atpstar.cost import Cost
 from atpstar.edges import EdgeGraph, atp
@@ -38,15 +38,15 @@ from benchmarks.plotting import pyplot, save
 from benchmarks.studylib import models
 from benchmarks.tiny import random_pairs, tiny_llama
 
-OUT = Path("docs/results/circuits")
+OUT = {True: Path("docs/results/circuits_bos"), False: Path("docs/results/circuits")}  # by --bos
 FIGURE = Path("docs/circuits_evidence.png")
 MODEL_TAGS = {"default": "smollm2-135m", "gemma3-270m": "gemma3-270m", "quick": "tiny-llama"}
 ORDER = ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*",
          "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "circuit IG",
-         "verified circuit IG", "exact"]
+         "verified circuit IG", "circuit IG + EAP-IG", "exact"]
 NEEDS = {"verified AtP*": ["AtP*"], "verified EAP-IG-inputs": ["EAP-IG-inputs"],
          "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"],
-         "verified circuit IG": ["circuit IG"]}
+         "verified circuit IG": ["circuit IG"], "circuit IG + EAP-IG": ["circuit IG", "EAP-IG-inputs"]}
 
 
 def estimators(steps: int, circuit_steps: int) -> dict:
@@ -85,6 +85,11 @@ def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, C
     if name == "AtP* with IG signs":
         (a, ca, ta, _), (b, cb, tb, _) = cache["AtP*"], cache["EAP-IG-inputs"]
         result = signed_by(CircuitScores("AtP*", graph, a, ca), CircuitScores("IG", graph, b, cb))
+        return result.scores, result.cost, ta + tb, {}
+    if name == "circuit IG + EAP-IG":
+        (a, ca, ta, _), (b, cb, tb, _) = cache["circuit IG"], cache["EAP-IG-inputs"]
+        a, b = CircuitScores("circuit IG", graph, a, ca), CircuitScores("EAP-IG-inputs", graph, b, cb)
+        result = mean_magnitude(a, b)
         return result.scores, result.cost, ta + tb, {}
     if name.startswith("verified "):
         base = name.removeprefix("verified ")
@@ -129,6 +134,16 @@ def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.concat([keep, pd.DataFrame(rows)], ignore_index=True).to_csv(path, index=False)
     return pd.read_csv(path)
+
+
+def cached(folder: Path, bos: bool, ungroup: bool, heldout: bool) -> pd.DataFrame:
+    """Every cached row of one variant (with or without BOS, grouped or ungrouped key/value readers, evaluated on
+    the scoring pairs or held-out ones) in ``folder``."""
+    paths = [p for p in sorted(folder.glob("*.csv")) if ("_bos" in p.stem) == bos
+             and ("_ungrouped" in p.stem) == ungroup and ("_heldout" in p.stem) == heldout]
+    if not paths:
+        raise FileNotFoundError(f"no cached results of this variant in {folder}: run the comparison first")
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
 
 def table(frame: pd.DataFrame) -> str:
@@ -188,7 +203,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated, from {ORDER} (default: all but 'exact', which patches every edge: small "
                          "graphs only; with --quick all)")
-    ap.add_argument("--out", default=str(OUT), help="folder of the cached CSVs")
+    ap.add_argument("--out", default=None, help=f"folder of the cached CSVs (default {OUT[True]}, with --no-bos "
+                                                f"{OUT[False]})")
     ap.add_argument("--recompute", action="store_true", help="recompute methods already cached")
     ap.add_argument("--figure", action="store_true", help="only the table and the figure, from the cache")
     ap.add_argument("--quick", action="store_true", help="a tiny random Llama (no download), every method by default")
@@ -196,6 +212,8 @@ def parse(argv=None) -> argparse.Namespace:
     if args.quick:
         args.models, args.tasks, args.ig_steps, args.circuit_ig_steps, args.verify = "quick", "random", 2, 2, 0.1
         args.bos = False  # random token ids: no tokenizer, no BOS
+    if args.out is None:
+        args.out = str(OUT[args.bos])
     if args.methods is None:
         args.methods = ",".join(m for m in ORDER if args.quick or m != "exact")
     unknown = sorted(set(args.methods.split(",")) - set(ORDER))
@@ -209,9 +227,7 @@ def main(argv=None) -> pd.DataFrame:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.figure:
-        paths = [p for p in sorted(Path(args.out).glob("*.csv")) if ("_bos" in p.stem) == args.bos
-                 and ("_heldout" in p.stem) == (args.heldout is not None) and ("_ungrouped" in p.stem) == args.ungroup]
-        frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+        frame = cached(Path(args.out), args.bos, args.ungroup, args.heldout is not None)
         suffix = (("" if args.bos else "_nobos") + ("_ungrouped" if args.ungroup else "")
                   + ("" if args.heldout is None else "_heldout"))
         figure(frame, FIGURE.with_stem(FIGURE.stem + suffix))

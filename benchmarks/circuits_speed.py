@@ -6,7 +6,9 @@ Prints (and caches in benchmarks/results/circuits_speed.json):
 - one MIB curve (10 circuits, the signed ranking of EAP scores) and both curves (20 circuits: what CPR and
   CMD need), in seconds and in forward passes per pair per circuit, after the clean and noise reference runs;
 - EAP (= plain edge AtP), atpstar's plain edge AtP, EAP-IG-inputs at 5 steps (MIB's setting): its time over
-  5 × EAP's, and with ``--activations`` EAP-IG-activations at 5 steps.
+  5 × EAP's, and with ``--activations`` EAP-IG-activations at 5 steps;
+- circuit IG at 20 steps: its time per step in plain forward passes per pair (a step is a forward and a
+  backward pass of the mixed run and the edges' gradients), and over EAP-IG-inputs' time.
 
 Times are this process's CPU seconds (one thread), so a machine shared with other work still measures the
 work itself. Run: ``python -m benchmarks.circuits_speed [--pairs 8] [--activations] [--cached]``.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from atpstar.circuits import curve, mib
+from atpstar.circuits import circuit_ig, curve, mib
 from atpstar.edges import atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
 from atpstar.substrate.capture import run
@@ -54,12 +56,15 @@ def measure(n_pairs: int, with_activations: bool) -> dict:
     _, t_atp = timed(lambda: atp(model, pairs, qk_fix=False, graddrop=False), what="edge AtP")
     _, t_ig = timed(lambda: eap_ig_inputs(model, pairs, ig_steps=5), what="EAP-IG-inputs")
     t_act = timed(lambda: eap_ig_activations(model, pairs, ig_steps=5), what="EAP-IG-activations")[1] if with_activations else None
+    _, t_cig = timed(lambda: circuit_ig(model, pairs, ig_steps=20), what="circuit IG")
     one, t_curve = timed(lambda: curve(model, pairs, scores, absolute=False), what="one curve")
     both, t_mib = timed(lambda: mib(model, pairs, scores), what="both curves")
     per = lambda seconds, n: (seconds - 2 * t_forward) / (n * t_forward)  # noqa: E731 - after clean + noise runs
     return {"model": model.name, "pairs": len(pairs), "edges": graph.n_edges(), "threads": 1,
             "forward_s": t_forward, "eap_s": t_eap, "atp_plain_s": t_atp, "eap_ig_inputs_5_s": t_ig,
             "eap_ig_activations_5_s": t_act, "ig_over_5_eap": t_ig / (5 * t_eap),
+            "circuit_ig_20_s": t_cig, "circuit_ig_step_forward_per_pair": (t_cig - t_forward) / (20 * t_forward),
+            "circuit_ig_over_eap_ig_inputs": t_cig / t_ig,
             "curve_10_s": t_curve, "curve_10_forward_per_pair_circuit": per(t_curve, 10),
             "mib_20_s": t_mib, "mib_20_forward_per_pair_circuit": per(t_mib, 20),
             "cpr_eap": both.cpr, "cmd_eap": both.cmd, "curve_f": one.f}
@@ -76,6 +81,10 @@ def table(r: dict) -> str:
         ("atpstar edge AtP, no QK fix / GradDrop", f"{r['atp_plain_s']:.1f} s", ""),
         ("EAP-IG-inputs, 5 steps", f"{r['eap_ig_inputs_5_s']:.1f} s", f"{r['ig_over_5_eap']:.2f} × (5 × EAP)"),
     ]
+    if "circuit_ig_20_s" in r:
+        rows.append(("circuit IG, 20 steps", f"{r['circuit_ig_20_s']:.1f} s",
+                     f"{r['circuit_ig_step_forward_per_pair']:.1f} forward passes per pair per step; "
+                     f"{r['circuit_ig_over_eap_ig_inputs']:.1f} × EAP-IG-inputs"))
     if r["eap_ig_activations_5_s"] is not None:
         rows.append(("EAP-IG-activations, 5 steps", f"{r['eap_ig_activations_5_s']:.1f} s", ""))
     head = f"{r['model']}, IOI, {r['pairs']} pairs, {r['edges']} edges, {r['threads']} thread, CPU seconds"

@@ -125,3 +125,19 @@ def test_signed_by_takes_one_rankings_magnitudes_and_anothers_signs():
     other = CircuitScores("c", EdgeGraph.of(_model("gemma3")), torch.zeros(3, 3), cost)
     with pytest.raises(ValueError, match="signed_by needs scores of one graph"):
         signed_by(mixed, other)
+
+
+def test_mean_magnitude_with_the_second_ones_signs():
+    from types import SimpleNamespace
+
+    from atpstar.circuits.build import mean_magnitude
+    from atpstar.cost import Cost
+
+    graph, other = SimpleNamespace(shape=(2, 2)), SimpleNamespace(shape=(3, 2))  # the shape is all they compare
+    a = CircuitScores("a", graph, torch.tensor([[1.0, -4.0], [2.0, float("nan")]]), Cost(forward=2.0, pairs=1))
+    b = CircuitScores("b", graph, torch.tensor([[-3.0, 2.0], [0.0, float("nan")]]), Cost(forward=5.0, pairs=1))
+    both = mean_magnitude(a, b)
+    assert both.scores[0].tolist() == [-2.0, 3.0] and both.scores[1, 0] == 0 and both.scores[1, 1].isnan()
+    assert both.cost.forward == 7.0
+    with pytest.raises(ValueError, match="one graph"):
+        mean_magnitude(a, CircuitScores("c", other, torch.zeros(3, 2), Cost(pairs=1)))

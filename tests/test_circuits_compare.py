@@ -19,14 +19,18 @@ def test_quick_compare_scores_every_method(tmp_path):
     frame = pd.read_csv(tmp_path / "tiny-llama_random.csv").set_index("method")
     assert list(frame.index) == ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations",
                                  "verified AtP*", "verified EAP-IG-inputs", "AtP* with IG signs",
-                                 "verified AtP* with IG signs", "circuit IG", "verified circuit IG", "exact"]
-    assert list(frame.signed_9) == pytest.approx([1.0] * 13) and list(frame.abs_9) == pytest.approx([1.0] * 13)  # clean
+                                 "verified AtP* with IG signs", "circuit IG", "verified circuit IG",
+                                 "circuit IG + EAP-IG", "exact"]
+    assert list(frame.signed_9) == pytest.approx([1.0] * 14) and list(frame.abs_9) == pytest.approx([1.0] * 14)  # clean
     assert frame.loc["EAP", "cpr"] == pytest.approx(frame.loc["AtP", "cpr"], abs=1e-9)  # EAP is plain edge AtP
     assert frame.loc["EAP", "cmd"] == pytest.approx(frame.loc["AtP", "cmd"], abs=1e-9)
     cost = frame.cost_per_pair
     assert cost["random"] == 0 < cost["AtP"] < cost["AtP*"]
     assert cost["AtP*"] < cost["verified AtP*"] < cost["exact"]
     assert 0 < cost["circuit IG"] < cost["verified circuit IG"]
+    assert cost["circuit IG + EAP-IG"] == pytest.approx(cost["circuit IG"] + cost["EAP-IG-inputs"])
+    # EAP-IG-inputs' signs: its signed ranking keeps the same edges first whenever magnitudes agree in order
+    assert frame.loc["circuit IG + EAP-IG", "cpr"] != frame.loc["circuit IG", "cpr"]
     assert cost["AtP* with IG signs"] == pytest.approx(cost["AtP*"] + cost["EAP-IG-inputs"])
     assert frame.loc["AtP* with IG signs", "cmd"] == pytest.approx(frame.loc["AtP*", "cmd"], abs=1e-9)  # |AtP*| ranking
     assert frame.loc["verified AtP*", "verified"] == int(0.1 * frame.loc["AtP*", "edges"])

@@ -53,3 +53,16 @@ def test_the_demo_help_quotes_the_measured_time_and_the_readme_its_printed_summa
     rows = [line for line in output.splitlines()[1:] if line.strip() and not line.startswith(abridged)]
     assert len(rows) >= 10 and all(row in demo["printed"] for row in rows), [r for r in rows if r not in demo["printed"]]
     assert any(line.startswith("diagnostic warning:") for line in rows) == bool(demo["diagnostic"].get("warning"))
+
+
+def test_the_circuit_tables_are_the_cached_comparisons():
+    """Every variant of the circuit comparison cached under docs/results is printed in circuits_evidence.md as the
+    script prints it (with / without BOS, grouped / ungrouped key-value readers, held-out evaluation pairs)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import circuits_compare as cc
+
+    text = (ROOT / "docs" / "circuits_evidence.md").read_text()
+    variants = [(True, False, False), (True, True, False), (True, False, True), (False, False, False)]
+    for bos, ungroup, heldout in variants:
+        table = cc.table(cc.cached(ROOT / cc.OUT[bos], bos, ungroup, heldout))
+        assert table in text, (bos, ungroup, heldout)

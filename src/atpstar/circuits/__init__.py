@@ -27,7 +27,7 @@ Modules, one idea each:
   edges' membership, from the empty circuit to the full one.
 """
 
-from .build import CircuitScores, exact, exact_effects, signed_by, verified
+from .build import CircuitScores, exact, exact_effects, mean_magnitude, signed_by, verified
 from .circuit_ig import circuit_ig
 from .circuit import as_circuits, circuit_edges, empty_circuit, full_circuit, node_circuit
 from .curve import MIB_GRID, Curve, MIBScores, curve, curves, mib, mib_scores
@@ -36,6 +36,6 @@ from .prune import prune, top_n
 from .scoring import format_scorecard, scorecard
 from .smallest import Smallest, smallest
 
-__all__ = ["CircuitScores", "circuit_ig", "exact", "exact_effects", "signed_by", "verified", "MIB_GRID", "Curve", "Faithfulness", "FaithfulnessUndefined", "MIBScores", "Smallest", "as_circuits",
+__all__ = ["CircuitScores", "circuit_ig", "exact", "exact_effects", "mean_magnitude", "signed_by", "verified", "MIB_GRID", "Curve", "Faithfulness", "FaithfulnessUndefined", "MIBScores", "Smallest", "as_circuits",
            "circuit_edges", "curve", "curves", "empty_circuit", "faithfulness", "format_scorecard", "full_circuit",
            "mib", "mib_scores", "node_circuit", "prune", "scorecard", "smallest", "top_n"]

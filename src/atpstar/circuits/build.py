@@ -17,6 +17,9 @@ cost in forward-pass equivalents.
 - :func:`signed_by`: one ranking's magnitudes with another's signs (e.g. AtP*'s magnitudes, whose
   QK fix and GradDrop make the absolute ranking, the CMD curve, more faithful, with EAP-IG-inputs'
   signs, which decide which edges the signed ranking, the CPR curve, keeps first).
+- :func:`mean_magnitude`: the mean of two rankings' magnitudes with the second's signs (e.g. circuit
+  IG's and EAP-IG-inputs': two integrated gradients between the same noise and clean runs along
+  different paths).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..edges.graph import EdgeGraph
 from ..edges.patching import EdgePatcher
 from .curve import mib_scores
 
-__all__ = ["CircuitScores", "exact", "exact_effects", "signed_by", "verified"]
+__all__ = ["CircuitScores", "exact", "exact_effects", "mean_magnitude", "signed_by", "verified"]
 
 
 @dataclass
@@ -118,3 +121,13 @@ def signed_by(magnitude: CircuitScores, sign: CircuitScores, name: str | None = 
     method = name or f"{magnitude.method} with the signs of {sign.method}"
     return CircuitScores(method, magnitude.graph, scores, magnitude.cost + sign.cost,
                          {"magnitude": magnitude.method, "sign": sign.method})
+
+
+def mean_magnitude(a: CircuitScores, b: CircuitScores, name: str | None = None) -> CircuitScores:
+    """(|``a``| + |``b``|) / 2 per edge (both in the metric's units) with ``b``'s signs; costs add up."""
+    if a.graph.shape != b.graph.shape:
+        raise ValueError(f"mean_magnitude needs scores of one graph: {a.method} is {a.graph.shape}, "
+                         f"{b.method} is {b.graph.shape}")
+    scores = (a.scores.double().abs() + b.scores.double().abs()) / 2 * b.scores.double().sign()
+    return CircuitScores(name or f"mean |score| of {a.method} and {b.method}, signs of {b.method}", a.graph, scores,
+                         a.cost + b.cost, {"of": [a.method, b.method], "sign": b.method})
