@@ -1,8 +1,8 @@
 """Circuits of edge rankings scored with MIB's circuit-track yardstick: SmolLM2-135M, IOI, one thread.
 
 For each method — atpstar's AtP (plain edge AtP, which is EAP at atpstar's grouped key-value granularity),
-AtP* (QK fix + GradDrop), EAP-IG-inputs (5 steps, as MIB), optionally EAP-IG-activations (5 steps), and random
-scores — the edge scores' cost (forward + backward passes per pair, seconds) and MIB's CPR (area under the
+AtP* (QK fix + GradDrop), EAP-IG-inputs (5 steps, as MIB), circuit IG (20 steps), optionally
+EAP-IG-activations (5 steps), and random scores — the edge scores' cost (forward + backward passes per pair, seconds) and MIB's CPR (area under the
 faithfulness curve of the signed ranking) and CMD (area under |1 − f| of the absolute ranking), with the
 smallest top-n circuits reaching f ≥ 0.8 and 0.9 (absolute ranking). Quick settings: 8 pairs by default.
 Caches benchmarks/results/circuits.json; prints a markdown table. Times are this process's CPU seconds.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from atpstar.circuits import mib, smallest
+from atpstar.circuits import circuit_ig, mib, smallest
 from atpstar.edges import atp
 from atpstar.edges.eap_ig import eap, eap_ig_activations, eap_ig_inputs
 from benchmarks.cached import cached_main, smollm_ioi
@@ -30,6 +30,7 @@ def methods(with_activations: bool) -> dict:
         "AtP (= EAP, grouped k/v)": lambda m, p: eap(m, p),
         "AtP* (QK fix + GradDrop)": lambda m, p: atp(m, p),
         "EAP-IG-inputs (5 steps)": lambda m, p: eap_ig_inputs(m, p, ig_steps=5),
+        "circuit IG (20 steps)": lambda m, p: circuit_ig(m, p, ig_steps=20),
     }
     if with_activations:
         out["EAP-IG-activations (5 steps)"] = lambda m, p: eap_ig_activations(m, p, ig_steps=5)
@@ -62,7 +63,8 @@ def score(model, pairs, graph, name, scores, seconds, forward, backward) -> dict
 
 
 def table(r: dict) -> str:
-    lines = [f"{r['model']}, {r['task']}, {r['pairs']} pairs, {r['edges']} edges (grouped k/v readers), 1 thread",
+    head = f"{r['model']}, {r['task']}, {r['pairs']} pairs, {r['edges']} edges (grouped k/v readers), BOS in front"
+    lines = [f"{head}, 1 thread",
              "", "| method | CPR ↑ | CMD ↓ | edges for f ≥ 0.8 | edges for f ≥ 0.9 | passes per pair (fwd + bwd) | time |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in r["rows"]:

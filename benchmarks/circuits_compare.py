@@ -107,9 +107,9 @@ def run_setting(model_name: str, task: str, args) -> pd.DataFrame:
     suffix = (("_bos" if args.bos else "") + ("_ungrouped" if args.ungroup else "")
               + ("" if args.heldout is None else f"_heldout{args.heldout}"))
     path = Path(args.out) / f"{tag}_{task}{suffix}.csv"
-    old = pd.read_csv(path) if path.exists() and not args.recompute else pd.DataFrame(columns=["method"])
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["method"])
     wanted = [m for m in ORDER if m in args.methods.split(",")]
-    todo = [m for m in wanted if m not in set(old.method)]
+    todo = wanted if args.recompute else [m for m in wanted if m not in set(old.method)]  # the rest stays cached
     if not todo:
         return old
     model, pairs, eval_pairs = setting(model_name, task, args)
@@ -205,7 +205,8 @@ def parse(argv=None) -> argparse.Namespace:
                          "graphs only; with --quick all)")
     ap.add_argument("--out", default=None, help=f"folder of the cached CSVs (default {OUT[True]}, with --no-bos "
                                                 f"{OUT[False]})")
-    ap.add_argument("--recompute", action="store_true", help="recompute methods already cached")
+    ap.add_argument("--recompute", action="store_true",
+                    help="recompute the --methods already cached (the other cached methods stay)")
     ap.add_argument("--figure", action="store_true", help="only the table and the figure, from the cache")
     ap.add_argument("--quick", action="store_true", help="a tiny random Llama (no download), every method by default")
     args = ap.parse_args(argv)

@@ -50,3 +50,13 @@ def test_quick_heldout_evaluates_on_other_pairs(tmp_path):
     assert list(held.index) == ["AtP", "circuit IG"] and list(held.signed_9) == pytest.approx([1.0, 1.0])
     assert held.loc["AtP", ["forward", "backward"]].tolist() == same.loc["AtP", ["forward", "backward"]].tolist()  # same scoring pairs
     assert abs(held.loc["AtP", "cpr"] - same.loc["AtP", "cpr"]) > 1e-6  # other evaluation pairs
+
+
+def test_recompute_keeps_the_other_cached_methods(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for methods, extra in (("random,AtP", []), ("AtP", ["--recompute"])):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.circuits_compare", "--quick", "--out", str(tmp_path),
+                               "--methods", methods, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(pd.read_csv(tmp_path / "tiny-llama_random.csv").method) == ["AtP", "random"]
