@@ -115,3 +115,24 @@ def test_bad_steps_are_refused(steps):
     model, pairs = _model("llama"), random_pairs((7,), seed=1)
     with pytest.raises(ValueError, match="ig_steps"):
         circuit_ig(model, pairs, ig_steps=steps)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3"])
+def test_one_share_for_every_edge_equals_the_same_shares_edge_by_edge(arch):
+    """share= (running sums where a hook's readers read every writer before them) gives the gradients of outside=
+    share × every existing edge (GPT-NeoX's parallel blocks: the MLP does not read its own layer's attention)."""
+    model, pairs = _model(arch), random_pairs((8, 8), seed=3)
+    graph = EdgeGraph.of(model)
+    (group,) = pairs.groups()
+    noise_w = capture_writes(model, graph, group.noise)[0]
+    metric = resolve(None, pairs)
+    got = []
+    for kwargs in ({"share": 0.35}, {"outside": (graph.valid * 0.35).double().expand(len(pairs), -1, -1)}):
+        hooks = GradMixedRun(model, grad=True, graph=graph, noise=noise_w, **kwargs)
+        got.append(hooks.edge_gradients(metric(run(model, group.clean, hooks), group.pairs).sum()))
+    scale = float(got[1].abs().max())
+    assert scale > 1e-2
+    # to float32 rounding (the softmax and RMSNorm compute in float32 even in a float64 model)
+    torch.testing.assert_close(got[0], got[1], rtol=1e-5, atol=1e-5 * scale)
+    with pytest.raises(ValueError, match="either outside"):
+        GradMixedRun(model, graph=graph, noise=noise_w)

@@ -61,11 +61,10 @@ def circuit_ig(model, pairs: PromptPairs, ig_steps: int = 20, metric=None, graph
         n_group, n_tok = group.clean.shape
         with torch.no_grad():
             noise_w = capture_writes(model, graph, group.noise)[0]
-        valid = graph.valid.to(device=noise_w.device, dtype=dtype)
         window = slice(group.offset, group.offset + n_tok)
         for lo in range(0, n_group, batch_size):
             rows = torch.arange(lo, min(lo + batch_size, n_group))
-            effect = _integrate(model, graph, metric, group, rows, noise_w[rows], valid, steps)
+            effect = _integrate(model, graph, metric, group, rows, noise_w[rows], steps)
             total[..., window] += effect.sum(0)
             count[window] += len(rows)
             if full is not None:
@@ -79,13 +78,12 @@ def circuit_ig(model, pairs: PromptPairs, ig_steps: int = 20, metric=None, graph
     return EdgeScores(f"circuit-ig ({steps} steps)", graph, mean, mean.abs(), n, full, info)
 
 
-def _integrate(model, graph, metric, group, rows, noise_w, valid, steps: int) -> torch.Tensor:
+def _integrate(model, graph, metric, group, rows, noise_w, steps: int) -> torch.Tensor:
     """(len(rows), W, R, T) float64: the mean gradient of the mixed run's metric with respect to each edge's share of
     its writer's noise write at each position, at the midpoints of the path from the clean run to the noise run."""
     total = torch.zeros(len(rows), *graph.shape, group.clean.shape[1], dtype=torch.float64)
     for k in range(steps):
-        outside = (valid * (1 - (k + 0.5) / steps)).expand(len(rows), *valid.shape).contiguous()
-        hooks = GradMixedRun(model, grad=True, graph=graph, noise=noise_w, outside=outside)
+        hooks = GradMixedRun(model, grad=True, graph=graph, noise=noise_w, share=1 - (k + 0.5) / steps)
         value = metric(run(model, group.clean[rows], hooks), group.pairs.select(rows))
         total += hooks.edge_gradients(value.sum())
     return total / steps

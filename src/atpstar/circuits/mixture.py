@@ -170,39 +170,56 @@ def outside_mask(graph: EdgeGraph, circuits: Tensor) -> Tensor:
 
 
 
+@dataclass
 class GradMixedRun(MixedRun):
     """:class:`MixedRun`, differentiable in ``outside`` and through this run's writes. The writes' differences are
     kept as one (B, T, d, w) tensor per writer hook (:attr:`chunks`); each hook's readers read one batched matrix
-    product of the first k writers' differences (those that may feed them) with their shares (no prefix sums, no
-    buffers written in place). ``outside`` may be fractional: edge u -> v then reads ``outside`` of u's noise write
-    and the rest of u's write of this run. Each hook's sum is kept in :attr:`sums` as ``(readers, k, (B, R', T, d)
-    tensor)``, so that the metric's gradient at every reader's input can be taken (:meth:`edge_gradients`). Slower
-    than :class:`MixedRun`; used where the gradient is wanted."""
+    product of the first k writers' differences (those that may feed them) with their shares (no buffers written in
+    place). ``outside`` may be fractional: edge u -> v then reads ``outside`` of u's noise write and the rest of u's
+    write of this run. ``share`` instead of ``outside``: every existing edge reads that share, and readers fed by
+    every writer before them read a running sum of the differences (no product over the writers at all). Each
+    hook's sum is kept in :attr:`sums` as ``(readers, k, (B, R', T, d) tensor)``, so that the metric's gradient at
+    every reader's input can be taken (:meth:`edge_gradients`). Slower than :class:`MixedRun`; used where the
+    gradient is wanted."""
+
+    share: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (self.share is None) == (self.outside is None):
+            raise ValueError("GradMixedRun takes either outside (per-edge shares) or share (one share for every edge)")
         self.chunks: list[tuple[int, int, Tensor]] = []
         self.sums: list[tuple[Tensor, int, Tensor]] = []
+        self._running: dict[int, Tensor] = {}
 
     def _append(self, writes: Tensor) -> None:
         lo, hi = self._filled, self._filled + writes.shape[1]
         diff = self.noise[:, lo:hi] - writes.to(self.noise.dtype)  # (B, w, T, d)
         self.chunks.append((lo, hi, diff.permute(0, 2, 3, 1).contiguous()))
+        if self.share is not None:
+            self._running[hi] = diff.sum(1) if lo == 0 else self._running[lo] + diff.sum(1)  # Σ of the first hi
         self._filled = hi
 
     def _delta(self, readers: Tensor) -> Tensor | None:
         cpu = readers.cpu()
-        feeding = self.graph.valid[:self._filled, cpu].any(1).nonzero()
+        valid = self.graph.valid[:self._filled, cpu]
+        feeding = valid.any(1).nonzero()
         if not len(feeding):
             return None
         k = int(feeding.max()) + 1  # the first k writers may feed these readers
-        diff = self._diffs(k)  # (B, T, d, k)
-        mask = self.outside[:, :k][:, :, readers.to(self.outside.device)].to(diff.dtype)  # (B, k, R'[, T])
-        if mask.ndim == 3:
-            total = torch.matmul(diff.flatten(1, 2), mask).unflatten(1, diff.shape[1:3])  # (B, T, d, R')
+        if self.share is not None and k in self._running and bool(valid[:k].all()):
+            total = (self._running[k] * self.share)[:, None].expand(-1, len(readers), -1, -1)  # (B, R', T, d)
         else:
-            total = torch.matmul(diff, mask.permute(0, 3, 1, 2))  # (B, T, d, R')
-        total = total.permute(0, 3, 1, 2)  # (B, R', T, d)
+            diff = self._diffs(k)  # (B, T, d, k)
+            if self.share is not None:
+                mask = (valid[:k] * self.share).to(device=diff.device, dtype=diff.dtype).expand(diff.shape[0], -1, -1)
+            else:
+                mask = self.outside[:, :k][:, :, readers.to(self.outside.device)].to(diff.dtype)  # (B, k, R'[, T])
+            if mask.ndim == 3:
+                total = torch.matmul(diff.flatten(1, 2), mask).unflatten(1, diff.shape[1:3])  # (B, T, d, R')
+            else:
+                total = torch.matmul(diff, mask.permute(0, 3, 1, 2))  # (B, T, d, R')
+            total = total.permute(0, 3, 1, 2)  # (B, R', T, d)
         self.sums.append((readers, k, total))
         return total
 
