@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from ..cost import Cost
 from ..edges.atp import prepare
@@ -45,11 +46,11 @@ __all__ = ["circuit_ig"]
 
 
 def circuit_ig(model, pairs: PromptPairs, ig_steps: int = 20, metric=None, graph: EdgeGraph | None = None,
-               per_pair: bool = False, batch_size: int = 1) -> EdgeScores:
+               per_pair: bool = False, batch_size: int = 1, progress: bool = False) -> EdgeScores:
     """Every edge's effect by circuit IG (module doc), per position; ``EdgeScores.effect`` is the mean over the
     pairs present, ``score`` its absolute value. ``ig_steps``: the points of the path (error ~1/S²);
-    ``batch_size``: pairs per pass (on a CPU more gains no time; the backward pass holds about 1 GB per pair of
-    SmolLM2-135M's IOI prompts)."""
+    ``batch_size``: pairs per pass (on a CPU more gains no time; a pass holds a few hundred MB per pair of
+    SmolLM2-135M's IOI prompts); ``progress``: a progress bar over the pairs."""
     steps = check_ig_steps(ig_steps)
     check_batch_size(batch_size)
     batch_size = batch_size or 1
@@ -57,6 +58,7 @@ def circuit_ig(model, pairs: PromptPairs, ig_steps: int = 20, metric=None, graph
     total, count = torch.zeros(shape, dtype=torch.float64), torch.zeros(pairs.max_len, dtype=torch.float64)
     full = torch.full((len(pairs), *shape), torch.nan) if per_pair else None
     start = time.perf_counter()
+    bar = tqdm(total=len(pairs), desc=f"circuit IG ({steps} steps)", unit="pair", disable=not progress, leave=False)
     for group in pairs.groups():
         n_group, n_tok = group.clean.shape
         with torch.no_grad():
@@ -69,6 +71,8 @@ def circuit_ig(model, pairs: PromptPairs, ig_steps: int = 20, metric=None, graph
             count[window] += len(rows)
             if full is not None:
                 full[group.index[rows], ..., window] = effect.float()
+            bar.update(len(rows))
+    bar.close()
     mean = (total / count.where(count > 0, torch.nan)).to(dtype).masked_fill_(~graph.valid[..., None], torch.nan)
     if full is not None:
         full.masked_fill_(~graph.valid[None, ..., None], torch.nan)
