@@ -1,16 +1,18 @@
 """Circuit methods compared by the MIB circuit track's yardstick: faithfulness curves, CPR, CMD, cost, time.
 
-For each model and task: AtP, AtP*, EAP, EAP-IG-inputs and EAP-IG-activations (5 steps, as MIB),
-atpstar's verified rankings (the top of an estimate re-scored by exact position-free edge patching,
-:mod:`atpstar.circuits.build`) and random scores, each scored by :func:`atpstar.circuits.mib` (the
-signed ranking's curve gives CPR, the absolute ranking's CMD). Cost is the method's work in
-forward-pass equivalents per prompt pair (a backward pass counted at the backward/forward time ratio
-measured on the model at hand); time is its wall time on one thread. The curves' own evaluation is
-not counted. Results are cached per (model, task) as CSV under ``--out``; a method already there is
-not recomputed (``--recompute`` redoes them).
+For each model and task: AtP, AtP*, EAP, EAP-IG-inputs and EAP-IG-activations (5 steps, as MIB), circuit IG
+(:func:`atpstar.circuits.circuit_ig`, 20 steps) and its mean with EAP-IG-inputs, atpstar's verified rankings (the
+top of an estimate re-scored by exact position-free edge patching, :mod:`atpstar.circuits.build`) and random
+scores, each scored by :func:`atpstar.circuits.mib` (the signed ranking's curve gives CPR, the absolute ranking's
+CMD). Cost is the method's work in forward-pass equivalents per prompt pair (a backward pass counted at the
+backward/forward time ratio measured on the model at hand); time is its wall time on one thread. The curves' own
+evaluation is not counted. Results are cached per (model, task, variant) as CSV under ``--out``; a method already
+there is not recomputed (``--recompute`` redoes the ``--methods`` given). Variants: the BOS token in front (the
+default; ``--no-bos``), one key/value reader per query head (``--ungroup``), circuits evaluated on pairs of
+another seed (``--heldout SEED``).
 
-    python -m benchmarks.circuits_compare --models default --tasks ioi --pairs 8       # SmolLM2-135M IOI
-    python -m benchmarks.circuits_compare --models gemma3-270m --tasks ioi --pairs 8
+    python -m benchmarks.circuits_compare --models default --tasks ioi,city --pairs 8 --verify 0.005
+    python -m benchmarks.circuits_compare --models gemma3-270m --tasks ioi --pairs 8 --ungroup
     python -m benchmarks.circuits_compare --figure          # table + docs/circuits_evidence.png from the cache
     python -m benchmarks.circuits_compare --quick --out /tmp/x   # tiny random model, seconds
 """
@@ -158,25 +160,37 @@ def table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+FIGURE_METHODS = ["random", "AtP", "AtP*", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*", "circuit IG",
+                  "verified circuit IG", "circuit IG + EAP-IG"]
+"""The methods drawn (one colour and marker each); EAP is AtP's curve, the IG-signed rankings are in the tables."""
+MARKERS = "os^vDPX*p"
+
+
 def figure(frame: pd.DataFrame, path: Path) -> None:
     """Signed (CPR) and absolute (CMD) faithfulness curves, one row of panels per (model, task)."""
     plt = pyplot()
+    frame = frame[frame.method.isin(FIGURE_METHODS)]
     settings = list(frame.groupby(["model", "task"], sort=True))
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.6 * len(settings)), squeeze=False)
     x = np.array(MIB_GRID) * 100
-    colors = dict(zip(ORDER, plt.get_cmap("tab10").colors))
+    colors = dict(zip(FIGURE_METHODS, plt.get_cmap("tab10").colors))
+    markers = dict(zip(FIGURE_METHODS, MARKERS))
     for row, ((model, task), part) in zip(axes, settings):
         for ax, kind, title in zip(row, ("signed", "abs"), ("signed ranking (CPR: area)", "absolute ranking (CMD)")):
-            for r in part.itertuples():
+            for r in sorted(part.itertuples(), key=lambda r: FIGURE_METHODS.index(r.method)):
                 f = [getattr(r, f"{kind}_{i}") for i in range(len(x))]
                 style = "-" if r.method.startswith(("verified", "exact")) else "--"
-                ax.plot(x, f, style, marker="o", ms=3, color=colors.get(r.method), label=r.method)
+                ax.plot(x, f, style, marker=markers[r.method], ms=4, color=colors[r.method], label=r.method)
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xscale("log")
             ax.set_title(f"{model} {task}: {title}", fontsize=10)
             ax.set_xlabel("edges in the circuit (% of all edges)")
             ax.set_ylabel("faithfulness f")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    by_label = {}
+    for ax in axes.flat:
+        by_label.update(zip(*reversed(ax.get_legend_handles_labels())))
+    labels = [m for m in FIGURE_METHODS if m in by_label]
+    handles = [by_label[m] for m in labels]
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
     save(fig, path, dpi=110, rect=(0, 0.07 / len(settings) + 0.02, 1, 1))
 
