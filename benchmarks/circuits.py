@@ -2,9 +2,9 @@
 
 For each method — atpstar's AtP (plain edge AtP, which is EAP at atpstar's grouped key-value granularity),
 AtP* (QK fix + GradDrop), EAP-IG-inputs (5 steps, as MIB), circuit IG (20 steps), optionally
-EAP-IG-activations (5 steps), and random scores — the edge scores' cost (forward + backward passes per pair, seconds) and MIB's CPR (area under the
-faithfulness curve of the signed ranking) and CMD (area under |1 − f| of the absolute ranking), with the
-smallest top-n circuits reaching f ≥ 0.8 and 0.9 (absolute ranking). Quick settings: 8 pairs by default.
+EAP-IG-activations (5 steps), and random scores — the edge scores' cost (forward + backward passes per pair,
+seconds) and MIB's CPR (area under the faithfulness curve of the signed ranking) and CMD (area under |1 − f| of
+the absolute ranking), with the smallest top-n circuits reaching f ≥ 0.8 and 0.9 (absolute ranking). Quick settings: 8 pairs by default.
 Caches benchmarks/results/circuits.json; prints a markdown table. Times are this process's CPU seconds.
 
 Run: ``python -m benchmarks.circuits [--pairs 8] [--activations] [--cached]``.

@@ -46,9 +46,11 @@ MODEL_TAGS = {"default": "smollm2-135m", "gemma3-270m": "gemma3-270m", "quick": 
 ORDER = ["random", "AtP", "AtP*", "EAP", "EAP-IG-inputs", "EAP-IG-activations", "verified AtP*",
          "verified EAP-IG-inputs", "AtP* with IG signs", "verified AtP* with IG signs", "circuit IG",
          "verified circuit IG", "circuit IG + EAP-IG", "exact"]
-NEEDS = {"verified AtP*": ["AtP*"], "verified EAP-IG-inputs": ["EAP-IG-inputs"],
-         "AtP* with IG signs": ["AtP*", "EAP-IG-inputs"], "verified AtP* with IG signs": ["AtP* with IG signs"],
-         "verified circuit IG": ["circuit IG"], "circuit IG + EAP-IG": ["circuit IG", "EAP-IG-inputs"]}
+COMBINED = {"AtP* with IG signs": ("AtP*", "EAP-IG-inputs", signed_by),
+            "circuit IG + EAP-IG": ("circuit IG", "EAP-IG-inputs", mean_magnitude)}
+"""name -> (first ranking, second ranking, how they combine): rankings made of two others' scores."""
+NEEDS = {**{name: [a, b] for name, (a, b, _) in COMBINED.items()},
+         **{m: [m.removeprefix("verified ")] for m in ORDER if m.startswith("verified ")}}
 
 
 def estimators(steps: int, circuit_steps: int) -> dict:
@@ -84,14 +86,10 @@ def compute(name: str, model, pairs, args, cache: dict) -> tuple[torch.Tensor, C
     if name == "exact":
         result = exact(model, pairs)
         return result.scores, result.cost, time.perf_counter() - start, {"verified": result.info["verified"]}
-    if name == "AtP* with IG signs":
-        (a, ca, ta, _), (b, cb, tb, _) = cache["AtP*"], cache["EAP-IG-inputs"]
-        result = signed_by(CircuitScores("AtP*", graph, a, ca), CircuitScores("IG", graph, b, cb))
-        return result.scores, result.cost, ta + tb, {}
-    if name == "circuit IG + EAP-IG":
-        (a, ca, ta, _), (b, cb, tb, _) = cache["circuit IG"], cache["EAP-IG-inputs"]
-        a, b = CircuitScores("circuit IG", graph, a, ca), CircuitScores("EAP-IG-inputs", graph, b, cb)
-        result = mean_magnitude(a, b)
+    if name in COMBINED:
+        first, second, combine = COMBINED[name]
+        (a, ca, ta, _), (b, cb, tb, _) = cache[first], cache[second]
+        result = combine(CircuitScores(first, graph, a, ca), CircuitScores(second, graph, b, cb))
         return result.scores, result.cost, ta + tb, {}
     if name.startswith("verified "):
         base = name.removeprefix("verified ")

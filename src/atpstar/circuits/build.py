@@ -114,9 +114,7 @@ def _filled(graph: EdgeGraph, edges: Tensor, values: Tensor, base: Tensor | None
 
 def signed_by(magnitude: CircuitScores, sign: CircuitScores, name: str | None = None) -> CircuitScores:
     """|``magnitude``'s scores| with the sign of ``sign``'s scores (0 where that sign is 0); costs add up."""
-    if magnitude.graph.shape != sign.graph.shape:
-        raise ValueError(f"signed_by needs scores of one graph: {magnitude.method} is {magnitude.graph.shape}, "
-                         f"{sign.method} is {sign.graph.shape}")
+    _one_graph("signed_by", magnitude, sign)
     scores = magnitude.scores.double().abs() * sign.scores.double().sign()
     method = name or f"{magnitude.method} with the signs of {sign.method}"
     return CircuitScores(method, magnitude.graph, scores, magnitude.cost + sign.cost,
@@ -124,10 +122,15 @@ def signed_by(magnitude: CircuitScores, sign: CircuitScores, name: str | None = 
 
 
 def mean_magnitude(a: CircuitScores, b: CircuitScores, name: str | None = None) -> CircuitScores:
-    """(|``a``| + |``b``|) / 2 per edge (both in the metric's units) with ``b``'s signs; costs add up."""
+    """(|``a``| + |``b``|) / 2 per edge (both in the metric's units) with ``b``'s signs (:func:`signed_by`); costs
+    add up."""
+    _one_graph("mean_magnitude", a, b)
+    mean = CircuitScores(f"mean |score| of {a.method} and {b.method}", a.graph,
+                         (a.scores.double().abs() + b.scores.double().abs()) / 2, a.cost)
+    return signed_by(mean, b, name)
+
+
+def _one_graph(what: str, a: CircuitScores, b: CircuitScores) -> None:
     if a.graph.shape != b.graph.shape:
-        raise ValueError(f"mean_magnitude needs scores of one graph: {a.method} is {a.graph.shape}, "
-                         f"{b.method} is {b.graph.shape}")
-    scores = (a.scores.double().abs() + b.scores.double().abs()) / 2 * b.scores.double().sign()
-    return CircuitScores(name or f"mean |score| of {a.method} and {b.method}, signs of {b.method}", a.graph, scores,
-                         a.cost + b.cost, {"of": [a.method, b.method], "sign": b.method})
+        raise ValueError(f"{what} needs scores of one graph: {a.method} is {a.graph.shape}, {b.method} is "
+                         f"{b.graph.shape}")

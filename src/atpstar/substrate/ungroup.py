@@ -43,9 +43,8 @@ def ungroup_kv(model: Model, copy: bool = True) -> Model:
             parent_path, _, name = path.rpartition(".")
             parent = get_module(layer, parent_path) if parent_path else layer
             parent._modules[name] = _repeated(getattr(parent, name), model.n_kv_heads, d_head, rep)
-        attn = get_module(layer, model.arch.qkv[1].rpartition(".")[0])
-        if hasattr(attn, "num_key_value_groups"):
-            attn.num_key_value_groups = 1
+            if hasattr(parent, "num_key_value_groups"):  # the attention module: each query head its own kv head
+                parent.num_key_value_groups = 1
     for cfg in (hf.config, getattr(hf.config, "text_config", None)):
         if cfg is not None and hasattr(cfg, "num_key_value_heads"):
             cfg.num_key_value_heads = model.n_heads
